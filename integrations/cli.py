@@ -1,0 +1,106 @@
+"""``declab`` command line: ``list``, ``serve``, ``bench``, ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from declab.integrations.catalog import catalog, format_table
+
+    entries = catalog()
+    if args.json:
+        print(json.dumps([e.as_dict() for e in entries], indent=1))
+    else:
+        print(format_table(entries, width=shutil.get_terminal_size((160, 40)).columns))
+    return 0
+
+
+# Flags that make the bundled 29M model serve sensibly on a CPU-only machine; only added when MODEL is omitted.
+CPU_DEFAULT_SERVE_ARGS = ["--dtype", "float32", "--max-model-len", "2048", "--enforce-eager"]
+
+
+def serve_command(model: str | None, plugins: str, vllm_args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment ``declab serve`` runs (separate for testing)."""
+    from declab.integrations import registry
+    from declab.integrations.models import default_model
+
+    registry.parse_selection(plugins)  # fail early on an unknown name
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+    if model is None:
+        cmd += ["--model", default_model(), *CPU_DEFAULT_SERVE_ARGS]
+    else:
+        cmd += ["--model", model]
+    cmd += vllm_args
+    env = dict(os.environ)
+    env[registry.PLUGINS_ENV] = plugins
+    return cmd, env
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    cmd, env = serve_command(args.model, args.plugins, args.vllm_args)
+    print(f"declab serve: {registry_env_line(env)} {' '.join(cmd)}", file=sys.stderr, flush=True)
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # pragma: no cover
+
+
+def registry_env_line(env: dict[str, str]) -> str:
+    return f"DECLAB_PLUGINS={env.get('DECLAB_PLUGINS', '')}"
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from declab.integrations import bench
+
+    return bench.main(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from declab.integrations import demo
+
+    return demo.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="declab", description="Decoding-research plugins for vLLM 0.32")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pl = sub.add_parser("list", help="print the 65-paper catalog")
+    pl.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    pl.set_defaults(func=_cmd_list)
+
+    ps = sub.add_parser(
+        "serve",
+        help="start vLLM's OpenAI-compatible server with plugins selected",
+        description="declab serve [MODEL] --plugins a,b [-- any vllm serve args]. Without MODEL the bundled "
+        "decoder-29m is served with CPU-friendly defaults.",
+    )
+    ps.add_argument("model", nargs="?", default=None)
+    ps.add_argument("--plugins", default="", help="comma list of plugin names, or 'all' (sets DECLAB_PLUGINS)")
+    ps.add_argument("vllm_args", nargs=argparse.REMAINDER, help="after '--': passed to vLLM unchanged")
+    ps.set_defaults(func=_cmd_serve)
+
+    from declab.integrations import bench
+
+    bench.add_parser(sub).set_defaults(func=_cmd_bench)
+
+    pd = sub.add_parser("demo", help="the main job: show what the plugins change, on the bundled model")
+    pd.add_argument("--model", default=None, help="model path (default: decoder-29m)")
+    pd.add_argument("--out", default="demo-results", help="folder for the chart and JSON")
+    pd.add_argument("--max-tokens", type=int, default=64)
+    pd.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "vllm_args", None) and args.vllm_args[0] == "--":
+        args.vllm_args = args.vllm_args[1:]
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

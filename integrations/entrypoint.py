@@ -1,0 +1,47 @@
+"""The ``vllm.general_plugins`` entry point of vllm-decoding-lab (``declab``).
+
+vLLM calls ``register()`` once in every process it starts (API server / front-end, engine core, each worker, the
+model-inspection subprocess). It must be idempotent and cheap:
+
+* ``DECLAB_PLUGINS`` unset or empty: return at once. Nothing is imported beyond this module, nothing registered,
+  nothing patched.
+* Otherwise: validate the names, check the vLLM version against the pin (``DECLAB_SKIP_VERSION_CHECK=1`` to
+  override), and apply exactly the patches the selected plugins need.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+logger = logging.getLogger("declab")
+
+_done_for: str | None = None
+
+
+def register() -> None:
+    global _done_for
+    value = os.environ.get("DECLAB_PLUGINS", "").strip()
+    if not value or _done_for == value:
+        return
+
+    from declab.integrations import registry
+    from declab.integrations.version import check_vllm_version
+    from declab.patches import apply_patches
+
+    names = registry.parse_selection(value)
+    check_vllm_version()
+    specs = [registry.get_spec(n) for n in names]
+    needed: list[str] = []
+    if any(s.hook == registry.HOOK_LOGITS for s in specs):
+        needed.append("engine_args_router")
+        # Logits-level plugins implement the V1 runner's logits-processor interface. On GPU vLLM 0.32 may pick
+        # Model Runner V2; prefer V1 unless the user chose explicitly (then the router patch explains the clash).
+        os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    for s in specs:
+        needed.extend(p for p in s.patches if p not in needed)
+    applied = apply_patches(needed)
+    _done_for = value
+    logger.info(
+        "declab: plugins %s enabled in pid %d; patches applied: %s", ",".join(names), os.getpid(), applied or "none"
+    )

@@ -1,0 +1,96 @@
+"""What each plugin declares, and the registry of all plugins.
+
+A plugin folder (``declab/plugins/<name>/``) exposes ``SPEC`` in its ``spec.py``. Specs are plain data (no torch, no
+vLLM import), so the registry can be read cheaply by the entry point, the CLI and the front-end validation.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from declab.integrations.params import ParamSpec
+
+# How a plugin reaches vLLM.
+HOOK_LOGITS = "logits-processor"  # per-request transform, through the one router logits processor
+HOOK_PROPOSER = "speculative-proposer"  # speculative_config={"method": "custom_class", ...}
+HOOK_SEARCH = "search-loop"  # integration-level loop over engine requests (offline API / HTTP endpoint)
+HOOK_BENCH = "benchmark"
+
+STATUSES = ("working", "partial", "planned", "not-applicable")
+
+PLUGINS_ENV = "DECLAB_PLUGINS"
+
+# Every plugin package, in catalog order of their paper. Adding a plugin = one line here + its folder.
+PLUGIN_MODULES = (
+    "declab.plugins.momentum",
+    "declab.plugins.extractive",
+)
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    name: str
+    paper: int  # number in ../shared/seed (1..65)
+    hook: str
+    status: str
+    summary: str
+    reason: str = ""  # why partial / what is missing
+    params: tuple[ParamSpec, ...] = ()
+    # For HOOK_LOGITS: "module:Class" of the per-request processor in the plugin's pure core.
+    row_processor: str | None = None
+    # Names of patches (declab.patches.REGISTRY) this plugin needs when selected.
+    patches: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"plugin {self.name}: status {self.status!r} not in {STATUSES}")
+        if self.hook == HOOK_LOGITS and not self.row_processor:
+            raise ValueError(f"plugin {self.name}: a logits-processor plugin needs row_processor")
+
+    def load_row_processor(self) -> type:
+        module, _, attr = (self.row_processor or "").partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+_SPECS: dict[str, PluginSpec] | None = None
+
+
+def all_specs() -> dict[str, PluginSpec]:
+    global _SPECS
+    if _SPECS is None:
+        specs: dict[str, PluginSpec] = {}
+        for mod in PLUGIN_MODULES:
+            spec = importlib.import_module(mod + ".spec").SPEC
+            if spec.name in specs:
+                raise ValueError(f"two plugins are named {spec.name!r}")
+            specs[spec.name] = spec
+        _SPECS = specs
+    return _SPECS
+
+
+def get_spec(name: str) -> PluginSpec:
+    specs = all_specs()
+    if name not in specs:
+        raise ValueError(f"unknown plugin {name!r}; known plugins: {', '.join(sorted(specs))}")
+    return specs[name]
+
+
+def parse_selection(value: str | None) -> tuple[str, ...]:
+    """``DECLAB_PLUGINS`` value -> validated plugin names. Empty/unset -> ()."""
+    value = (value or "").strip()
+    if not value:
+        return ()
+    if value == "all":
+        return tuple(all_specs())
+    names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+    for n in names:
+        get_spec(n)  # raises with the list of known names
+    return names
+
+
+def selected_plugins() -> tuple[str, ...]:
+    return parse_selection(os.environ.get(PLUGINS_ENV))

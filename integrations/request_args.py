@@ -1,0 +1,81 @@
+"""Per-request plugin arguments: how a request selects a logits-level plugin, and their admission-time validation.
+
+Python (offline ``LLM`` or ``SamplingParams``)::
+
+    SamplingParams(extra_args={"declab": {"method": "momentum", "alpha": 0.2}})
+
+OpenAI-compatible server: ``vllm_xargs`` only carries flat scalar values, so the same arguments are written as
+dotted keys::
+
+    {"vllm_xargs": {"declab.method": "momentum", "declab.alpha": 0.2}}
+
+Both forms resolve to the same ``DeclabRequest``. Requests without ``declab`` arguments are untouched.
+No vLLM import here: the front-end validator and the worker-side router both call ``parse_request_args``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from declab.integrations import registry
+from declab.integrations.params import resolve_params
+
+KEY = "declab"
+_PREFIX = KEY + "."
+
+
+@dataclass(frozen=True)
+class DeclabRequest:
+    spec: registry.PluginSpec
+    params: dict[str, Any]
+
+
+def _collect(extra_args: Mapping[str, Any]) -> dict[str, Any] | None:
+    nested = extra_args.get(KEY)
+    flat = {k[len(_PREFIX):]: v for k, v in extra_args.items() if k.startswith(_PREFIX)}
+    if nested is None and not flat:
+        return None
+    if nested is not None and flat:
+        raise ValueError(f"give declab arguments either as extra_args['{KEY}'] or as '{KEY}.*' keys, not both")
+    if nested is None:
+        return flat
+    if not isinstance(nested, Mapping):
+        raise ValueError(f"{KEY} must be an object like {{'method': NAME, ...}}, got {type(nested).__name__}")
+    return dict(nested)
+
+
+def parse_request_args(
+    extra_args: Mapping[str, Any] | None, *, selected: tuple[str, ...] | None = None
+) -> DeclabRequest | None:
+    """Validate a request's declab arguments. Returns None for a request that names no plugin.
+
+    Raises ``ValueError`` naming the offending parameter (vLLM reports it as HTTP 400).
+    """
+    if not extra_args:
+        return None
+    args = _collect(extra_args)
+    if args is None:
+        return None
+    method = args.pop("method", None)
+    if method is None:
+        raise ValueError(f"{KEY}.method is required (one of: {', '.join(_logits_plugins())})")
+    if not isinstance(method, str) or method not in registry.all_specs():
+        raise ValueError(f"{KEY}.method: unknown method {method!r} (known: {', '.join(_logits_plugins())})")
+    spec = registry.get_spec(method)
+    if spec.hook != registry.HOOK_LOGITS:
+        raise ValueError(
+            f"{KEY}.method: {method!r} is a {spec.hook} plugin, not a per-request logits method; "
+            "see `declab list` for how to enable it"
+        )
+    selected = registry.selected_plugins() if selected is None else selected
+    if method not in selected:
+        raise ValueError(
+            f"{KEY}.method: {method!r} is not enabled on this engine "
+            f"({registry.PLUGINS_ENV}={','.join(selected) or '<unset>'}); add it to {registry.PLUGINS_ENV}"
+        )
+    return DeclabRequest(spec, resolve_params(spec.params, args, prefix=KEY))
+
+
+def _logits_plugins() -> list[str]:
+    return sorted(n for n, s in registry.all_specs().items() if s.hook == registry.HOOK_LOGITS)

@@ -1,0 +1,69 @@
+"""Attach the declab logits router to the engine config when a logits-level plugin is selected.
+
+Why: vLLM 0.32 offers two ways to add a logits processor: the ``vllm.logits_processors`` entry-point group, which
+loads into *every* engine whether or not the user wants it (and which the V2 model runner refuses for V1-interface
+classes, which would break every GPU deployment that merely has the suite installed), or the
+``--logits-processors`` / ``LLM(logits_processors=...)`` list, which the user would have to spell out next to
+``DECLAB_PLUGINS``. Neither gives "selected => on, not selected => absent".
+
+How: wraps ``EngineArgs.create_engine_config`` (front-end process, before the config is shipped to the engine core
+and workers) and appends ``declab.integrations.router:DeclabLogitsRouter`` to ``model_config.logits_processors``.
+That list feeds both admission-time ``validate_params`` (HTTP 400 for bad arguments) and the worker's sampler. It
+refuses loudly the two configurations where vLLM 0.32 would drop or reject the router: speculative decoding (V1
+silently drops custom logits processors) and Model Runner V2 (needs a V2-interface processor, not shipped yet).
+
+vLLM version: 0.32.0 (``vllm/engine/arg_utils.py::EngineArgs.create_engine_config``).
+
+Removal plan: when vLLM can enable a logits processor from a general plugin (or gates ``vllm.logits_processors``
+entry points by ``VLLM_PLUGINS`` and accepts them on both runners), register the router there and delete this patch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from declab.patches import DeclabPatch
+
+
+class EngineArgsRouterPatch(DeclabPatch):
+    name = "engine_args_router"
+    target = "vllm.engine.arg_utils:EngineArgs"
+
+    @classmethod
+    def replacements(cls, target: Any) -> dict[str, Any]:
+        original = target.create_engine_config
+
+        def create_engine_config(self, *args, **kwargs):
+            config = original(self, *args, **kwargs)
+            attach_router(config)
+            return config
+
+        create_engine_config.__wrapped__ = original
+        return {"create_engine_config": create_engine_config}
+
+
+def attach_router(config) -> None:
+    """Add the router to ``config.model_config.logits_processors`` (idempotent), or raise if it cannot run."""
+    from declab.integrations import registry
+    from declab.integrations.router import ROUTER_FQCN
+
+    logits_plugins = [n for n in registry.selected_plugins() if registry.get_spec(n).hook == registry.HOOK_LOGITS]
+    model_config = config.model_config
+    if not logits_plugins or model_config.runner_type == "pooling":
+        return
+    if config.speculative_config is not None:
+        raise ValueError(
+            f"declab: logits-level plugins {logits_plugins} are selected ({registry.PLUGINS_ENV}) together with "
+            "speculative decoding. vLLM 0.32's V1 model runner silently drops custom logits processors under "
+            "speculative decoding, so these plugins would do nothing. Serve them from an engine without "
+            f"--speculative-config, or remove them from {registry.PLUGINS_ENV}."
+        )
+    if config.use_v2_model_runner:
+        raise ValueError(
+            f"declab: logits-level plugins {logits_plugins} need vLLM's V1 model runner in 0.32 "
+            "(their V2-interface adapter is not shipped yet). Set VLLM_USE_V2_MODEL_RUNNER=0."
+        )
+    current = list(model_config.logits_processors or [])
+    if ROUTER_FQCN not in current:
+        current.append(ROUTER_FQCN)
+    model_config.logits_processors = current

@@ -1,0 +1,50 @@
+"""Shared contract of the per-request logits processors (pure torch, no vLLM import).
+
+A logits-level plugin implements one ``RowProcessor`` subclass in its ``core.py``. The router logits processor
+(``declab.integrations.router``) creates one instance per request that names the plugin in
+``SamplingParams.extra_args["declab"]["method"]`` and calls it once per decoding step on that request's row of
+logits. Rows of other requests are never touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class RowContext:
+    """What the engine knows that a processor may need (filled by the router in the worker)."""
+
+    vocab_size: int
+    eos_token_id: int | None = None
+    # Text -> token ids with the served model's tokenizer, no special tokens added. Lazily loaded by the router.
+    tokenize: Callable[[str], list[int]] | None = None
+
+
+class RowProcessor:
+    """One request's logits transform.
+
+    ``params`` are the validated per-request parameters (defaults filled from the plugin's ``ParamSpec``s).
+    ``prompt_ids`` is the prompt; ``output_ids`` is a *live* list that grows by one token per step (it holds every
+    token generated so far when ``__call__`` runs). ``__call__`` receives the request's float32 logits row
+    ``[vocab]``, may modify it in place, and returns the row to use. It must never return a row that is all
+    ``-inf``.
+    """
+
+    def __init__(
+        self,
+        params: Mapping[str, Any],
+        prompt_ids: Sequence[int],
+        output_ids: Sequence[int],
+        ctx: RowContext,
+    ) -> None:
+        self.params = dict(params)
+        self.prompt_ids = prompt_ids
+        self.output_ids = output_ids
+        self.ctx = ctx
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
