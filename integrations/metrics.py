@@ -1,0 +1,35 @@
+"""Text-quality metrics shared by benchmarks (pure Python)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def rep_n(tokens: Sequence[int], n: int) -> float:
+    """rep-n = 1 - |unique n-grams| / |n-grams| (Welleck et al. 2020; used by the contrastive/momentum papers)."""
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def is_looping(tokens: Sequence[int], min_period: int = 1, max_period: int = 64, min_repeats: int = 3) -> bool:
+    """True if the output ends in a block repeated at least ``min_repeats`` times back to back."""
+    n = len(tokens)
+    for p in range(min_period, min(max_period, n // min_repeats) + 1):
+        tail = tokens[n - p :]
+        if all(list(tokens[n - (k + 1) * p : n - k * p]) == list(tail) for k in range(1, min_repeats)):
+            return True
+    return False
+
+
+def repetition_stats(outputs: Sequence[Sequence[int]]) -> dict[str, float]:
+    """Mean rep-2/3/4 over outputs, diversity = prod(1 - rep-n), share of outputs stuck in a loop."""
+    k = max(1, len(outputs))
+    stats = {f"rep_{n}": sum(rep_n(o, n) for o in outputs) / k for n in (2, 3, 4)}
+    div = 1.0
+    for n in (2, 3, 4):
+        div *= 1.0 - stats[f"rep_{n}"]
+    stats["diversity"] = div
+    stats["loop_share"] = sum(is_looping(o) for o in outputs) / k
+    return stats

@@ -1,0 +1,45 @@
+"""Declaration of the exact-extract plugin (paper 55). Plain data: imports only ``declab.integrations``."""
+
+from declab.integrations.params import ParamSpec
+from declab.integrations.registry import HOOK_LOGITS, PluginSpec
+
+SPEC = PluginSpec(
+    name="extractive",
+    paper=55,
+    hook=HOOK_LOGITS,
+    status="partial",
+    summary=(
+        "Extractive QA decoding: the answer is forced to be a contiguous span of the passage's tokens "
+        "(greedy: span-constrained decoding through a suffix automaton; exact: exact-extract, the single most "
+        "probable span by best-first branch-and-bound)."
+    ),
+    reason=(
+        "exact mode runs as a search loop over engine requests (declab.integrations), greedy mode is a logits "
+        "processor"
+    ),
+    params=(
+        ParamSpec(
+            "passage",
+            str,
+            max_length=20000,
+            doc="The passage (context) whose token spans are the only allowed answers; tokenized with the served "
+            "model's tokenizer (plus leading-space variants of its first word and line starts).",
+        ),
+        ParamSpec(
+            "mode",
+            str,
+            default="greedy",
+            choices=("greedy", "exact"),
+            doc="greedy: decode under the span constraint; exact: search the most probable span (exact-extract).",
+        ),
+        ParamSpec(
+            "max_span_tokens",
+            int,
+            default=32,
+            low=1,
+            high=512,
+            doc="Longest answer span, in tokens; EOS is forced once it is reached.",
+        ),
+    ),
+    row_processor="declab.plugins.extractive.core:ExtractiveProcessor",
+)

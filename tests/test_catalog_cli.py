@@ -1,0 +1,71 @@
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from declab.integrations import registry
+from declab.integrations.catalog import catalog
+from declab.integrations.cli import serve_command
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_catalog_lists_all_65_papers():
+    entries = catalog()
+    assert [e.id for e in entries] == list(range(1, 66))
+    for e in entries:
+        assert e.title and e.reason and e.status in registry.STATUSES
+
+
+def test_every_plugin_is_in_the_catalog_with_its_spec_status():
+    by_plugin = {e.plugin: e for e in catalog() if e.plugin}
+    for name, spec in registry.all_specs().items():
+        assert by_plugin[name].id == spec.paper
+        assert by_plugin[name].status == spec.status
+        if spec.status == "partial":
+            assert spec.reason, f"{name} is partial without a reason"
+
+
+def test_papers_json_plugin_names_match_registry():
+    raw = json.loads((REPO / "integrations" / "papers.json").read_text())
+    implemented = {s.paper: n for n, s in registry.all_specs().items()}
+    for item in raw:
+        if item["id"] in implemented:
+            assert item["plugin"] == implemented[item["id"]]
+
+
+def test_declab_list_json_cli():
+    out = subprocess.run([sys.executable, "-m", "declab.integrations.cli", "list", "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    items = json.loads(out)
+    assert sorted(i["id"] for i in items) == list(range(1, 66))
+    for i in items:
+        assert {"id", "title", "hook", "status", "plugin", "reason"} <= set(i)
+
+
+def test_declab_list_table_cli():
+    out = subprocess.run([sys.executable, "-m", "declab.integrations.cli", "list"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "Token Recycling" in out and "(total 65)" in out
+
+
+def test_every_plugin_folder_is_packaged():
+    conf = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = set(conf["tool"]["setuptools"]["packages"])
+    folders = {p.name for p in (REPO / "plugins").iterdir() if (p / "__init__.py").exists()}
+    assert {f"declab.plugins.{f}" for f in folders} <= packages
+    assert {m for m in registry.PLUGIN_MODULES} <= packages
+    # Nothing generic lands at the top of site-packages.
+    assert all(p.startswith("declab.") for p in packages)
+
+
+def test_serve_command_selects_plugins_and_uses_api_server():
+    cmd, env = serve_command(None, "momentum", ["--port", "8123"])
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert env["DECLAB_PLUGINS"] == "momentum"
+    assert cmd[-2:] == ["--port", "8123"]
+    with pytest.raises(ValueError, match="unknown plugin 'nope'"):
+        serve_command(None, "nope", [])

@@ -1,0 +1,52 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from declab.integrations.version import VllmVersionMismatch, check_vllm_version
+
+PROBE = """
+import sys
+from declab.integrations.entrypoint import register
+register()
+heavy = [m for m in ("vllm", "torch", "declab.patches", "declab.integrations.router") if m in sys.modules]
+print("HEAVY", heavy)
+"""
+
+
+def _run(code, **env):
+    full = {k: v for k, v in os.environ.items() if k != "DECLAB_PLUGINS"}
+    full.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, check=True).stdout
+
+
+def test_unselected_entry_point_imports_and_patches_nothing():
+    assert "HEAVY []" in _run(PROBE)
+    assert "HEAVY []" in _run(PROBE, DECLAB_PLUGINS="")
+
+
+def test_selected_logits_plugin_applies_only_the_router_patch():
+    code = PROBE + """
+from vllm.engine.arg_utils import EngineArgs
+print("PATCHED", sorted(EngineArgs._declab_patched))
+register()  # idempotent
+"""
+    out = _run(code, DECLAB_PLUGINS="momentum")
+    assert "PATCHED ['create_engine_config']" in out
+
+
+def test_unknown_plugin_name_fails_loudly():
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        _run(PROBE, DECLAB_PLUGINS="momentum,nope")
+    assert "unknown plugin 'nope'" in err.value.stderr
+
+
+def test_version_check(monkeypatch):
+    check_vllm_version("0.32.0")
+    check_vllm_version("0.32.0+cpu")
+    monkeypatch.delenv("DECLAB_SKIP_VERSION_CHECK", raising=False)
+    with pytest.raises(VllmVersionMismatch, match="supports vLLM 0.32.0 only, found 0.33.1"):
+        check_vllm_version("0.33.1")
+    monkeypatch.setenv("DECLAB_SKIP_VERSION_CHECK", "1")
+    check_vllm_version("0.33.1")
