@@ -80,7 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ps.add_argument("model", nargs="?", default=None)
     ps.add_argument("--plugins", default="", help="comma list of plugin names, or 'all' (sets DECLAB_PLUGINS)")
-    ps.add_argument("vllm_args", nargs=argparse.REMAINDER, help="after '--': passed to vLLM unchanged")
     ps.set_defaults(func=_cmd_serve)
 
     from declab.integrations import bench
@@ -96,9 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first "--" goes to vLLM unchanged (`declab serve MODEL --plugins a -- --port 8000`).
+    passthrough: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
-    if getattr(args, "vllm_args", None) and args.vllm_args[0] == "--":
-        args.vllm_args = args.vllm_args[1:]
+    if passthrough and args.command != "serve":
+        raise SystemExit(f"declab {args.command}: unexpected arguments after '--': {passthrough}")
+    args.vllm_args = passthrough
     return int(args.func(args) or 0)
 
 

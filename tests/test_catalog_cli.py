@@ -69,3 +69,16 @@ def test_serve_command_selects_plugins_and_uses_api_server():
     assert cmd[-2:] == ["--port", "8123"]
     with pytest.raises(ValueError, match="unknown plugin 'nope'"):
         serve_command(None, "nope", [])
+
+
+def test_serve_cli_splits_vllm_args_at_double_dash(monkeypatch):
+    from declab.integrations import cli
+
+    seen = {}
+    monkeypatch.setattr(cli.os, "execvpe", lambda exe, cmd, env: seen.update(cmd=cmd, env=env))
+    cli.main(["serve", "MODEL", "--plugins", "momentum", "--", "--host", "127.0.0.1", "--port", "9"])
+    assert seen["cmd"][3:] == ["--model", "MODEL", "--host", "127.0.0.1", "--port", "9"]
+    assert seen["env"]["DECLAB_PLUGINS"] == "momentum"
+    seen.clear()
+    cli.main(["serve", "--plugins", "momentum", "--", "--port", "9"])
+    assert "--dtype" in seen["cmd"] and seen["cmd"][-2:] == ["--port", "9"]

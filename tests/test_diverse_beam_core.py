@@ -146,9 +146,9 @@ def test_hamming_penalty_by_hand():
     assert {b.group: b.token_ids for b in big} == {0: [1], 1: [2]}  # -2.1 < -1.0: group 1 takes b
     assert [b.cum_logprob for b in big] == [-0.1, -1.0]  # true log-probs, the penalty is not accumulated
     # Multiplicity: with three groups of one the third sees a chosen twice (penalty 2*lambda).
-    three = diverse_beam_search([0], model, beam_width=3, num_groups=3, diversity_penalty=0.3, max_tokens=1,
+    three = diverse_beam_search([0], model, beam_width=3, num_groups=3, diversity_penalty=0.6, max_tokens=1,
                                 eos_token_id=None)
-    assert {b.group: b.token_ids[0] for b in three} == {0: 1, 1: 1, 2: 2}  # -0.4 > -1.0; then -0.7 < -1.0
+    assert {b.group: b.token_ids[0] for b in three} == {0: 1, 1: 1, 2: 2}  # -0.7 > -1.0; then -1.3 < -1.0
 
 
 @settings(max_examples=80, deadline=None)

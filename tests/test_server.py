@@ -8,11 +8,13 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
 
 pytestmark = pytest.mark.server
+CHAT_TEMPLATE = Path(__file__).resolve().parent.parent / "examples" / "chat_template.jinja"
 
 
 def _free_port() -> int:
@@ -30,7 +32,7 @@ def server(tmp_path_factory):
         proc = subprocess.Popen(
             [sys.executable, "-m", "declab.integrations.cli", "serve", "--plugins", "momentum",
              "--", "--host", "127.0.0.1", "--port", str(port), "--gpu-memory-utilization", "0.3",
-             "--served-model-name", "decoder-29m"],
+             "--served-model-name", "decoder-29m", "--chat-template", str(CHAT_TEMPLATE)],
             stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 600
@@ -48,11 +50,12 @@ def server(tmp_path_factory):
             pytest.fail(f"server did not become healthy:\n{log.read_text()[-4000:]}")
         yield base
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _complete(base, **extra):
@@ -86,6 +89,9 @@ def test_bad_arguments_get_http_400_and_the_server_keeps_serving(server, xargs, 
 
 def test_chat_completions_carry_the_same_arguments(server):
     body = {"model": "decoder-29m", "messages": [{"role": "user", "content": "def f():"}], "max_tokens": 8,
-            "vllm_xargs": {"declab.method": "momentum", "declab.alpha": -1.0}}
+            "temperature": 0, "vllm_xargs": {"declab.method": "momentum"}}
+    ok = requests.post(f"{server}/v1/chat/completions", json=body, timeout=120)
+    assert ok.status_code == 200, ok.text
+    body["vllm_xargs"]["declab.alpha"] = -1.0
     r = requests.post(f"{server}/v1/chat/completions", json=body, timeout=120)
     assert r.status_code == 400 and "declab.alpha" in r.text

@@ -1,0 +1,190 @@
+"""Child program of ``test_extractive_engine.py``: exact-extract on one vLLM engine, prints ``RESULT <json>``.
+
+One engine (``DECLAB_PLUGINS=extractive``, ``max_logprobs=-1``) runs, on the first ``N`` items of
+``conflict_dev.jsonl``: plain greedy decoding, greedy mode through the router, exact mode through
+``declab.plugins.extractive.search``, and, on a few items, an independent brute force (every distinct span scored
+with ``prompt_logprobs`` on ``prompt + span + EOS``).
+
+    python tests/extractive_child.py [N] [N_BRUTE]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def main(n_items: int = 40, n_brute: int = 5) -> dict:
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from declab.integrations.engine_run import CPU_ENGINE_KWARGS
+    from declab.integrations.models import default_model, eval_file
+    from declab.plugins.extractive.core import all_spans, span_logprob
+    from declab.plugins.extractive.search import (
+        ENGINE_KWARGS,
+        EngineScorer,
+        brute_force_rows,
+        exact_extract,
+        exact_extract_batch,
+    )
+
+    path = eval_file("conflict_dev.jsonl")
+    items = [json.loads(line) for line in path.read_text().splitlines()[:n_items]]
+    prompts = [it["prompt_with_context"] for it in items]
+    passages = [it["context"] for it in items]
+
+    t0 = time.perf_counter()
+    llm = LLM(model=default_model(), **{**CPU_ENGINE_KWARGS, **ENGINE_KWARGS})
+    startup_s = time.perf_counter() - t0
+    scorer = EngineScorer(llm)
+    eos = scorer.eos_id
+
+    # Warm-up: every request kind used below, once (the first calls compile/allocate).
+    t0 = time.perf_counter()
+    warm_ids = scorer.prompt_ids(prompts[0])
+    llm.generate(
+        [TokensPrompt(prompt_token_ids=warm_ids)] * 3,
+        [SamplingParams(max_tokens=1, logprob_token_ids=[eos, 5], detokenize=False, flat_logprobs=True),
+         SamplingParams(max_tokens=1, logprobs=-1, detokenize=False, flat_logprobs=True),
+         SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)],
+        use_tqdm=False,
+    )
+    warmup_s = time.perf_counter() - t0
+
+    # 1. plain greedy
+    plain_sp = dict(temperature=0.0, max_tokens=10, stop=["\n"])
+    t0 = time.perf_counter()
+    plain = llm.generate(prompts, SamplingParams(**plain_sp), use_tqdm=False)
+    plain_s = time.perf_counter() - t0
+
+    # 2. greedy mode through the router
+    t0 = time.perf_counter()
+    greedy = llm.generate(
+        prompts,
+        [SamplingParams(**plain_sp, extra_args={"declab": {"method": "extractive", "passage": p}}) for p in passages],
+        use_tqdm=False,
+    )
+    greedy_s = time.perf_counter() - t0
+
+    automata = [scorer.automaton(p) for p in passages]
+    greedy_ids = []
+    for o in greedy:
+        ids = list(o.outputs[0].token_ids)
+        if ids and ids[-1] == eos:
+            ids = ids[:-1]
+        greedy_ids.append(ids)
+    greedy_not_span = [i for i, (ids, sam) in enumerate(zip(greedy_ids, automata)) if not sam.is_span(ids)]
+    greedy_text_not_in_passage = [
+        i for i, (o, p) in enumerate(zip(greedy, passages)) if first_line(o.outputs[0].text) not in p
+    ]
+
+    # 3. exact mode, all items in one interleaved search loop
+    rows_before = scorer.stats.rows
+    calls_before = scorer.stats.generate_calls
+    t0 = time.perf_counter()
+    exact = exact_extract_batch(llm, list(zip(prompts, passages)), scorer=scorer)
+    exact_s = time.perf_counter() - t0
+    exact_calls = scorer.stats.generate_calls - calls_before
+    assert scorer.stats.rows - rows_before == sum(r.n_scored_rows for r in exact)
+
+    # The exact span must score at least as high as the greedy-mode span (one batched scoring call).
+    jobs, owners = [], []
+    for i, (ids, sam) in enumerate(zip(greedy_ids, automata)):
+        if ids and sam.is_span(ids) and eos not in ids and len(ids) <= 32:
+            pid = scorer.prompt_ids(prompts[i])
+            for k in range(len(ids) + 1):
+                jobs.append((pid, ids[:k], sorted({eos, *ids})))
+            owners.append(i)
+    rows = scorer.score(jobs) if jobs else []
+    greedy_lp: dict[int, float] = {}
+    pos = 0
+    for i in owners:
+        ids = greedy_ids[i]
+        lp = sum(float(rows[pos + k][t]) for k, t in enumerate(ids)) + float(rows[pos + len(ids)][eos])
+        greedy_lp[i] = lp
+        pos += len(ids) + 1
+
+    # 4. brute force on a sample: every distinct span, scored independently with prompt_logprobs
+    step = max(1, n_items // max(1, n_brute))
+    sample = list(range(0, n_items, step))[:n_brute]
+    brute = []
+    for i in sample:
+        sam = automata[i]
+        pid = scorer.prompt_ids(prompts[i])
+        spans = all_spans(sam, 32, eos)
+        t0 = time.perf_counter()
+        outs = llm.generate(
+            [TokensPrompt(prompt_token_ids=pid + s + [eos]) for s in spans],
+            SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False),
+            use_tqdm=False,
+        )
+        lps = []
+        for s, o in zip(spans, outs):
+            toks = s + [eos]
+            plp = o.prompt_logprobs[-len(toks):]
+            lps.append(sum(d[t].logprob for d, t in zip(plp, toks)))
+        brute_s = time.perf_counter() - t0
+        best = max(range(len(spans)), key=lambda j: (lps[j], -j))
+        # exact mode again on its own (no interleaving), for a per-item wall time
+        before = scorer.stats.generate_calls
+        t0 = time.perf_counter()
+        single = exact_extract(llm, prompts[i], passages[i], scorer=scorer)
+        single_s = time.perf_counter() - t0
+        # the same scorer on the brute-force winner, to compare scorers
+        same_scorer = span_logprob(spans[best], scorer.score_fn(pid, sam, 32), eos)
+        brute.append({
+            "item": i,
+            "n_spans": len(spans),
+            "brute_rows": sum(len(s) + 1 for s in spans),
+            "brute_s": brute_s,
+            "brute_span": spans[best],
+            "brute_logprob": lps[best],
+            "brute_runner_up_gap": sorted(lps)[-1] - sorted(lps)[-2] if len(lps) > 1 else None,
+            "exact_span": exact[i].span_ids,
+            "exact_logprob": exact[i].logprob,
+            "exact_single_span": single.span_ids,
+            "exact_single_s": single_s,
+            "exact_single_rows": single.n_scored_rows,
+            "exact_single_calls": scorer.stats.generate_calls - before,
+            "scorer_logprob_of_brute_span": same_scorer,
+        })
+
+    cost = [brute_force_rows(sam, 32, eos) for sam in automata]
+    return {
+        "n_items": n_items,
+        "startup_s": startup_s,
+        "warmup_s": warmup_s,
+        "passages": passages,
+        "context_answers": [it["context_answer"] for it in items],
+        "plain": [first_line(o.outputs[0].text) for o in plain],
+        "plain_s": plain_s,
+        "greedy": [first_line(o.outputs[0].text) for o in greedy],
+        "greedy_ids": greedy_ids,
+        "greedy_s": greedy_s,
+        "greedy_not_span": greedy_not_span,
+        "greedy_text_not_in_passage": greedy_text_not_in_passage,
+        "greedy_logprob": {str(k): v for k, v in greedy_lp.items()},
+        "exact": [first_line(r.answer) for r in exact],
+        "exact_span_ids": [r.span_ids for r in exact],
+        "exact_logprob": [r.logprob for r in exact],
+        "exact_rows": [r.n_scored_rows for r in exact],
+        "exact_s": exact_s,
+        "exact_generate_calls": exact_calls,
+        "exact_full_vocab_rows": scorer.stats.full_vocab_rows,
+        "n_spans": [c[0] for c in cost],
+        "brute_rows": [c[1] for c in cost],
+        "brute": brute,
+    }
+
+
+if __name__ == "__main__":
+    args = [int(a) for a in sys.argv[1:]]
+    out = main(*args)
+    print("RESULT " + json.dumps(out), flush=True)

@@ -1,0 +1,48 @@
+"""Diverse Beam Search on a real vLLM engine (decoder-29m, CPU): one engine in one child process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.engine
+CHILD = Path(__file__).with_name("diverse_beam_child.py")
+
+
+@pytest.fixture(scope="module")
+def result() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "DECLAB_PLUGINS"}
+    proc = subprocess.run([sys.executable, str(CHILD)], capture_output=True, text=True, env=env, timeout=900)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    assert lines, f"child failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    out = json.loads(lines[-1][len("RESULT "):])
+    print(json.dumps(out["summary"], indent=1))
+    return out
+
+
+def test_one_group_no_penalty_equals_vllm_beam_search(result):
+    assert all(result["vllm_prompt_prefix_ok"])  # our tokenization of the prompts is vLLM's
+    ours = result["dbs"]["G1_lambda0.0"]["beams"]
+    assert len(ours) == len(result["vllm"]) == 4
+    for mine, ref in zip(ours, result["vllm"]):
+        assert len(mine) == len(ref) == 4
+        assert [b["token_ids"] for b in mine] == [b["token_ids"] for b in ref]
+        for a, b in zip(mine, ref):
+            assert a["cum_logprob"] == pytest.approx(b["cum_logprob"], abs=1e-4)
+
+
+def test_diverse_groups_raise_distinct_2(result):
+    s = result["summary"]
+    plain, diverse = s["vllm_beam_search"], s["G4_lambda1.0"]
+    assert diverse["distinct_2"] > plain["distinct_2"]
+    assert diverse["distinct_first_tokens"] >= plain["distinct_first_tokens"]
+    for beams in result["dbs"]["G4_lambda1.0"]["beams"]:
+        assert sorted(b["group"] for b in beams) == [0, 1, 2, 3]
+        assert [b["score"] for b in beams] == sorted((b["score"] for b in beams), reverse=True)
+    # both best-beam log-probs are reported (printed with the summary); they are finite negatives
+    assert plain["best_cum_logprob"] < 0 and diverse["best_cum_logprob"] < 0
