@@ -45,6 +45,11 @@ class DeclabPatch:
         raise NotImplementedError
 
     @classmethod
+    def applies(cls) -> bool:
+        """Whether this patch is relevant in this environment (e.g. CPU-only fixes); False = skipped silently."""
+        return True
+
+    @classmethod
     def is_applied(cls) -> bool:
         target = cls.resolve_target()
         return cls.name in getattr(target, "_declab_applied", ())
@@ -52,6 +57,8 @@ class DeclabPatch:
     @classmethod
     def apply(cls) -> bool:
         """Apply once; return True if this call changed anything."""
+        if not cls.applies():
+            return False
         target = cls.resolve_target()
         applied: set[str] = target.__dict__.get("_declab_applied") if isinstance(target, type) else getattr(
             target, "_declab_applied", None
@@ -82,9 +89,11 @@ class DeclabPatch:
 
 def registry() -> dict[str, type[DeclabPatch]]:
     """All patches by name (imported lazily: each module imports vLLM)."""
+    from declab.patches.cpu_expand_kernel import CpuExpandKernelPatch
     from declab.patches.engine_args_router import EngineArgsRouterPatch
+    from declab.patches.runner_feeds_proposer import RunnerFeedsProposerPatch
 
-    return {p.name: p for p in (EngineArgsRouterPatch,)}
+    return {p.name: p for p in (EngineArgsRouterPatch, CpuExpandKernelPatch, RunnerFeedsProposerPatch)}
 
 
 def apply_patches(names: tuple[str, ...] | list[str]) -> list[str]:

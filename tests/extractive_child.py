@@ -40,8 +40,11 @@ def main(n_items: int = 40, n_brute: int = 5) -> dict:
     prompts = [it["prompt_with_context"] for it in items]
     passages = [it["context"] for it in items]
 
+    # block_size=32: vLLM's CPU default (128) is longer than these prompts, so prefix caching could never reuse
+    # the prompt between the search's requests (32 is the smallest block the CPU attention kernel takes).
+    engine_kwargs = {**CPU_ENGINE_KWARGS, **ENGINE_KWARGS, "block_size": 32}
     t0 = time.perf_counter()
-    llm = LLM(model=default_model(), **{**CPU_ENGINE_KWARGS, **ENGINE_KWARGS})
+    llm = LLM(model=default_model(), **engine_kwargs)
     startup_s = time.perf_counter() - t0
     scorer = EngineScorer(llm)
     eos = scorer.eos_id
@@ -85,16 +88,25 @@ def main(n_items: int = 40, n_brute: int = 5) -> dict:
         i for i, (o, p) in enumerate(zip(greedy, passages)) if first_line(o.outputs[0].text) not in p
     ]
 
-    # 3. exact mode, all items in one interleaved search loop
-    rows_before = scorer.stats.rows
-    calls_before = scorer.stats.generate_calls
-    t0 = time.perf_counter()
-    exact = exact_extract_batch(llm, list(zip(prompts, passages)), scorer=scorer)
-    exact_s = time.perf_counter() - t0
-    exact_calls = scorer.stats.generate_calls - calls_before
-    assert scorer.stats.rows - rows_before == sum(r.n_scored_rows for r in exact)
+    # 3. exact mode, all items in one interleaved search loop; terminated by EOS (the paper's definition, the token
+    # greedy mode forces) and by the newline token (how this model ends its answers).
+    newline = scorer.tokenize("\n")
+    assert len(newline) == 1, newline
+    ends = {"eos": eos, "newline": newline[0]}
+    exact: dict[str, list] = {}
+    exact_stats: dict[str, dict] = {}
+    for name, end in ends.items():
+        rows_before, calls_before = scorer.stats.rows, scorer.stats.generate_calls
+        t0 = time.perf_counter()
+        exact[name] = exact_extract_batch(llm, list(zip(prompts, passages)), scorer=scorer, end_id=end)
+        exact_stats[name] = {
+            "wall_s": time.perf_counter() - t0,
+            "generate_calls": scorer.stats.generate_calls - calls_before,
+            "rows": scorer.stats.rows - rows_before,
+        }
+        assert exact_stats[name]["rows"] == sum(r.n_scored_rows for r in exact[name])
 
-    # The exact span must score at least as high as the greedy-mode span (one batched scoring call).
+    # The exact (EOS) span must score at least as high as the greedy-mode span (one batched scoring call).
     jobs, owners = [], []
     for i, (ids, sam) in enumerate(zip(greedy_ids, automata)):
         if ids and sam.is_span(ids) and eos not in ids and len(ids) <= 32:
@@ -107,11 +119,11 @@ def main(n_items: int = 40, n_brute: int = 5) -> dict:
     pos = 0
     for i in owners:
         ids = greedy_ids[i]
-        lp = sum(float(rows[pos + k][t]) for k, t in enumerate(ids)) + float(rows[pos + len(ids)][eos])
-        greedy_lp[i] = lp
+        greedy_lp[i] = sum(float(rows[pos + k][t]) for k, t in enumerate(ids)) + float(rows[pos + len(ids)][eos])
         pos += len(ids) + 1
 
-    # 4. brute force on a sample: every distinct span, scored independently with prompt_logprobs
+    # 4. brute force on a sample: every distinct span, scored independently with prompt_logprobs on
+    # prompt + span + end (prefill log-probs: a different code path from the sampled raw log-probs of the search)
     step = max(1, n_items // max(1, n_brute))
     sample = list(range(0, n_items, step))[:n_brute]
     brute = []
@@ -119,42 +131,46 @@ def main(n_items: int = 40, n_brute: int = 5) -> dict:
         sam = automata[i]
         pid = scorer.prompt_ids(prompts[i])
         spans = all_spans(sam, 32, eos)
-        t0 = time.perf_counter()
-        outs = llm.generate(
-            [TokensPrompt(prompt_token_ids=pid + s + [eos]) for s in spans],
-            SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False),
-            use_tqdm=False,
-        )
-        lps = []
-        for s, o in zip(spans, outs):
-            toks = s + [eos]
-            plp = o.prompt_logprobs[-len(toks):]
-            lps.append(sum(d[t].logprob for d, t in zip(plp, toks)))
-        brute_s = time.perf_counter() - t0
-        best = max(range(len(spans)), key=lambda j: (lps[j], -j))
-        # exact mode again on its own (no interleaving), for a per-item wall time
-        before = scorer.stats.generate_calls
-        t0 = time.perf_counter()
-        single = exact_extract(llm, prompts[i], passages[i], scorer=scorer)
-        single_s = time.perf_counter() - t0
-        # the same scorer on the brute-force winner, to compare scorers
-        same_scorer = span_logprob(spans[best], scorer.score_fn(pid, sam, 32), eos)
-        brute.append({
-            "item": i,
-            "n_spans": len(spans),
-            "brute_rows": sum(len(s) + 1 for s in spans),
-            "brute_s": brute_s,
-            "brute_span": spans[best],
-            "brute_logprob": lps[best],
-            "brute_runner_up_gap": sorted(lps)[-1] - sorted(lps)[-2] if len(lps) > 1 else None,
-            "exact_span": exact[i].span_ids,
-            "exact_logprob": exact[i].logprob,
-            "exact_single_span": single.span_ids,
-            "exact_single_s": single_s,
-            "exact_single_rows": single.n_scored_rows,
-            "exact_single_calls": scorer.stats.generate_calls - before,
-            "scorer_logprob_of_brute_span": same_scorer,
-        })
+        for name, end in ends.items():
+            cand = [s for s in spans if end not in s]
+            t0 = time.perf_counter()
+            outs = llm.generate(
+                [TokensPrompt(prompt_token_ids=pid + s + [end]) for s in cand],
+                SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False),
+                use_tqdm=False,
+            )
+            lps = []
+            for s, o in zip(cand, outs):
+                toks = s + [end]
+                plp = o.prompt_logprobs[-len(toks):]
+                lps.append(sum(d[t].logprob for d, t in zip(plp, toks)))
+            brute_s = time.perf_counter() - t0
+            best = max(range(len(cand)), key=lambda j: (lps[j], -j))
+            # exact mode again on its own (no interleaving with other items), for a per-item wall time
+            before = scorer.stats.generate_calls
+            t0 = time.perf_counter()
+            single = exact_extract(llm, prompts[i], passages[i], scorer=scorer, end_id=end)
+            single_s = time.perf_counter() - t0
+            # the search's own scorer on the brute-force winner, to compare the two scorers
+            same_scorer = span_logprob(cand[best], scorer.score_fn(pid, sam, 32, end), end)
+            ordered = sorted(lps)
+            brute.append({
+                "item": i,
+                "end": name,
+                "n_spans": len(cand),
+                "brute_rows": sum(len(s) + 1 for s in cand),
+                "brute_s": brute_s,
+                "brute_span": cand[best],
+                "brute_logprob": lps[best],
+                "brute_runner_up_gap": ordered[-1] - ordered[-2] if len(lps) > 1 else None,
+                "exact_span": exact[name][i].span_ids,
+                "exact_logprob": exact[name][i].logprob,
+                "exact_single_span": single.span_ids,
+                "exact_single_s": single_s,
+                "exact_single_rows": single.n_scored_rows,
+                "exact_single_calls": scorer.stats.generate_calls - before,
+                "scorer_logprob_of_brute_span": same_scorer,
+            })
 
     cost = [brute_force_rows(sam, 32, eos) for sam in automata]
     return {
@@ -171,13 +187,13 @@ def main(n_items: int = 40, n_brute: int = 5) -> dict:
         "greedy_not_span": greedy_not_span,
         "greedy_text_not_in_passage": greedy_text_not_in_passage,
         "greedy_logprob": {str(k): v for k, v in greedy_lp.items()},
-        "exact": [first_line(r.answer) for r in exact],
-        "exact_span_ids": [r.span_ids for r in exact],
-        "exact_logprob": [r.logprob for r in exact],
-        "exact_rows": [r.n_scored_rows for r in exact],
-        "exact_s": exact_s,
-        "exact_generate_calls": exact_calls,
-        "exact_full_vocab_rows": scorer.stats.full_vocab_rows,
+        "exact": {k: [first_line(r.answer) for r in v] for k, v in exact.items()},
+        "exact_span_ids": {k: [r.span_ids for r in v] for k, v in exact.items()},
+        "exact_logprob": {k: [r.logprob for r in v] for k, v in exact.items()},
+        "exact_rows": {k: [r.n_scored_rows for r in v] for k, v in exact.items()},
+        "exact_stats": exact_stats,
+        "full_vocab_rows": scorer.stats.full_vocab_rows,
+        "engine_kwargs": engine_kwargs,
         "n_spans": [c[0] for c in cost],
         "brute_rows": [c[1] for c in cost],
         "brute": brute,

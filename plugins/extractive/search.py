@@ -158,17 +158,19 @@ class EngineScorer:
             st.per_call_rows.append(len(jobs))
         return rows
 
-    def wanted(self, sam: SpanAutomaton, prefix: Sequence[int], max_len: int) -> list[int]:
-        """The ids ``best_span`` reads after ``prefix``: EOS and, below ``max_len``, the tokens extending the span."""
+    def wanted(self, sam: SpanAutomaton, prefix: Sequence[int], max_len: int, end_id: int | None = None) -> list[int]:
+        """The ids ``best_span`` reads after ``prefix``: the end token (EOS unless ``end_id``) and, below
+        ``max_len``, the tokens extending the span."""
+        end = self.eos_id if end_id is None else end_id
         state = sam.walk(prefix)
         toks = [] if state is None or len(prefix) >= max_len else sam.allowed(state)
-        return [self.eos_id, *toks] if self.eos_id not in toks else list(toks)
+        return [end, *toks] if end not in toks else list(toks)
 
-    def score_fn(self, prompt_ids: list[int], sam: SpanAutomaton, max_len: int):
+    def score_fn(self, prompt_ids: list[int], sam: SpanAutomaton, max_len: int, end_id: int | None = None):
         """A ``best_span`` callback for one item that calls the engine directly."""
 
         def fn(prefixes: list[list[int]]) -> torch.Tensor:
-            jobs = [(prompt_ids, p, self.wanted(sam, p, max_len)) for p in prefixes]
+            jobs = [(prompt_ids, p, self.wanted(sam, p, max_len, end_id)) for p in prefixes]
             return torch.stack(self.score(jobs))
 
         return fn
@@ -252,6 +254,7 @@ def exact_extract_batch(
     batch_size: int = 32,
     concurrency: int = 16,
     scorer: EngineScorer | None = None,
+    end_id: int | None = None,
 ) -> list[ExactResult]:
     """exact-extract for many ``(prompt, passage)`` items; the searches share engine calls.
 
@@ -259,6 +262,7 @@ def exact_extract_batch(
     call carries at most ``concurrency * batch_size`` requests. Results are in item order.
     """
     scorer = scorer or EngineScorer(llm)
+    end = scorer.eos_id if end_id is None else int(end_id)
     coord = _Coordinator(scorer)
     results: list[ExactResult | None] = [None] * len(items)
     errors: list[BaseException] = []
@@ -271,10 +275,10 @@ def exact_extract_batch(
         sam = scorer.automaton(passage)
 
         def fn(prefixes: list[list[int]]) -> torch.Tensor:
-            jobs = [(prompt_ids, p, scorer.wanted(sam, p, max_span_tokens)) for p in prefixes]
+            jobs = [(prompt_ids, p, scorer.wanted(sam, p, max_span_tokens, end)) for p in prefixes]
             return torch.stack(coord.park(jobs))
 
-        span, lp, rows = best_span(sam, fn, max_span_tokens, scorer.eos_id, batch_size=batch_size)
+        span, lp, rows = best_span(sam, fn, max_span_tokens, end, batch_size=batch_size)
         return ExactResult(scorer.decode(span).strip(), span, lp, rows)
 
     def worker() -> None:
@@ -307,15 +311,20 @@ def exact_extract_batch(
 
 def exact_extract(
     llm, prompt: str, passage: str, *, max_span_tokens: int = 32, batch_size: int = 32,
-    scorer: EngineScorer | None = None,
+    scorer: EngineScorer | None = None, end_id: int | None = None,
 ) -> ExactResult:
     """The most probable span of ``passage`` as the answer to ``prompt``:
-    ``(answer_text, span_ids, logprob, n_scored_rows)``. ``llm`` is a ``vllm.LLM`` (see ``ENGINE_KWARGS``)."""
+    ``(answer_text, span_ids, logprob, n_scored_rows)``. ``llm`` is a ``vllm.LLM`` (see ``ENGINE_KWARGS``).
+
+    ``logprob = sum_i log p(s_i | prompt, s_<i) + log p(end | prompt, s)`` with ``end`` the model's EOS (the
+    paper's definition, and the token greedy mode forces) unless ``end_id`` names another terminator (e.g. the
+    newline token for a model that ends its answers with a line break)."""
     scorer = scorer or EngineScorer(llm)
+    end = scorer.eos_id if end_id is None else int(end_id)
     prompt_ids = scorer.prompt_ids(prompt)
     sam = scorer.automaton(passage)
-    span, lp, rows = best_span(sam, scorer.score_fn(prompt_ids, sam, max_span_tokens), max_span_tokens,
-                               scorer.eos_id, batch_size=batch_size)
+    span, lp, rows = best_span(sam, scorer.score_fn(prompt_ids, sam, max_span_tokens, end), max_span_tokens,
+                               end, batch_size=batch_size)
     return ExactResult(scorer.decode(span).strip(), span, lp, rows)
 
 

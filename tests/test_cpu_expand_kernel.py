@@ -1,0 +1,50 @@
+"""vLLM 0.32's CPU expand_kernel fallback loses float outputs; the cpu_expand_kernel patch fixes it.
+
+Runs vLLM's own ``expand_batch_to_tokens`` (what the rejection sampler uses to expand per-request temperatures to
+one value per draft token) with the CPU kernel overrides registered as a vLLM worker registers them. No mocks. The
+first test documents the upstream bug: when it fails, vLLM fixed it and the patch can go (its removal plan).
+"""
+
+import pytest
+import torch
+
+from declab.patches.cpu_expand_kernel import CpuExpandKernelPatch
+
+TEMPERATURES = torch.tensor([0.7, 1.3, 0.0], dtype=torch.float32)  # 0.0 = GREEDY_TEMPERATURE, replaced by 1
+CU = torch.tensor([3, 5, 9], dtype=torch.int32)
+EXPECTED = torch.tensor([0.7] * 3 + [1.3] * 2 + [1.0] * 4)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cpu_kernels():
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        pytest.skip("CPU-only kernel fallback")
+    current_platform.import_kernels()  # loads torch.ops._C as a vLLM worker does
+
+
+def _expand_temperatures():
+    from vllm.platforms import current_platform
+    from vllm.v1.sample.rejection_sampler import GREEDY_TEMPERATURE, expand_batch_to_tokens
+
+    current_platform.register_triton_kernel_overrides()  # what the worker does after loading general plugins
+    return expand_batch_to_tokens(TEMPERATURES, CU, 9, replace_from=GREEDY_TEMPERATURE, replace_to=1)
+
+
+def test_upstream_cpu_fallback_loses_float_outputs():
+    from vllm.utils import cpu_triton_utils
+
+    if "_declab_orig__expand_kernel_impl" in vars(cpu_triton_utils):
+        pytest.skip("patch already applied in this process")
+    assert not torch.allclose(_expand_temperatures(), EXPECTED)
+
+
+def test_patched_fallback_expands_floats_and_keeps_the_int_path():
+    from vllm.utils import cpu_triton_utils
+
+    CpuExpandKernelPatch.apply()
+    assert torch.allclose(_expand_temperatures(), EXPECTED)
+    ints = torch.zeros(9, dtype=torch.int64)
+    cpu_triton_utils._expand_kernel_impl(ints, torch.tensor([4, -1, 6]), CU, -1, 2)
+    assert ints.tolist() == [4, 4, 4, 2, 2, 6, 6, 6, 6]
