@@ -37,6 +37,7 @@ class RunSpec:
     repeats: int = 1  # timed batch runs (after one warm-up)
     latency_prompts: int = 0  # additionally time this many prompts one at a time (batch 1)
     name: str = ""
+    collect_metrics: bool = False  # engine stats on (disable_log_stats=False); vllm:spec_decode_* counters returned
 
 
 def _sampling_params(spec: RunSpec):
@@ -51,20 +52,47 @@ def _sampling_params(spec: RunSpec):
     return out
 
 
+def _spec_metrics(llm) -> dict[str, Any]:
+    """vLLM's speculative-decoding counters (cumulative since engine start)."""
+    out: dict[str, Any] = {}
+    for m in llm.get_metrics():
+        if m.name.startswith("vllm:spec_decode"):
+            key = m.name.removeprefix("vllm:spec_decode_")
+            out[key] = list(m.values) if hasattr(m, "values") else m.value
+    return out
+
+
+def _diff(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in after.items():
+        b = before.get(k)
+        if isinstance(v, list):
+            out[k] = [x - y for x, y in zip(v, b)] if b else v
+        else:
+            out[k] = v - (b or 0)
+    return out
+
+
 def _child(spec_path: str, result_path: str) -> None:
     spec = RunSpec(**json.loads(open(spec_path).read()))
     from vllm import LLM
 
     t0 = time.perf_counter()
-    llm = LLM(model=spec.model, **{**CPU_ENGINE_KWARGS, **spec.engine_kwargs})
+    kwargs = {**CPU_ENGINE_KWARGS, **spec.engine_kwargs}
+    if spec.collect_metrics:
+        kwargs["disable_log_stats"] = False
+    llm = LLM(model=spec.model, **kwargs)
     startup_s = time.perf_counter() - t0
     params = _sampling_params(spec)
     llm.generate(spec.prompts[:2], params[:2], use_tqdm=False)  # warm-up
+    metrics_before = _spec_metrics(llm) if spec.collect_metrics else None
     batch_times, outputs = [], None
     for _ in range(max(1, spec.repeats)):
         t = time.perf_counter()
         outputs = llm.generate(spec.prompts, params, use_tqdm=False)
         batch_times.append(time.perf_counter() - t)
+    # Counters over the timed batch runs only (warm-up excluded).
+    metrics = _diff(_spec_metrics(llm), metrics_before) if spec.collect_metrics else None
     latencies = []
     for i in range(min(spec.latency_prompts, len(spec.prompts))):
         t = time.perf_counter()
@@ -81,6 +109,7 @@ def _child(spec_path: str, result_path: str) -> None:
         "cumulative_logprobs": [o.outputs[0].cumulative_logprob for o in outputs],
         "finish_reasons": [o.outputs[0].finish_reason for o in outputs],
         "generated_tokens": sum(len(t) for t in token_ids),
+        "spec_metrics": metrics,
     }
     with open(result_path, "w") as f:
         json.dump(result, f)

@@ -26,6 +26,8 @@ PLUGINS_ENV = "DECLAB_PLUGINS"
 # Every plugin package, in catalog order of their paper. Adding a plugin = one line here + its folder.
 PLUGIN_MODULES = (
     "declab.plugins.momentum",
+    "declab.plugins.diverse_beam",
+    "declab.plugins.token_recycling",
     "declab.plugins.extractive",
 )
 
@@ -41,8 +43,11 @@ class PluginSpec:
     params: tuple[ParamSpec, ...] = ()
     # For HOOK_LOGITS: "module:Class" of the per-request processor in the plugin's pure core.
     row_processor: str | None = None
-    # Names of patches (declab.patches.REGISTRY) this plugin needs when selected.
+    # Names of patches (declab.patches.registry()) applied by the entry point, in every vLLM process, when selected.
     patches: tuple[str, ...] = ()
+    # Patches of worker internals (model runner), applied by the plugin's own vLLM object when vLLM constructs it
+    # inside the worker, so the front-end never imports runner modules.
+    worker_patches: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -11,3 +11,15 @@ choices is accepted, and the new top-k candidates update the matrix. The pure al
 drafting, best chain, tree mask, greedy verification) is in ``core.py``; vLLM 0.32 verifies one chain per request,
 so the engine stage drafts the tree's rank-0 main branch.
 """
+
+# `speculative_config={"method": "custom_class", "model": "declab.plugins.token_recycling.TokenRecyclingProposer"}`
+# imports this package in the worker; the proposer (torch, vLLM) is loaded only then.
+__all__ = ["TokenRecyclingProposer"]
+
+
+def __getattr__(name: str):
+    if name == "TokenRecyclingProposer":
+        from declab.plugins.token_recycling.proposer import TokenRecyclingProposer
+
+        return TokenRecyclingProposer
+    raise AttributeError(name)

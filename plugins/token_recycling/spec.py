@@ -1,0 +1,29 @@
+"""Declaration of the Token Recycling plugin (plain data: no torch, no vLLM)."""
+
+from declab.integrations.params import ParamSpec
+from declab.integrations.registry import HOOK_PROPOSER, PluginSpec
+
+PROPOSER_PATH = "declab.plugins.token_recycling.TokenRecyclingProposer"
+CONFIG_ENV = "DECLAB_TOKEN_RECYCLING"  # engine-wide parameters as JSON, e.g. '{"successors": 8}'
+
+SPEC = PluginSpec(
+    name="token_recycling",
+    paper=21,
+    hook=HOOK_PROPOSER,
+    status="partial",
+    summary="Token Recycling: lossless self-speculation from an adjacency matrix of the target's recycled top-k",
+    reason=(
+        "chain only: vLLM 0.32 verifies one draft chain per request (no tree attention), so the proposer drafts the "
+        "paper tree's rank-0 main branch; tree verification (stage 2) is not implemented yet"
+    ),
+    # Engine-wide, not per request: set through DECLAB_TOKEN_RECYCLING (JSON). K is num_speculative_tokens.
+    params=(
+        ParamSpec("successors", int, 8, low=1, high=64, doc="k, successors kept per token (paper: 8)"),
+        ParamSpec("mode", str, "chain", choices=("chain",), doc="'chain' (tree needs tree attention; planned)"),
+        ParamSpec("stop_at_unseen", bool, True,
+                  doc="end a draft before a token whose row was never written (paper drafts the zero row)"),
+    ),
+    patches=("cpu_expand_kernel",),
+    worker_patches=("runner_feeds_proposer",),
+    extra={"max_speculative_tokens": 16, "proposer": PROPOSER_PATH, "config_env": CONFIG_ENV},
+)
