@@ -11,7 +11,8 @@ Same prompts (``default_bench_prompts``: code prompts, then Spec-Bench first tur
   ``transformers-community/contrastive-search`` (``custom_generate`` + ``trust_remote_code``), which this machine
   cannot reach, so the step is implemented here in plain torch on top of the model's own forward pass (KV cache,
   ``output_hidden_states``): candidates = top-k of ``softmax(logits)``; each candidate is fed once (the k
-  candidates of all prompts in one batched forward over the repeated cache); score
+  candidates of all prompts in one forward: k query tokens per prompt over its single KV cache, with a 4D mask so
+  that each candidate sees the context and itself only, instead of the reference's k-fold cache copy); score
   ``(1 - alpha) * p(v) - alpha * max_j cos(h_v, h_j)`` over the last-layer hidden states ``h_j`` of every earlier
   token (prompt included, padding excluded); the winner's cache row, hidden state and next-token logits are kept.
   Prompts are left-padded and decoded as one batch.
@@ -103,7 +104,8 @@ def contrastive_search(
     """Contrastive search for a batch of prompts (left-padded). Returns the generated ids per prompt.
 
     ``x_t = argmax_{v in top-k(p)} (1 - alpha) p(v | x_<t) - alpha max_{j < t} cos(h_v, h_j)``, with ``h`` the
-    model's last-layer hidden states (``hidden_states[-1]``). ``alpha = 0`` is greedy decoding. With ``eos_id``
+    model's last-layer hidden states (``hidden_states[-1]``, i.e. after the final norm). For models whose logits
+    are the output embedding of that state (Llama and friends; no final soft-capping). ``alpha = 0`` is greedy decoding. With ``eos_id``
     a sequence stops after EOS (the batch runs on until all stopped; its later tokens are dropped).
     """
     import torch
@@ -118,39 +120,48 @@ def contrastive_search(
     for b, p in enumerate(prompts_ids):
         ids[b, L - len(p):] = torch.tensor(p, dtype=torch.long)
         mask[b, L - len(p):] = 1
+    # The decoder body gives the last-layer hidden states (== ``hidden_states[-1]`` of the full model, after the
+    # final norm); the LM head is applied only where logits are needed (the winner), not to every candidate.
+    body, head = model.get_decoder(), model.get_output_embeddings()
     with torch.inference_mode():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                    use_cache=True, output_hidden_states=True)
+        out = body(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                   use_cache=True)
         past = out.past_key_values
-        ctx_h = F.normalize(out.hidden_states[-1].float(), dim=-1)  # [B, T, H], unit vectors
-        logits = out.logits[:, -1, :].float()
+        ctx_h = F.normalize(out.last_hidden_state.float(), dim=-1)  # [B, T, H], unit vectors
+        logits = head(out.last_hidden_state[:, -1, :]).float()
         ctx_mask = mask.bool()
         n_real = mask.sum(-1)  # position of the next token
         rows = torch.arange(B)
+        eye = torch.eye(k, dtype=torch.bool).expand(B, 1, k, k)
         generated = torch.empty((B, 0), dtype=torch.long)
         done = torch.zeros(B, dtype=torch.bool)
         for _ in range(max_new_tokens):
             probs = torch.softmax(logits, dim=-1)
             top_p, top_ids = probs.topk(k, dim=-1)  # [B, k]
-            past.batch_repeat_interleave(k)
-            cand_mask = torch.cat([ctx_mask, torch.ones((B, 1), dtype=torch.bool)], 1).repeat_interleave(k, 0)
-            o = model(input_ids=top_ids.reshape(-1, 1), attention_mask=cand_mask.long(),
-                      position_ids=n_real.repeat_interleave(k).unsqueeze(1), past_key_values=past, use_cache=True,
-                      output_hidden_states=True)
-            cand_h = F.normalize(o.hidden_states[-1][:, -1, :].float(), dim=-1).view(B, k, -1)  # [B, k, H]
+            # The k candidates of a prompt are k query tokens over its one KV cache; the 4D mask lets each see the
+            # context and itself only, all at the same position, so each gets exactly the hidden state (and next
+            # logits) it would get on its own, without copying the cache k times.
+            T = ctx_mask.shape[1]
+            mask4 = torch.cat([ctx_mask[:, None, None, :].expand(B, 1, k, T), eye], dim=-1)
+            o = body(input_ids=top_ids, attention_mask=mask4, position_ids=n_real.unsqueeze(1).expand(B, k),
+                     past_key_values=past, use_cache=True)
+            cand_h = F.normalize(o.last_hidden_state.float(), dim=-1)  # [B, k, H]
             cos = torch.einsum("bkh,bth->bkt", cand_h, ctx_h)  # [B, k, T]
             cos = cos.masked_fill(~ctx_mask.unsqueeze(1), float("-inf"))
             penalty = cos.max(-1).values  # [B, k]
             score = (1.0 - alpha) * top_p - alpha * penalty
             sel = score.argmax(-1)  # first maximum: the more probable candidate wins ties
-            flat = rows * k + sel
-            past.batch_select_indices(flat)
+            for layer in past.layers:  # keep the winner's key/value at position T, drop the other candidates
+                for name in ("keys", "values"):
+                    kv = getattr(layer, name)
+                    kv[:, :, T] = kv[rows, :, T + sel]
+                    setattr(layer, name, kv[:, :, : T + 1])
             nxt = top_ids[rows, sel]
             generated = torch.cat([generated, nxt.unsqueeze(1)], 1)
             ctx_h = torch.cat([ctx_h, cand_h[rows, sel].unsqueeze(1)], 1)
             ctx_mask = torch.cat([ctx_mask, torch.ones((B, 1), dtype=torch.bool)], 1)
             n_real = n_real + 1
-            logits = o.logits[flat, -1, :].float()
+            logits = head(o.last_hidden_state[rows, sel, :]).float()
             if eos_id is not None:
                 done |= nxt == eos_id
                 if bool(done.all()):

@@ -93,17 +93,19 @@ def _child(spec_path: str, result_path: str) -> None:
         batch_times.append(time.perf_counter() - t)
     # Counters over the timed batch runs only (warm-up excluded).
     metrics = _diff(_spec_metrics(llm), metrics_before) if spec.collect_metrics else None
-    latencies = []
+    latencies, single_token_ids = [], []
     for i in range(min(spec.latency_prompts, len(spec.prompts))):
         t = time.perf_counter()
-        llm.generate([spec.prompts[i]], [params[i]], use_tqdm=False)
+        single = llm.generate([spec.prompts[i]], [params[i]], use_tqdm=False)
         latencies.append(time.perf_counter() - t)
+        single_token_ids.append(list(single[0].outputs[0].token_ids))
     token_ids = [list(o.outputs[0].token_ids) for o in outputs]
     result = {
         "name": spec.name,
         "startup_s": startup_s,
         "batch_times_s": batch_times,
         "latencies_s": latencies,
+        "single_token_ids": single_token_ids,  # batch-1 outputs of the first `latency_prompts` prompts
         "token_ids": token_ids,
         "texts": [o.outputs[0].text for o in outputs],
         "cumulative_logprobs": [o.outputs[0].cumulative_logprob for o in outputs],

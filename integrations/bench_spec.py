@@ -1,0 +1,811 @@
+"""``declab bench spec``: speculative decoding on Spec-Bench and code prompts (vanilla, ngram, suffix, Token Recycling).
+
+One run, one prompt set, one set of engine settings (``engine_run.CPU_ENGINE_KWARGS``, greedy, ``--max-tokens``);
+every configuration runs in a fresh child process of its own, one after the other (they never share the cores):
+
+* ``vanilla``: no speculation.
+* ``ngram``: vLLM prompt lookup. Its lookup window (``prompt_lookup_min/max``) and K are tuned first on a small
+  subset (``--sweep-per-category`` prompts of each group, batch 16): one engine per K, the window is switched
+  between sweep runs on the live drafter (the n-gram proposer has no state across steps). The sweep is in
+  ``report["ngram_sweep"]``; the best tokens/s wins.
+* ``suffix``: vLLM suffix decoding (Arctic Inference's suffix trees; package ``arctic-inference``), vLLM's default
+  settings (K = ``suffix_decoding_max_tree_depth`` = 24 unless ``--suffix-k``). Recorded as unavailable, with the
+  reason, when the package does not import.
+* ``token_recycling_chain``: ``custom_class`` proposer ``declab.plugins.token_recycling.TokenRecyclingProposer``
+  (``DECLAB_PLUGINS=token_recycling``; K = ngram's chosen K unless ``--tr-k``).
+* ``token_recycling_tree``: not available (vLLM 0.32 verifies one chain per request).
+
+Prompts: Spec-Bench first turns (``../shared/eval/spec_bench/question.jsonl``, 13 categories) plus
+``prompts.CODE_PROMPTS`` (group ``code``). A prompt is skipped when ``prompt tokens + max_tokens + largest K`` exceeds
+the model's 2,048-token context (vLLM's runner turns the drafter off for the *whole batch* once any sequence of it
+could overflow, so such a prompt would also distort its batch); the skipped ones are listed in the report.
+``--limit N`` keeps the first N prompts of each group.
+
+Each engine runs two timed phases over the prompt set, after one warm-up on a prompt outside the set:
+
+* ``batch16``: each group (category) in batches of at most ``--batch-size`` prompts; group time = sum of its
+  batches' wall times.
+* ``batch1``: every prompt alone (one ``generate`` call per prompt).
+
+Between the warm-up and each phase the proposer's state is reset in the worker (Token Recycling's adjacency matrix
+back to its initial zeros, suffix decoding's response cache emptied), so neither phase sees outputs of the same
+prompts from an earlier pass; inside a phase the state carries over from query to query (the papers' hot start).
+Prefix caching is off for every configuration, so every phase pays the same prefill.
+
+Per configuration, group and phase the report gives: tokens/s and speed-up vs vanilla (same phase), mean accepted
+length (vLLM's convention ``1 + accepted / drafts``, over steps that had a draft), tokens per target forward
+(``generated / (generated - accepted)``, steps without a draft included), acceptance rate per draft position
+(``accepted_at_pos / drafts``), the share of outputs token-identical to vanilla's, proposer seconds per step
+(the worker's ``drafter.propose`` wall time per call, same measurement for every method) and proposer memory.
+
+Workers: every configuration uses ``worker_cls=SpecBenchWorker`` (this module), a ``CPUWorker`` that only adds the
+RPCs used here (proposer timing, reset, memory); it changes nothing in the engine's step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from declab.integrations.engine_run import CPU_ENGINE_KWARGS, RunSpec
+from declab.integrations.models import default_model, eval_file
+from declab.integrations.prompts import CODE_PROMPTS
+
+TR_PROPOSER = "declab.plugins.token_recycling.TokenRecyclingProposer"
+WORKER_CLS = "declab.integrations.bench_spec.SpecBenchWorker"
+CODE_GROUP = "code"
+TR_TREE_REASON = "vLLM 0.32 verifies one chain per request; tree verification not implemented"
+# A warm-up prompt outside the benchmark set (so no proposer state is learnt from the prompts measured later).
+WARMUP_PROMPTS = ["The quick brown fox jumps over the lazy dog. The quick brown fox", "def add(a, b):\n    return"]
+PHASES = ("batch16", "batch1")
+DEFAULT_NGRAM_WINDOWS = ((1, 2), (2, 3), (2, 4), (3, 5))
+DEFAULT_NGRAM_KS = (4, 8)
+SUFFIX_DEFAULT_K = 24  # vLLM: num_speculative_tokens defaults to suffix_decoding_max_tree_depth (24)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Options
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _add(parser: argparse.ArgumentParser, *flags: str, **kw: Any) -> None:
+    """Add an option unless the parser already has it (``declab bench``'s parser shares the common ones)."""
+    if any(f in parser._option_string_actions for f in flags):  # noqa: SLF001 - argparse has no public query
+        return
+    parser.add_argument(*flags, **kw)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of ``declab bench spec``. Common options the parser already has (``--model``, ``--max-tokens``,
+    ``--out``) are left as they are; ``--prompts``, ``--repeats`` and ``--latency-prompts`` are not used here."""
+    _add(parser, "--model", default=None, help="model path (default: decoder-29m)")
+    _add(parser, "--max-tokens", type=int, default=128)
+    _add(parser, "--out", default="bench-results", help="output folder")
+    _add(parser, "--limit", type=int, default=None,
+         help="first N prompts of each Spec-Bench category and of the code prompts (default: all that fit)")
+    _add(parser, "--batch-size", type=int, default=16, help="batch size of the batched phase")
+    _add(parser, "--configs", default="vanilla,ngram,suffix,token_recycling_chain",
+         help="comma list out of vanilla,ngram,suffix,token_recycling_chain (vanilla is always run)")
+    _add(parser, "--phases", default=",".join(PHASES), help="comma list out of batch16,batch1")
+    _add(parser, "--ngram", default=None,
+         help="skip the sweep and use MIN,MAX,K for ngram (prompt_lookup_min, prompt_lookup_max, K)")
+    _add(parser, "--ngram-windows", default=";".join(f"{a},{b}" for a, b in DEFAULT_NGRAM_WINDOWS),
+         help="sweep: lookup windows 'MIN,MAX;MIN,MAX;...'")
+    _add(parser, "--ngram-ks", default=",".join(map(str, DEFAULT_NGRAM_KS)), help="sweep: K values (one engine each)")
+    _add(parser, "--sweep-per-category", type=int, default=1,
+         help="sweep subset: the last N fitting prompts of each group (disjoint from --limit's first N when small)")
+    _add(parser, "--tr-k", type=int, default=None, help="Token Recycling chain length (default: ngram's K)")
+    _add(parser, "--tr-config", default="{}", help="DECLAB_TOKEN_RECYCLING JSON (engine-wide TR parameters)")
+    _add(parser, "--suffix-k", type=int, default=None, help=f"suffix decoding K (default: vLLM's {SUFFIX_DEFAULT_K})")
+    _add(parser, "--ignore-eos", action="store_true", help="fixed-length outputs (default: stop at EOS)")
+    _add(parser, "--child-timeout", type=float, default=1800, help="seconds per engine child process")
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prompt set
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_prompt_set(model: str, *, max_tokens: int, max_k: int, max_model_len: int,
+                    limit: int | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+    """(items, skipped, totals). Items: Spec-Bench first turns (file order) then the code prompts, each
+    ``{"group", "id", "text", "prompt_tokens"}``; a prompt is kept when ``prompt_tokens + max_tokens + max_k <=
+    max_model_len``. ``limit`` keeps the first N kept prompts of each group."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    raw: list[tuple[str, str, str]] = []
+    path = eval_file("spec_bench", "question.jsonl")
+    if path is not None:
+        for line in path.read_text().splitlines():
+            item = json.loads(line)
+            raw.append((item.get("category", "unknown"), str(item.get("question_id")), item["turns"][0]))
+    raw += [(CODE_GROUP, f"code-{i}", p) for i, p in enumerate(CODE_PROMPTS)]
+    budget = max_model_len - max_tokens - max_k
+    items, skipped, totals = [], [], {}
+    for group, qid, text in raw:
+        n = len(tok(text).input_ids)
+        totals[group] = totals.get(group, 0) + 1
+        rec = {"group": group, "id": qid, "text": text, "prompt_tokens": n}
+        (items if n <= budget else skipped).append(rec)
+    if limit is not None:
+        kept, seen = [], {}
+        for it in items:
+            seen[it["group"]] = seen.get(it["group"], 0) + 1
+            if seen[it["group"]] <= limit:
+                kept.append(it)
+        items = kept
+    return items, [{k: v for k, v in s.items() if k != "text"} for s in skipped], totals
+
+
+def group_order(items: list[dict[str, Any]]) -> list[str]:
+    out: list[str] = []
+    for it in items:
+        if it["group"] not in out:
+            out.append(it["group"])
+    return out
+
+
+def batches_by_group(items: list[dict[str, Any]], batch_size: int) -> list[list[int]]:
+    """Index batches: each group in file order, cut into batches of at most ``batch_size`` (never mixing groups)."""
+    out: list[list[int]] = []
+    for g in group_order(items):
+        idx = [i for i, it in enumerate(items) if it["group"] == g]
+        out += [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
+    return out
+
+
+def sweep_subset(items_all: list[dict[str, Any]], per_group: int) -> list[dict[str, Any]]:
+    out = []
+    for g in group_order(items_all):
+        out += [it for it in items_all if it["group"] == g][-per_group:]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Worker side: a CPUWorker with RPCs for proposer timing, reset and memory
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _proc_memory() -> dict[str, int]:
+    out = {}
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, val = line.split(":", 1)
+                out[{"VmRSS": "rss_bytes", "VmHWM": "peak_rss_bytes"}[key]] = int(val.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def drafter_memory(drafter: Any) -> dict[str, Any]:
+    """Bytes held by the proposer's own state (what the method needs beyond the target model and its KV cache)."""
+    if drafter is None:
+        return {"proposer_bytes": 0, "what": "no proposer"}
+    matrix = getattr(drafter, "matrix", None)
+    if matrix is not None:  # Token Recycling
+        return {"proposer_bytes": int(matrix.nbytes_total), "matrix_bytes": int(matrix.nbytes),
+                "seen_rows": int(matrix.num_seen), "what": "adjacency matrix |V| x k (+ seen flags)"}
+    cache = getattr(drafter, "suffix_cache", None)
+    if cache is not None:  # suffix decoding
+        glob = int(cache._global_tree.estimate_memory())  # noqa: SLF001
+        local = sum(int(t.estimate_memory()) for t in cache._local_trees.values())  # noqa: SLF001
+        return {"proposer_bytes": glob + local, "global_tree_bytes": glob, "prompt_trees_bytes": local,
+                "cached_requests": len(cache.cached_requests),
+                "what": "suffix trees (arctic estimate_memory: global response tree + live prompt trees)"}
+    bufs = [getattr(drafter, n, None) for n in ("valid_ngram_draft", "valid_ngram_num_drafts")]
+    nbytes = sum(int(b.nbytes) for b in bufs if b is not None)
+    return {"proposer_bytes": nbytes, "what": "n-gram draft buffers (stateless lookup in the token history)"}
+
+
+def _reset_drafter(drafter: Any) -> None:
+    matrix = getattr(drafter, "matrix", None)
+    if matrix is not None:
+        matrix.reset()
+    cache = getattr(drafter, "suffix_cache", None)
+    if cache is not None:
+        drafter.suffix_cache = type(cache)(max_tree_depth=cache.max_tree_depth,
+                                           max_cached_requests=cache.max_cached_requests)
+
+
+_WORKER_CLASS = None
+
+
+def _make_worker_class():
+    global _WORKER_CLASS
+    if _WORKER_CLASS is not None:
+        return _WORKER_CLASS
+    from vllm.v1.worker.cpu_worker import CPUWorker
+
+    class SpecBenchWorker(CPUWorker):
+        """CPUWorker + RPCs: ``declab_bench_reset(attrs)``, ``declab_bench_stats()``. Times ``drafter.propose``."""
+
+        def init_device(self):
+            super().init_device()
+            self._declab_timing = {"propose_calls": 0, "propose_seconds": 0.0}
+            drafter = getattr(self.model_runner, "drafter", None)
+            if drafter is None or not hasattr(drafter, "propose"):
+                return
+            original, timing = drafter.propose, self._declab_timing
+
+            def timed_propose(*args, **kwargs):
+                t0 = time.perf_counter()
+                try:
+                    drafts = original(*args, **kwargs)
+                    cap = timing.get("max_draft")
+                    return drafts if cap is None else [list(d)[:cap] for d in drafts]
+                finally:
+                    timing["propose_seconds"] += time.perf_counter() - t0
+                    timing["propose_calls"] += 1
+
+            drafter.propose = timed_propose
+
+        def declab_bench_reset(self, drafter_attrs: dict[str, Any] | None = None,
+                               max_draft: int | None = None) -> dict[str, Any]:
+            """Cold proposer state, zeroed timing; ``drafter_attrs`` set on the drafter; drafts cut to
+            ``max_draft`` tokens (a K=8 engine then drafts like a K=``max_draft`` one: used by the ngram sweep)."""
+            drafter = getattr(self.model_runner, "drafter", None)
+            if drafter is not None:
+                _reset_drafter(drafter)
+                for k, v in (drafter_attrs or {}).items():
+                    if not hasattr(drafter, k):
+                        raise AttributeError(f"{type(drafter).__name__} has no attribute {k!r}")
+                    setattr(drafter, k, v)
+                if hasattr(drafter, "stats"):  # Token Recycling's own counters
+                    for k in ("propose_calls", "propose_seconds", "rows_updated"):
+                        if k in drafter.stats:
+                            drafter.stats[k] = type(drafter.stats[k])(0)
+            self._declab_timing.update(propose_calls=0, propose_seconds=0.0, max_draft=max_draft)
+            return {"drafter": type(drafter).__name__ if drafter is not None else None}
+
+        def declab_bench_stats(self) -> dict[str, Any]:
+            drafter = getattr(self.model_runner, "drafter", None)
+            out = {"drafter": type(drafter).__name__ if drafter is not None else None, **self._declab_timing,
+                   **_proc_memory(), "memory": drafter_memory(drafter)}
+            if drafter is not None and isinstance(getattr(drafter, "stats", None), dict):
+                out["drafter_stats"] = dict(drafter.stats)
+            return out
+
+    _WORKER_CLASS = SpecBenchWorker
+    return SpecBenchWorker
+
+
+def __getattr__(name: str):
+    # vLLM resolves worker_cls="declab.integrations.bench_spec.SpecBenchWorker" with getattr on this module; the
+    # class is built on first use so that importing this module needs no vLLM.
+    if name == "SpecBenchWorker":
+        return _make_worker_class()
+    raise AttributeError(name)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Child process: one engine, warm-up, then the planned phases
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _request_metrics(out) -> dict[str, Any] | None:
+    m = getattr(out, "spec_decode_metrics", None)
+    if m is None:
+        return None
+    return {"histogram": list(m.histogram), "num_draft_tokens": int(m.num_draft_tokens)}
+
+
+def _child(spec_path: str, plan_path: str, result_path: str) -> None:
+    from declab.integrations.engine_run import _diff, _spec_metrics
+
+    spec = RunSpec(**json.loads(Path(spec_path).read_text()))
+    plan = json.loads(Path(plan_path).read_text())
+    from vllm import LLM, SamplingParams
+
+    kwargs = {**CPU_ENGINE_KWARGS, **spec.engine_kwargs}
+    if spec.collect_metrics:
+        kwargs["disable_log_stats"] = False
+        if kwargs.get("speculative_config"):
+            kwargs.setdefault("per_request_spec_decode_metrics", "summary")
+    t0 = time.perf_counter()
+    llm = LLM(model=spec.model, **kwargs)
+    startup_s = time.perf_counter() - t0
+    params = SamplingParams(**spec.sampling)
+    warm = SamplingParams(**{**spec.sampling, "max_tokens": min(16, spec.sampling.get("max_tokens", 16))})
+    llm.generate(WARMUP_PROMPTS, [warm] * len(WARMUP_PROMPTS), use_tqdm=False)
+
+    phases = []
+    for phase in plan["phases"]:
+        reset = llm.collective_rpc("declab_bench_reset", args=(phase.get("drafter_attrs"), phase.get("max_draft")))
+        before = _spec_metrics(llm) if spec.collect_metrics else {}
+        n = len(spec.prompts)
+        token_ids: list[Any] = [None] * n
+        req_metrics: list[Any] = [None] * n
+        finish: list[Any] = [None] * n
+        batch_times = []
+        for batch in phase["batches"]:
+            t = time.perf_counter()
+            outs = llm.generate([spec.prompts[i] for i in batch], [params] * len(batch), use_tqdm=False)
+            batch_times.append(time.perf_counter() - t)
+            for i, o in zip(batch, outs):
+                token_ids[i] = list(o.outputs[0].token_ids)
+                req_metrics[i] = _request_metrics(o.outputs[0])
+                finish[i] = o.outputs[0].finish_reason
+        metrics = _diff(_spec_metrics(llm), before) if spec.collect_metrics else None
+        stats = llm.collective_rpc("declab_bench_stats")[0]
+        phases.append({"name": phase["name"], "batches": phase["batches"], "batch_times_s": batch_times,
+                       "token_ids": token_ids, "request_metrics": req_metrics, "finish_reasons": finish,
+                       "spec_metrics": metrics, "worker": stats, "reset": reset[0],
+                       "drafter_attrs": phase.get("drafter_attrs")})
+    result = {"name": spec.name, "startup_s": startup_s, "phases": phases}
+    stats_file = spec.env.get("DECLAB_TOKEN_RECYCLING_STATS")
+    if stats_file and os.path.exists(stats_file):
+        result["tr_stats_file"] = json.loads(Path(stats_file).read_text())
+    Path(result_path).write_text(json.dumps(result))
+
+
+def run_child(spec: RunSpec, plan: dict[str, Any], *, timeout: float = 1800) -> dict[str, Any]:
+    """Run ``spec`` with ``plan`` in a fresh Python process (like ``engine_run.run_in_child``)."""
+    env = dict(os.environ)
+    for k, v in spec.env.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    with tempfile.TemporaryDirectory(prefix="declab-spec-") as tmp:
+        paths = [os.path.join(tmp, f) for f in ("spec.json", "plan.json", "result.json")]
+        Path(paths[0]).write_text(json.dumps(asdict(spec)))
+        Path(paths[1]).write_text(json.dumps(plan))
+        try:
+            proc = subprocess.run([sys.executable, "-m", "declab.integrations.bench_spec", *paths], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            raise RuntimeError(f"engine run {spec.name!r} timed out after {timeout:.0f} s") from e
+        if proc.returncode != 0 or not os.path.exists(paths[2]):
+            raise RuntimeError(f"engine run {spec.name!r} failed (exit {proc.returncode}):\n{proc.stdout[-6000:]}")
+        return json.loads(Path(paths[2]).read_text())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Numbers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def acceptance(request_metrics: list[dict[str, Any] | None], token_ids: list[list[int]]) -> dict[str, Any]:
+    """Acceptance over requests from their per-request histograms (``histogram[j]`` = verify steps with j drafts
+    accepted), in vLLM's conventions."""
+    hists = [m["histogram"] for m in request_metrics if m]
+    if not hists:
+        return {}
+    width = max(len(h) for h in hists)
+    hist = [sum(h[j] for h in hists if j < len(h)) for j in range(width)]
+    drafts = sum(hist)
+    accepted = sum(j * c for j, c in enumerate(hist))
+    draft_tokens = sum(m["num_draft_tokens"] for m in request_metrics if m)
+    generated = sum(len(t) for t in token_ids)
+    per_pos = [sum(hist[j] for j in range(i + 1, width)) for i in range(width - 1)]
+    while per_pos and per_pos[-1] == 0 and len(per_pos) > 1:
+        per_pos.pop()
+    return {
+        "num_drafts": drafts,
+        "num_draft_tokens": draft_tokens,
+        "num_accepted_tokens": accepted,
+        "mean_accepted_length": 1.0 + accepted / drafts if drafts else 1.0,
+        "draft_acceptance_rate": accepted / draft_tokens if draft_tokens else 0.0,
+        "acceptance_per_position": [a / drafts if drafts else 0.0 for a in per_pos],
+        "tokens_per_forward": generated / max(1, generated - accepted),
+        "draft_step_share": drafts / max(1, generated - accepted),
+    }
+
+
+def phase_numbers(items: list[dict[str, Any]], phase: dict[str, Any]) -> dict[str, Any]:
+    """Per group and overall: tokens, seconds, tokens/s, acceptance."""
+    groups = group_order(items)
+    time_of = [0.0] * len(items)  # a batch's time, spread over its prompts by their share of its tokens
+    for batch, t in zip(phase["batches"], phase["batch_times_s"]):
+        toks = [len(phase["token_ids"][i]) for i in batch]
+        total = sum(toks)
+        for i, n in zip(batch, toks):
+            time_of[i] = t * (n / total if total else 1.0 / len(batch))
+    out: dict[str, Any] = {}
+    for g in groups + ["all"]:
+        idx = [i for i, it in enumerate(items) if g == "all" or it["group"] == g]
+        toks = sum(len(phase["token_ids"][i]) for i in idx)
+        secs = sum(time_of[i] for i in idx)
+        out[g] = {"prompts": len(idx), "generated_tokens": toks, "seconds": secs,
+                  "tokens_per_s": toks / secs if secs else 0.0,
+                  **acceptance([phase["request_metrics"][i] for i in idx], [phase["token_ids"][i] for i in idx])}
+    return out
+
+
+def _identical(a: list[list[int]], b: list[list[int]], idx: list[int]) -> float:
+    return sum(a[i] == b[i] for i in idx) / max(1, len(idx))
+
+
+def summarize_config(items, result, vanilla) -> dict[str, Any]:
+    out: dict[str, Any] = {"available": True, "startup_s": result["startup_s"], "phases": {}}
+    for ph in result["phases"]:
+        nums = phase_numbers(items, ph)
+        base_ph = next((p for p in vanilla["phases"] if p["name"] == ph["name"]), None) if vanilla else None
+        base = phase_numbers(items, base_ph) if base_ph else None
+        for g, row in nums.items():
+            idx = [i for i, it in enumerate(items) if g == "all" or it["group"] == g]
+            if base:
+                row["speedup_vs_vanilla"] = row["tokens_per_s"] / base[g]["tokens_per_s"] if base[g][
+                    "tokens_per_s"] else None
+                row["token_identical_share"] = _identical(ph["token_ids"], base_ph["token_ids"], idx)
+        w = ph["worker"]
+        calls = w.get("propose_calls", 0)
+        proposer = {"propose_calls": calls, "propose_seconds": w.get("propose_seconds", 0.0),
+                    "seconds_per_step": w["propose_seconds"] / calls if calls else None,
+                    "share_of_wall_time": w.get("propose_seconds", 0.0) / max(1e-9, sum(ph["batch_times_s"]))}
+        if "drafter_stats" in w:
+            ds = w["drafter_stats"]
+            proposer["tr_stats"] = ds
+            if ds.get("propose_calls"):
+                proposer["tr_seconds_per_step"] = ds["propose_seconds"] / ds["propose_calls"]
+        out["phases"][ph["name"]] = {
+            "groups": nums,
+            "engine_spec_metrics": ph["spec_metrics"],
+            "proposer": proposer,
+            "memory": {**w.get("memory", {}), "worker_rss_bytes": w.get("rss_bytes"),
+                       "worker_peak_rss_bytes": w.get("peak_rss_bytes")},
+            "wall_s": sum(ph["batch_times_s"]),
+        }
+    if "tr_stats_file" in result:
+        out["tr_stats_file"] = result["tr_stats_file"]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Run
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _suffix_availability() -> dict[str, Any]:
+    try:
+        from arctic_inference.suffix_decoding import SuffixDecodingCache  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any import failure means "not available"
+        return {"available": False, "reason": f"arctic_inference.suffix_decoding does not import: {e!r} "
+                "(vLLM's suffix method needs the arctic-inference package; PyPI has only the 0.3.0 sdist)"}
+    from importlib.metadata import version
+
+    return {"available": True, "arctic_inference_version": version("arctic_inference")}
+
+
+def _parse_windows(text: str) -> list[tuple[int, int]]:
+    return [tuple(int(x) for x in w.split(",")) for w in text.split(";") if w.strip()]  # type: ignore[misc]
+
+
+def _ngram_spec(lmin: int, lmax: int, k: int) -> dict[str, Any]:
+    return {"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_min": lmin, "prompt_lookup_max": lmax}
+
+
+def run_ngram_sweep(model, subset, sampling, engine_kwargs, windows, ks, batch_size, timeout, log) -> dict[str, Any]:
+    """One engine with K = max(ks); each (window, K) is a phase: the window is set on the live n-gram drafter
+    (``min_n``/``max_n``; it keeps no state across steps) and drafts are cut to K tokens (the same drafts a K engine
+    makes: the lookup is the same, only fewer continuation tokens are taken)."""
+    prompts = [it["text"] for it in subset]
+    batches = [list(range(len(prompts)))[s : s + batch_size] for s in range(0, len(prompts), batch_size)]
+    k_engine = max(ks)
+    grid = [(a, b, k) for k in ks for a, b in windows]
+    phases = [{"name": f"{a},{b},K{k}", "batches": batches, "drafter_attrs": {"min_n": a, "max_n": b},
+               "max_draft": None if k == k_engine else k} for a, b, k in grid]
+    lmin0, lmax0 = windows[0]
+    spec = RunSpec(model=model, prompts=prompts, sampling=sampling, name="ngram-sweep",
+                   engine_kwargs={**engine_kwargs, "speculative_config": _ngram_spec(lmin0, lmax0, k_engine)},
+                   env={"DECLAB_PLUGINS": None}, collect_metrics=True)
+    t = time.perf_counter()
+    res = run_child(spec, {"phases": phases}, timeout=timeout)
+    log(f"  ngram sweep: {time.perf_counter() - t:.0f} s (startup {res['startup_s']:.0f} s)")
+    rows = []
+    for (a, b, k), ph in zip(grid, res["phases"]):
+        toks = sum(len(t) for t in ph["token_ids"])
+        acc = acceptance(ph["request_metrics"], ph["token_ids"])
+        rows.append({"prompt_lookup_min": a, "prompt_lookup_max": b, "k": k,
+                     "tokens_per_s": toks / sum(ph["batch_times_s"]),
+                     "mean_accepted_length": acc.get("mean_accepted_length"),
+                     "tokens_per_forward": acc.get("tokens_per_forward"),
+                     "draft_acceptance_rate": acc.get("draft_acceptance_rate")})
+    best = max(rows, key=lambda r: r["tokens_per_s"])
+    return {"prompts": len(prompts), "prompt_ids": [it["id"] for it in subset], "batch_size": batch_size,
+            "engine_k": k_engine, "startup_s": res["startup_s"],
+            "criterion": "highest tokens/s on the subset (batches of --batch-size)", "results": rows,
+            "chosen": best}
+
+
+def run(args) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    log = (lambda m: print(m, file=sys.stderr, flush=True))
+    model = args.model or default_model()
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    phases_wanted = [p.strip() for p in args.phases.split(",") if p.strip()]
+    windows = _parse_windows(args.ngram_windows)
+    ks = [int(k) for k in args.ngram_ks.split(",") if k.strip()]
+    fixed_ngram = [int(x) for x in args.ngram.split(",")] if args.ngram else None
+    suffix_info = _suffix_availability() if "suffix" in configs else {"available": False, "reason": "not requested"}
+    suffix_k = args.suffix_k or SUFFIX_DEFAULT_K
+    max_k = max([*(ks if not fixed_ngram else [fixed_ngram[2]]), args.tr_k or 0,
+                 suffix_k if suffix_info["available"] else 0])
+    max_model_len = CPU_ENGINE_KWARGS["max_model_len"]
+    items_all, skipped, totals = load_prompt_set(model, max_tokens=args.max_tokens, max_k=max_k,
+                                                 max_model_len=max_model_len)
+    items = items_all
+    if args.limit is not None:
+        items, _, _ = load_prompt_set(model, max_tokens=args.max_tokens, max_k=max_k, max_model_len=max_model_len,
+                                      limit=args.limit)
+    prompts = [it["text"] for it in items]
+    sampling = {"temperature": 0.0, "max_tokens": args.max_tokens, "ignore_eos": bool(args.ignore_eos)}
+    engine_kwargs = {"enable_prefix_caching": False, "worker_cls": WORKER_CLS}
+    log(f"declab bench spec: {len(items)} prompts in {len(group_order(items))} groups, {len(skipped)} skipped; "
+        f"configs {configs}; phases {phases_wanted}")
+
+    plan = {"phases": []}
+    if "batch16" in phases_wanted:
+        plan["phases"].append({"name": "batch16", "batches": batches_by_group(items, args.batch_size)})
+    if "batch1" in phases_wanted:
+        plan["phases"].append({"name": "batch1", "batches": [[i] for i in range(len(items))]})
+
+    report: dict[str, Any] = {
+        "benchmark": "spec",
+        "model": model,
+        "engine_kwargs": {**CPU_ENGINE_KWARGS, **engine_kwargs},
+        "sampling": sampling,
+        "batch_size": args.batch_size,
+        "limit": args.limit,
+        "prompts": {
+            "total": len(items), "groups": {g: sum(it["group"] == g for it in items) for g in group_order(items)},
+            "available": totals, "skipped": skipped,
+            "fit_rule": f"prompt_tokens + max_tokens ({args.max_tokens}) + largest K ({max_k}) <= {max_model_len}",
+        },
+        "configs": {},
+    }
+
+    # 1. ngram sweep
+    if "ngram" in configs:
+        if fixed_ngram:
+            lmin, lmax, k_ngram = fixed_ngram
+            report["ngram_sweep"] = {"skipped": True, "given": {"prompt_lookup_min": lmin, "prompt_lookup_max": lmax,
+                                                                 "k": k_ngram}}
+        else:
+            subset = sweep_subset(items_all, args.sweep_per_category)
+            log(f"ngram sweep: {len(subset)} prompts, windows {windows}, K {ks}")
+            sweep = run_ngram_sweep(model, subset, sampling, engine_kwargs, windows, ks, args.batch_size,
+                                    args.child_timeout, log)
+            report["ngram_sweep"] = sweep
+            c = sweep["chosen"]
+            lmin, lmax, k_ngram = c["prompt_lookup_min"], c["prompt_lookup_max"], c["k"]
+    else:
+        lmin, lmax, k_ngram = 0, 0, (ks[0] if ks else 4)
+    tr_k = args.tr_k or k_ngram
+
+    # 2. configurations, each in its own engine (child process)
+    stats_dir = tempfile.mkdtemp(prefix="declab-tr-stats-")
+    specs: dict[str, RunSpec] = {}
+    common = dict(model=model, prompts=prompts, sampling=sampling, collect_metrics=True)
+    specs["vanilla"] = RunSpec(name="vanilla", engine_kwargs=engine_kwargs, env={"DECLAB_PLUGINS": None}, **common)
+    if "ngram" in configs:
+        specs["ngram"] = RunSpec(name="ngram", env={"DECLAB_PLUGINS": None},
+                                 engine_kwargs={**engine_kwargs, "speculative_config": _ngram_spec(lmin, lmax, k_ngram)},
+                                 **common)
+    if "suffix" in configs and suffix_info["available"]:
+        specs["suffix"] = RunSpec(name="suffix", env={"DECLAB_PLUGINS": None},
+                                  engine_kwargs={**engine_kwargs, "speculative_config": {
+                                      "method": "suffix", "num_speculative_tokens": suffix_k}}, **common)
+    if "token_recycling_chain" in configs:
+        specs["token_recycling_chain"] = RunSpec(
+            name="token_recycling_chain",
+            env={"DECLAB_PLUGINS": "token_recycling", "DECLAB_TOKEN_RECYCLING": args.tr_config,
+                 "DECLAB_TOKEN_RECYCLING_STATS": os.path.join(stats_dir, "tr.json")},
+            engine_kwargs={**engine_kwargs, "speculative_config": {
+                "method": "custom_class", "model": TR_PROPOSER, "num_speculative_tokens": tr_k}},
+            **common)
+
+    results: dict[str, Any] = {}
+    for name, spec in specs.items():
+        t = time.perf_counter()
+        try:
+            results[name] = run_child(spec, plan, timeout=args.child_timeout)
+        except RuntimeError as e:
+            log(f"  {name}: FAILED\n{e}")
+            report["configs"][name] = {"available": False, "reason": str(e)[-2000:]}
+            continue
+        log(f"  {name}: {time.perf_counter() - t:.0f} s (startup {results[name]['startup_s']:.0f} s)")
+
+    vanilla = results.get("vanilla")
+    for name, res in results.items():
+        s = summarize_config(items, res, vanilla)
+        s["speculative_config"] = specs[name].engine_kwargs.get("speculative_config")
+        s["env"] = {k: v for k, v in specs[name].env.items() if v is not None and not k.endswith("_STATS")}
+        report["configs"][name] = s
+    if "suffix" in configs and not suffix_info["available"]:
+        report["configs"]["suffix"] = suffix_info
+    elif "suffix" in report["configs"]:
+        report["configs"]["suffix"]["package"] = suffix_info
+    report["configs"]["token_recycling_tree"] = {"available": False, "reason": TR_TREE_REASON}
+    report["comparison"] = compare(report, items)
+    report["per_prompt"] = per_prompt(items, results)
+    report["runtime_s"] = time.perf_counter() - t_start
+    return report
+
+
+def per_prompt(items, results) -> list[dict[str, Any]]:
+    """Small per-prompt records: id, group, prompt tokens, and per configuration/phase the output length, the
+    accepted/draft counts and whether the output equals vanilla's."""
+    out = []
+    for i, it in enumerate(items):
+        rec: dict[str, Any] = {"id": it["id"], "group": it["group"], "prompt_tokens": it["prompt_tokens"]}
+        for name, res in results.items():
+            for ph in res["phases"]:
+                base = next(p for p in results["vanilla"]["phases"] if p["name"] == ph["name"]) \
+                    if "vanilla" in results else None
+                m = ph["request_metrics"][i]
+                rec[f"{name}/{ph['name']}"] = {
+                    "tokens": len(ph["token_ids"][i]),
+                    "accepted": sum(j * c for j, c in enumerate(m["histogram"])) if m else None,
+                    "drafts": sum(m["histogram"]) if m else None,
+                    "identical": ph["token_ids"][i] == base["token_ids"][i] if base else None,
+                }
+        out.append(rec)
+    return out
+
+
+def compare(report: dict[str, Any], items) -> dict[str, Any]:
+    """Token Recycling chain vs ngram per group: mean accepted length and tokens/s per phase, and their ratio."""
+    cfg = report["configs"]
+    tr, ng = cfg.get("token_recycling_chain", {}), cfg.get("ngram", {})
+    if not (tr.get("available") and ng.get("available")):
+        return {}
+    out: dict[str, Any] = {}
+    for ph in tr["phases"]:
+        if ph not in ng["phases"]:
+            continue
+        rows = {}
+        for g, t in tr["phases"][ph]["groups"].items():
+            n = ng["phases"][ph]["groups"][g]
+            rows[g] = {
+                "mal_tr": t["mean_accepted_length"], "mal_ngram": n["mean_accepted_length"],
+                "mal_ratio_tr_over_ngram": t["mean_accepted_length"] / n["mean_accepted_length"],
+                "tps_tr": t["tokens_per_s"], "tps_ngram": n["tokens_per_s"],
+                "tps_ratio_tr_over_ngram": t["tokens_per_s"] / n["tokens_per_s"] if n["tokens_per_s"] else None,
+                "speedup_tr": t.get("speedup_vs_vanilla"), "speedup_ngram": n.get("speedup_vs_vanilla"),
+            }
+        out[ph] = rows
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------------------------------------------------
+
+_COLORS = {"vanilla": "#888888", "ngram": "#1f77b4", "suffix": "#2ca02c", "token_recycling_chain": "#ff7f0e"}
+
+
+def _spec_configs(report) -> list[str]:
+    return [c for c, v in report["configs"].items() if v.get("available") and c != "vanilla"]
+
+
+def plot(report: dict[str, Any], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfgs = _spec_configs(report)
+    phases = [p for p in PHASES if any(p in report["configs"][c].get("phases", {}) for c in cfgs)]
+    groups = []
+    if cfgs and phases:
+        groups = [g for g in report["configs"][cfgs[0]]["phases"][phases[0]]["groups"]]
+    fig, axes = plt.subplots(2, 3, figsize=(19, 9))
+    width = 0.8 / max(1, len(cfgs))
+    x = list(range(len(groups)))
+
+    def bars(ax, key, phase, title, baseline=None):
+        for j, c in enumerate(cfgs):
+            g_rows = report["configs"][c]["phases"].get(phase, {}).get("groups", {})
+            vals = [(g_rows.get(g, {}).get(key) or 0.0) for g in groups]
+            ax.bar([i + j * width for i in x], vals, width, label=c, color=_COLORS.get(c))
+        ax.set_xticks([i + 0.4 - width / 2 for i in x], groups, rotation=45, ha="right", fontsize=8)
+        if baseline is not None:
+            ax.axhline(baseline, color="k", lw=0.8, ls="--")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+
+    if groups:
+        bars(axes[0, 0], "mean_accepted_length", phases[0], f"mean accepted length ({phases[0]})", 1.0)
+        for ax, ph in zip((axes[0, 1], axes[0, 2]), ("batch1", "batch16")):
+            if ph in phases:
+                bars(ax, "speedup_vs_vanilla", ph, f"speed-up vs vanilla, {ph} (tokens/s ratio)", 1.0)
+    ax = axes[1, 0]
+    for c in cfgs:
+        row = report["configs"][c]["phases"][phases[0]]["groups"]["all"] if phases else {}
+        acc = row.get("acceptance_per_position", [])
+        ax.plot(range(1, len(acc) + 1), acc, marker="o", label=c, color=_COLORS.get(c))
+    ax.set_xlabel("draft position")
+    ax.set_title("acceptance rate per position (accepted_at_pos / drafts, all prompts)", fontsize=10)
+    ax.legend(fontsize=7)
+    ax = axes[1, 1]
+    sweep = report.get("ngram_sweep", {}).get("results", [])
+    if sweep:
+        labels = [f"{r['prompt_lookup_min']}-{r['prompt_lookup_max']}\nK{r['k']}" for r in sweep]
+        vals = [r["tokens_per_s"] for r in sweep]
+        best = report["ngram_sweep"]["chosen"]
+        ax.bar(range(len(vals)), vals, color=["#d62728" if r is best or r == best else "#1f77b4" for r in sweep])
+        ax.set_xticks(range(len(vals)), labels, fontsize=7)
+        for i, r in enumerate(sweep):
+            ax.text(i, vals[i], f"MAL {r['mean_accepted_length']:.2f}", ha="center", va="bottom", fontsize=6)
+    ax.set_title("ngram sweep on the subset: tokens/s (lookup min-max, K)", fontsize=10)
+    ax = axes[1, 2]
+    names, per_step, mem = [], [], []
+    for c in cfgs:
+        ph = report["configs"][c]["phases"].get("batch1") or report["configs"][c]["phases"][phases[0]]
+        names.append(c)
+        per_step.append(1e3 * (ph["proposer"]["seconds_per_step"] or 0.0))
+        mem.append(ph["memory"].get("proposer_bytes", 0))
+    ax.bar(range(len(names)), per_step, color=[_COLORS.get(c) for c in names])
+    ax.set_xticks(range(len(names)), names, fontsize=8)
+    for i, (v, m) in enumerate(zip(per_step, mem)):
+        ax.text(i, v, f"{v:.3f} ms\nstate {m / 1e6:.2f} MB", ha="center", va="bottom", fontsize=7)
+    ax.set_title("proposer time per step (ms, batch 1) and proposer state size", fontsize=10)
+    not_avail = [f"{c}: {v['reason'][:90]}" for c, v in report["configs"].items() if not v.get("available")]
+    title = (f"declab bench spec: {report['prompts']['total']} prompts, max_tokens {report['sampling']['max_tokens']},"
+             f" greedy, {report['model'].rsplit('/', 1)[-1]}")
+    if not_avail:
+        title += "\nnot available: " + "; ".join(not_avail)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(report: dict[str, Any], out: str, name: str = "spec") -> tuple[Path, Path]:
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    jpath, ppath = folder / f"{name}.json", folder / f"{name}.png"
+    jpath.write_text(json.dumps(report, indent=1))
+    plot(report, ppath)
+    return jpath, ppath
+
+
+def format_table(report: dict[str, Any]) -> str:
+    cfgs = [c for c, v in report["configs"].items() if v.get("available")]
+    lines = []
+    for ph in PHASES:
+        if not any(ph in report["configs"][c].get("phases", {}) for c in cfgs):
+            continue
+        lines.append(f"[{ph}] group: " + " | ".join(f"{c} tok/s (MAL, x)" for c in cfgs))
+        groups = report["configs"]["vanilla"]["phases"][ph]["groups"]
+        for g in groups:
+            cells = []
+            for c in cfgs:
+                r = report["configs"][c]["phases"][ph]["groups"][g]
+                mal = r.get("mean_accepted_length")
+                cells.append(f"{r['tokens_per_s']:7.1f} ({mal:.2f}, {r.get('speedup_vs_vanilla') or 1:.2f}x)"
+                             if mal else f"{r['tokens_per_s']:7.1f}")
+            lines.append(f"  {g:<15} " + " | ".join(cells))
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    report = run(args)
+    jpath, ppath = write_report(report, args.out, "spec")
+    print(format_table(report))
+    for c, v in report["configs"].items():
+        if not v.get("available"):
+            print(f"{c}: not available: {v['reason'][:300]}")
+    print(f"runtime {report['runtime_s']:.0f} s; wrote {jpath} and {ppath}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1].endswith(".json"):
+        _child(*sys.argv[1:4])
+    else:
+        p = argparse.ArgumentParser(prog="python -m declab.integrations.bench_spec")
+        sys.exit(main(add_arguments(p).parse_args()))

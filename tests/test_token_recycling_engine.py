@@ -1,0 +1,110 @@
+"""Token Recycling through a real vLLM engine (CPU, decoder-29m): lossless greedy, distribution-preserving sampling,
+loud configuration errors. The bench (`declab bench spec`) runs all 480 Spec-Bench prompts; CI runs a reduced set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from declab.integrations.engine_run import RunSpec, run_in_child
+from declab.integrations.prompts import CODE_PROMPTS, spec_bench_prompts
+from declab.plugins.token_recycling.spec import PROPOSER_PATH
+
+pytestmark = pytest.mark.engine
+CHILD = Path(__file__).with_name("token_recycling_child.py")
+TR_ENV = {"DECLAB_PLUGINS": "token_recycling"}
+
+
+def _reduced_prompts() -> list[str]:
+    """Two first turns per Spec-Bench category (when ../shared is present) plus code prompts."""
+    per_cat: dict[str, list[str]] = {}
+    for cat, text in spec_bench_prompts(max_chars=3000):
+        if len(per_cat.setdefault(cat, [])) < 2:
+            per_cat[cat].append(text)
+    return [p for ps in per_cat.values() for p in ps] + list(CODE_PROMPTS[:8])
+
+
+def run_child(name: str, *args: str, env: dict[str, str] | None = None) -> tuple[dict, str]:
+    full = {k: v for k, v in os.environ.items() if k != "DECLAB_PLUGINS"}
+    full.update(env or {})
+    proc = subprocess.run([sys.executable, str(CHILD), name, *args], capture_output=True, text=True, env=full,
+                          timeout=900)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    assert lines, f"child {name} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return json.loads(lines[-1][len("RESULT "):]), proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def greedy_runs(model_path):
+    prompts = _reduced_prompts()
+    common = dict(model=model_path, prompts=prompts, sampling={"temperature": 0.0, "max_tokens": 64},
+                  latency_prompts=6, collect_metrics=True)
+    vanilla = run_in_child(RunSpec(name="vanilla", env={"DECLAB_PLUGINS": None}, **common))
+    tr = run_in_child(RunSpec(name="tr", env=TR_ENV, engine_kwargs={"speculative_config": {
+        "method": "custom_class", "model": PROPOSER_PATH, "num_speculative_tokens": 6}}, **common))
+    return prompts, vanilla, tr
+
+
+def test_greedy_is_token_identical_in_a_concurrent_batch(greedy_runs):
+    prompts, vanilla, tr = greedy_runs
+    mismatches = [p[:40] for p, a, b in zip(prompts, vanilla["token_ids"], tr["token_ids"]) if a != b]
+    assert not mismatches, mismatches
+    assert tr["spec_metrics"]["num_accepted_tokens"] > 0  # drafts were really proposed and accepted
+
+
+def test_greedy_is_token_identical_at_batch_1(greedy_runs):
+    _, vanilla, tr = greedy_runs
+    assert len(tr["single_token_ids"]) == 6
+    assert tr["single_token_ids"] == vanilla["single_token_ids"]
+
+
+BINS = 8  # most frequent tokens at a position (pooled), plus one "other" bin
+CHI2_CRIT = 26.12  # chi-square, 8 degrees of freedom, p = 0.001
+
+
+def _chi2(a: list[list[int]], b: list[list[int]], pos: int) -> float:
+    """Two-sample chi-square homogeneity statistic of the token at ``pos`` (top BINS tokens + other)."""
+    ca, cb = Counter(x[pos] for x in a), Counter(x[pos] for x in b)
+    top = [t for t, _ in (ca + cb).most_common(BINS)]
+    bins_a = [ca[t] for t in top] + [sum(ca.values()) - sum(ca[t] for t in top)]
+    bins_b = [cb[t] for t in top] + [sum(cb.values()) - sum(cb[t] for t in top)]
+    na, nb = sum(bins_a), sum(bins_b)
+    stat = 0.0
+    for x, y in zip(bins_a, bins_b):
+        if x + y == 0:
+            continue
+        ea, eb = na * (x + y) / (na + nb), nb * (x + y) / (na + nb)
+        stat += (x - ea) ** 2 / ea + (y - eb) ** 2 / eb
+    return stat
+
+
+def test_temperature_1_sampling_preserves_the_distribution():
+    vanilla, _ = run_child("sample_continuations", "vanilla")
+    tr, _ = run_child("sample_continuations", "tr", env=TR_ENV)
+    control, _ = run_child("sample_continuations", "vanilla_t07")
+    assert tr["metrics"]["vllm:spec_decode_num_accepted_tokens"] > 200  # the verifier decided many drafts
+    v, t, c = vanilla["token_ids"], tr["token_ids"], control["token_ids"]
+    for pos in (1, 2, 3, 4):  # positions decided by the verifier (token 0 is sampled before any draft)
+        chi_tr, chi_control = _chi2(v, t, pos), _chi2(v, c, pos)
+        print(f"position {pos}: chi2(vanilla, TR) {chi_tr:.1f}  chi2(vanilla, T=0.7) {chi_control:.1f}"
+              f"  (critical {CHI2_CRIT} at p=0.001)")
+        assert chi_tr < CHI2_CRIT, (pos, chi_tr)
+        assert chi_control > CHI2_CRIT, "the test has no power to see a wrong distribution"
+
+
+@pytest.mark.parametrize("k,env,message", [
+    ("17", TR_ENV, "num_speculative_tokens must be in 1..16"),
+    ("6", {}, "plugin is not selected"),
+    ("6", {**TR_ENV, "DECLAB_TOKEN_RECYCLING": '{"successors": 0}'}, "successors must be >= 1"),
+])
+def test_bad_configuration_fails_at_start_up_with_a_clear_message(k, env, message):
+    out, log = run_child("start_only", k, env=env)
+    assert out["error"] is not None
+    assert message in log, log[-3000:]

@@ -1,0 +1,51 @@
+"""Child-process programs for Token Recycling engine tests: ``python tests/token_recycling_child.py NAME [ARG]``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from declab.integrations.engine_run import CPU_ENGINE_KWARGS
+from declab.integrations.models import default_model
+from declab.plugins.token_recycling.spec import PROPOSER_PATH
+
+
+def tr_config(k: int = 6) -> dict:
+    return {"method": "custom_class", "model": PROPOSER_PATH, "num_speculative_tokens": k}
+
+
+def sample_continuations(mode: str) -> dict:
+    """Many seeded temperature-1 samples of short continuations; mode: vanilla | tr | vanilla_t07 (control)."""
+    from vllm import LLM, SamplingParams
+
+    kwargs = dict(CPU_ENGINE_KWARGS, disable_log_stats=False)
+    if mode == "tr":
+        kwargs["speculative_config"] = tr_config(4)
+    llm = LLM(model=default_model(), **kwargs)
+    temperature = 0.7 if mode == "vanilla_t07" else 1.0
+    # A prompt whose continuation loops, so the recycled drafts are often right and the verifier is exercised.
+    prompt = "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n"
+    n = 1500
+    # No per-request seeds: on the CPU build a seeded request whose prefill is chunked kills the engine
+    # ("CPU Generator does not use offset", gpu_model_runner.py rewinds torch.Generator offsets, CUDA-only).
+    # The engine-wide seed (CPU_ENGINE_KWARGS) keeps the run reproducible.
+    params = [SamplingParams(temperature=temperature, max_tokens=5, ignore_eos=True) for _ in range(n)]
+    outs = llm.generate([prompt] * n, params, use_tqdm=False)
+    metrics = {m.name: getattr(m, "value", None) for m in llm.get_metrics() if "spec_decode_num" in m.name}
+    return {"token_ids": [list(o.outputs[0].token_ids) for o in outs], "metrics": metrics}
+
+
+def start_only(k: str) -> dict:
+    """Try to start an engine with TR (for configuration errors); report the error text."""
+    from vllm import LLM
+
+    try:
+        LLM(model=default_model(), **CPU_ENGINE_KWARGS, speculative_config=tr_config(int(k)))
+    except Exception as e:  # noqa: BLE001 - the message is what the test checks
+        return {"error": f"{type(e).__name__}: {e}"}
+    return {"error": None}
+
+
+if __name__ == "__main__":
+    out = globals()[sys.argv[1]](*sys.argv[2:])
+    print("RESULT " + json.dumps(out), flush=True)
