@@ -14,6 +14,7 @@ Sub-benchmarks:
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
 from pathlib import Path
@@ -25,18 +26,43 @@ from declab.integrations.models import default_model
 from declab.integrations.prompts import default_bench_prompts
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("bench", help="benchmarks: vanilla vs a plugin configuration (JSON + PNG)")
-    p.add_argument("kind", choices=["overhead", "plugin"], help="which benchmark")
+# Sub-benchmarks living in their own modules: name -> module exposing add_arguments(parser), run(args) -> report,
+# and optionally plot(report, path).
+EXTERNAL = {
+    "spec": "declab.integrations.bench_spec",
+    "degeneration": "declab.integrations.bench_degeneration",
+}
+
+
+def _common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model path (default: decoder-29m)")
-    p.add_argument("--prompts", type=int, default=16, help="number of prompts (batch size)")
-    p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3, help="timed batch runs per configuration")
-    p.add_argument("--latency-prompts", type=int, default=4, help="prompts also timed one at a time")
-    p.add_argument("--method", default=None, help="plugin name (kind=plugin)")
-    p.add_argument("--args", default="{}", help="plugin parameters as JSON (kind=plugin)")
-    p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--out", default="bench-results", help="output folder")
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("bench", help="benchmarks: vanilla vs plugin configurations (JSON + PNG)")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    for kind, doc in (("overhead", "suite installed but unselected vs VLLM_PLUGINS=''"),
+                      ("plugin", "plain decoding vs one logits-level plugin")):
+        k = kinds.add_parser(kind, help=doc)
+        _common_arguments(k)
+        k.add_argument("--prompts", type=int, default=16, help="number of prompts (batch size)")
+        k.add_argument("--max-tokens", type=int, default=128)
+        k.add_argument("--repeats", type=int, default=3, help="timed batch runs per configuration")
+        k.add_argument("--latency-prompts", type=int, default=4, help="prompts also timed one at a time")
+        if kind == "plugin":
+            k.add_argument("--method", required=True, help="plugin name")
+            k.add_argument("--args", default="{}", help="plugin parameters as JSON")
+            k.add_argument("--temperature", type=float, default=0.0)
+    for kind, module in EXTERNAL.items():
+        mod = importlib.import_module(module)
+        k = kinds.add_parser(kind, help=(mod.__doc__ or kind).strip().splitlines()[0])
+        existing = {o for a in k._actions for o in a.option_strings}
+        if "--model" not in existing:
+            _common_arguments(k)
+        mod.add_arguments(k)
+        if "--out" not in {o for a in k._actions for o in a.option_strings}:
+            k.add_argument("--out", default="bench-results")
     return p
 
 
@@ -148,22 +174,28 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(report: dict[str, Any], out: str, name: str) -> tuple[Path, Path]:
+def write_report(report: dict[str, Any], out: str, name: str, plotter=None) -> tuple[Path, Path]:
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     jpath, ppath = folder / f"{name}.json", folder / f"{name}.png"
     jpath.write_text(json.dumps(report, indent=1))
-    plot(report, ppath)
+    (plotter or plot)(report, ppath)
     return jpath, ppath
 
 
 def main(args) -> int:
-    runners = {"overhead": run_overhead, "plugin": run_plugin}
-    report = runners[args.kind](args)
+    plotter = plot
+    if args.kind in EXTERNAL:
+        mod = importlib.import_module(EXTERNAL[args.kind])
+        report = mod.run(args)
+        plotter = getattr(mod, "plot", plot)
+    else:
+        report = {"overhead": run_overhead, "plugin": run_plugin}[args.kind](args)
     name = args.kind if args.kind != "plugin" else f"plugin-{args.method}"
-    jpath, ppath = write_report(report, args.out, name)
-    for label, s in report["configs"].items():
-        print(f"{label:<32} {s['tokens_per_s']:8.1f} tok/s   batch {s['batch_time_s']:.2f}s")
+    jpath, ppath = write_report(report, args.out, name, plotter)
+    for label, s in report.get("configs", {}).items():
+        if isinstance(s, dict) and "tokens_per_s" in s:
+            print(f"{label:<32} {s['tokens_per_s']:8.1f} tok/s")
     for k in ("throughput_ratio", "token_identical_share", "changed_share"):
         if k in report:
             print(f"{k}: {report[k]:.4f}")
