@@ -338,3 +338,25 @@ def test_best_span_finds_a_planted_answer():
     # batching trades extra rows (the whole frontier above the incumbent) for fewer score_fn calls
     span, lp, rows = best_span(ids, score, 8, EOS, batch_size=32)
     assert span == want and rows <= 1 + len(all_spans(ids, 8, EOS))
+
+
+def test_stop_token_may_end_a_span_but_not_start_one():
+    import torch as _torch
+
+    from declab.plugins.common import RowContext
+    from declab.plugins.extractive.core import ExtractiveProcessor
+
+    def char_tokenize(text):
+        return [ord(c) for c in text]
+
+    ctx = RowContext(vocab_size=256, eos_token_id=0, tokenize=char_tokenize)
+    out: list[int] = []
+    proc = ExtractiveProcessor({"passage": "abc", "mode": "greedy", "max_span_tokens": 8, "stop": "\n"}, [], out, ctx)
+    first = proc(_torch.zeros(256))
+    assert first[ord("\n")] == float("-inf") and first[0] == float("-inf")  # no empty answer
+    out.append(ord("a"))
+    second = proc(_torch.zeros(256))
+    assert second[ord("\n")] == 0.0 and second[0] == 0.0 and second[ord("b")] == 0.0
+    out.append(ord("\n"))  # after the stop token only EOS remains
+    third = proc(_torch.zeros(256))
+    assert (third == 0.0).nonzero().flatten().tolist() == [0]

@@ -239,6 +239,13 @@ class ExtractiveProcessor(RowProcessor):
                 raise ValueError("extractive: the router gave no tokenizer to tokenize declab.passage")
             self.automaton = build_passage_automaton(str(self.params.get("passage", "")), ctx.tokenize)
         self.eos = ctx.eos_token_id
+        # "The span ending with a stop": the first token of `stop` (default newline) may end the span like EOS
+        # (pair it with SamplingParams(stop=[...]) so vLLM ends the request there).
+        stop = self.params.get("stop", "")
+        self.stop_ids: list[int] = []
+        if stop and ctx.tokenize is not None:
+            first = ctx.tokenize(stop)[:1]
+            self.stop_ids = [t for t in first if t != self.eos]
         self._state: int | None = self.automaton.start
         self._consumed = 0  # how many of output_ids were fed to the automaton
         self._index_cache: dict[tuple[int, bool, torch.device], torch.Tensor] = {}
@@ -263,6 +270,8 @@ class ExtractiveProcessor(RowProcessor):
             toks = [] if state is None else [t for t in self.automaton.allowed(state) if t < vocab]
             if with_eos and self.eos is not None and 0 <= self.eos < vocab and self.eos not in toks:
                 toks.append(self.eos)
+            if with_eos and state is not None:
+                toks += [t for t in self.stop_ids if t < vocab and t not in toks]
             idx = torch.tensor(toks, dtype=torch.long, device=device)
             self._index_cache[key] = idx
         return idx

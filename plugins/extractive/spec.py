@@ -40,6 +40,13 @@ SPEC = PluginSpec(
             high=512,
             doc="Longest answer span, in tokens; EOS is forced once it is reached.",
         ),
+        ParamSpec(
+            "stop",
+            str,
+            default="\n",
+            max_length=16,
+            doc="Its first token may also end the span (use with SamplingParams(stop=[...])); '' = EOS only.",
+        ),
     ),
     row_processor="declab.plugins.extractive.core:ExtractiveProcessor",
 )
