@@ -105,8 +105,9 @@ def contrastive_search(
 
     ``x_t = argmax_{v in top-k(p)} (1 - alpha) p(v | x_<t) - alpha max_{j < t} cos(h_v, h_j)``, with ``h`` the
     model's last-layer hidden states (``hidden_states[-1]``, i.e. after the final norm). For models whose logits
-    are the output embedding of that state (Llama and friends; no final soft-capping). ``alpha = 0`` is greedy decoding. With ``eos_id``
-    a sequence stops after EOS (the batch runs on until all stopped; its later tokens are dropped).
+    are the output embedding of that state (Llama and friends; no final soft-capping). ``alpha = 0`` is greedy
+    decoding. With ``eos_id`` a sequence stops after EOS (the batch runs on until all stopped; its later tokens
+    are dropped).
     """
     import torch
     import torch.nn.functional as F

@@ -76,11 +76,16 @@ def main(n_items: int = 40, n_brute: int = 5) -> dict:
     )
     greedy_s = time.perf_counter() - t0
 
+    # Greedy mode may end a span with EOS or with the first token of its `stop` parameter (default newline).
+    from declab.plugins.extractive.spec import SPEC
+
+    stop_default = next((p.default for p in SPEC.params if p.name == "stop"), "")
+    terminators = {eos, scorer.end_token(stop_default)}
     automata = [scorer.automaton(p) for p in passages]
     greedy_ids = []
     for o in greedy:
         ids = list(o.outputs[0].token_ids)
-        if ids and ids[-1] == eos:
+        if ids and ids[-1] in terminators:
             ids = ids[:-1]
         greedy_ids.append(ids)
     greedy_not_span = [i for i, (ids, sam) in enumerate(zip(greedy_ids, automata)) if not sam.is_span(ids)]
@@ -92,7 +97,7 @@ def main(n_items: int = 40, n_brute: int = 5) -> dict:
     # greedy mode forces) and by the newline token (how this model ends its answers).
     newline = scorer.tokenize("\n")
     assert len(newline) == 1, newline
-    ends = {"eos": eos, "newline": newline[0]}
+    ends = {"eos": eos, "newline": scorer.end_token("\n")}
     exact: dict[str, list] = {}
     exact_stats: dict[str, dict] = {}
     for name, end in ends.items():
@@ -106,20 +111,23 @@ def main(n_items: int = 40, n_brute: int = 5) -> dict:
         }
         assert exact_stats[name]["rows"] == sum(r.n_scored_rows for r in exact[name])
 
-    # The exact (EOS) span must score at least as high as the greedy-mode span (one batched scoring call).
+    # Exact mode is the argmax, so its span scores at least as high as the greedy-mode span under the same
+    # terminator (one batched scoring call for both terminators).
     jobs, owners = [], []
     for i, (ids, sam) in enumerate(zip(greedy_ids, automata)):
-        if ids and sam.is_span(ids) and eos not in ids and len(ids) <= 32:
+        if ids and sam.is_span(ids) and not terminators & set(ids) and len(ids) <= 32:
             pid = scorer.prompt_ids(prompts[i])
             for k in range(len(ids) + 1):
-                jobs.append((pid, ids[:k], sorted({eos, *ids})))
+                jobs.append((pid, ids[:k], sorted({*ends.values(), *ids})))
             owners.append(i)
     rows = scorer.score(jobs) if jobs else []
-    greedy_lp: dict[int, float] = {}
+    greedy_lp: dict[str, dict[int, float]] = {name: {} for name in ends}
     pos = 0
     for i in owners:
         ids = greedy_ids[i]
-        greedy_lp[i] = sum(float(rows[pos + k][t]) for k, t in enumerate(ids)) + float(rows[pos + len(ids)][eos])
+        body = sum(float(rows[pos + k][t]) for k, t in enumerate(ids))
+        for name, end in ends.items():
+            greedy_lp[name][i] = body + float(rows[pos + len(ids)][end])
         pos += len(ids) + 1
 
     # 4. brute force on a sample: every distinct span, scored independently with prompt_logprobs on
@@ -186,7 +194,8 @@ def main(n_items: int = 40, n_brute: int = 5) -> dict:
         "greedy_s": greedy_s,
         "greedy_not_span": greedy_not_span,
         "greedy_text_not_in_passage": greedy_text_not_in_passage,
-        "greedy_logprob": {str(k): v for k, v in greedy_lp.items()},
+        "greedy_logprob": {name: {str(k): v for k, v in d.items()} for name, d in greedy_lp.items()},
+        "greedy_stop": stop_default,
         "exact": {k: [first_line(r.answer) for r in v] for k, v in exact.items()},
         "exact_span_ids": {k: [r.span_ids for r in v] for k, v in exact.items()},
         "exact_logprob": {k: [r.logprob for r in v] for k, v in exact.items()},

@@ -6,6 +6,13 @@ callback ``score_fn(prefixes) -> [len(prefixes), vocab]`` of next-token log-prob
 ``TokensPrompt(prompt_ids + prefix)`` request with ``SamplingParams(max_tokens=1, temperature=0)`` asking for
 log-probabilities, and one ``llm.generate`` call answers a whole batch of prefixes. Prefix caching (on by default)
 keeps the repeated prompt (and the shared span prefixes) in the KV cache, so a request mostly costs its new tokens.
+It only reuses *full* KV blocks: vLLM's CPU backend defaults to ``block_size=128``, longer than a short QA prompt,
+so on CPU create the engine with ``block_size=32`` (the smallest the CPU attention kernel accepts; 16 fails at
+start-up); on decoder-29m that halved the wall time of exact mode. GPU backends default to 16.
+
+The answer ends where the model puts its end token: ``log p(s) = sum_i log p(s_i | s_<i) + log p(end | s)`` with
+``end`` = EOS by default (the paper's definition, and the token greedy mode forces); ``end_id`` selects another
+terminator, e.g. the newline token for a model that ends its answers with a line break.
 
 Which log-probabilities. The engine's default ``logprobs_mode="raw_logprobs"`` returns ``log_softmax`` of the
 model's logits before any logits processor, i.e. the plain model distribution ``best_span`` needs. The search only
@@ -95,7 +102,7 @@ class EngineScorer:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        """Prompt text -> ids as ``llm.generate(str)`` would tokenize it (special tokens added if the tokenizer does)."""
+        """Prompt text -> ids as ``llm.generate(str)`` tokenizes it (with special tokens if the tokenizer adds any)."""
         return list(self.tokenizer.encode(prompt))
 
     def automaton(self, passage: str) -> SpanAutomaton:
@@ -103,6 +110,12 @@ class EngineScorer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids))
+
+    def end_token(self, stop: str | None = None) -> int:
+        """The terminator id for ``end_id``: EOS for an empty ``stop``, else the first token of ``stop`` (the rule
+        greedy mode's ``declab.stop`` parameter uses, e.g. ``"\\n"``)."""
+        ids = self.tokenize(stop) if stop else []
+        return int(ids[0]) if ids else self.eos_id
 
     # -- scoring -----------------------------------------------------------------------------------------------
 
@@ -263,23 +276,25 @@ def exact_extract_batch(
     """
     scorer = scorer or EngineScorer(llm)
     end = scorer.eos_id if end_id is None else int(end_id)
+    if not items:
+        return []
+    # Tokenizer work stays on this thread; the search threads only run best_span and park engine calls.
+    prompt_ids = [scorer.prompt_ids(prompt) for prompt, _ in items]
+    automata = [scorer.automaton(passage) for _, passage in items]
     coord = _Coordinator(scorer)
-    results: list[ExactResult | None] = [None] * len(items)
+    found: list[tuple[list[int], float, int] | None] = [None] * len(items)
     errors: list[BaseException] = []
     next_item = iter(range(len(items)))
     take = threading.Lock()
 
-    def one(i: int) -> ExactResult:
-        prompt, passage = items[i]
-        prompt_ids = scorer.prompt_ids(prompt)
-        sam = scorer.automaton(passage)
+    def one(i: int) -> tuple[list[int], float, int]:
+        pid, sam = prompt_ids[i], automata[i]
 
         def fn(prefixes: list[list[int]]) -> torch.Tensor:
-            jobs = [(prompt_ids, p, scorer.wanted(sam, p, max_span_tokens, end)) for p in prefixes]
+            jobs = [(pid, p, scorer.wanted(sam, p, max_span_tokens, end)) for p in prefixes]
             return torch.stack(coord.park(jobs))
 
-        span, lp, rows = best_span(sam, fn, max_span_tokens, end, batch_size=batch_size)
-        return ExactResult(scorer.decode(span).strip(), span, lp, rows)
+        return best_span(sam, fn, max_span_tokens, end, batch_size=batch_size)
 
     def worker() -> None:
         try:
@@ -288,7 +303,7 @@ def exact_extract_batch(
                     i = next(next_item, None)
                 if i is None:
                     return
-                results[i] = one(i)
+                found[i] = one(i)
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller
             errors.append(e)
         finally:
@@ -305,8 +320,12 @@ def exact_extract_batch(
         t.join()
     if errors:
         raise errors[0]
-    assert all(r is not None for r in results)
-    return results  # type: ignore[return-value]
+    out = []
+    for f in found:
+        assert f is not None
+        span, lp, rows = f
+        out.append(ExactResult(scorer.decode(span).strip(), span, lp, rows))
+    return out
 
 
 def exact_extract(
