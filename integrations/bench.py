@@ -55,7 +55,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
             k.add_argument("--args", default="{}", help="plugin parameters as JSON")
             k.add_argument("--temperature", type=float, default=0.0)
     for kind, module in EXTERNAL.items():
-        mod = importlib.import_module(module)
+        try:
+            mod = importlib.import_module(module)
+        except Exception as e:  # noqa: BLE001 - a broken benchmark must not take `declab list` down with it
+            kinds.add_parser(kind, help=f"unavailable: {type(e).__name__}: {e}")
+            continue
         k = kinds.add_parser(kind, help=(mod.__doc__ or kind).strip().splitlines()[0])
         existing = {o for a in k._actions for o in a.option_strings}
         if "--model" not in existing:
