@@ -1,45 +1,59 @@
 """``declab bench spec``: speculative decoding on Spec-Bench and code prompts (vanilla, ngram, suffix, Token Recycling).
 
-One run, one prompt set, one set of engine settings (``engine_run.CPU_ENGINE_KWARGS``, greedy, ``--max-tokens``);
-every configuration runs in a fresh child process of its own, one after the other (they never share the cores):
+One run, one prompt set, one set of engine settings (``engine_run.CPU_ENGINE_KWARGS`` plus prefix caching off,
+greedy, ``--max-tokens``); every configuration runs in a fresh child process of its own, one after the other (they
+never share the cores):
 
 * ``vanilla``: no speculation.
 * ``ngram``: vLLM prompt lookup. Its lookup window (``prompt_lookup_min/max``) and K are tuned first on a small
-  subset (``--sweep-per-category`` prompts of each group, batch 16): one engine per K, the window is switched
-  between sweep runs on the live drafter (the n-gram proposer has no state across steps). The sweep is in
-  ``report["ngram_sweep"]``; the best tokens/s wins.
-* ``suffix``: vLLM suffix decoding (Arctic Inference's suffix trees; package ``arctic-inference``), vLLM's default
-  settings (K = ``suffix_decoding_max_tree_depth`` = 24 unless ``--suffix-k``). Recorded as unavailable, with the
-  reason, when the package does not import.
+  subset (the last ``--sweep-per-category`` fitting prompts of each group, batch ``--batch-size``) in one engine
+  with K = max of the grid: the window is set on the live drafter between sweep runs (the n-gram proposer keeps no
+  state across steps) and drafts are cut to each K. The best tokens/s wins; the sweep is ``report["ngram_sweep"]``.
+* ``suffix``: vLLM suffix decoding (Arctic Inference's suffix trees, package ``arctic-inference``) with vLLM's
+  defaults (K = ``suffix_decoding_max_tree_depth`` = 24 unless ``--suffix-k``). Recorded as
+  ``{"available": false, "reason": ...}`` when the package does not import.
 * ``token_recycling_chain``: ``custom_class`` proposer ``declab.plugins.token_recycling.TokenRecyclingProposer``
-  (``DECLAB_PLUGINS=token_recycling``; K = ngram's chosen K unless ``--tr-k``).
+  (``DECLAB_PLUGINS=token_recycling``, stats file through ``DECLAB_TOKEN_RECYCLING_STATS``; K = ngram's chosen K
+  unless ``--tr-k``).
 * ``token_recycling_tree``: not available (vLLM 0.32 verifies one chain per request).
 
-Prompts: Spec-Bench first turns (``../shared/eval/spec_bench/question.jsonl``, 13 categories) plus
-``prompts.CODE_PROMPTS`` (group ``code``). A prompt is skipped when ``prompt tokens + max_tokens + largest K`` exceeds
-the model's 2,048-token context (vLLM's runner turns the drafter off for the *whole batch* once any sequence of it
-could overflow, so such a prompt would also distort its batch); the skipped ones are listed in the report.
+Prompts: Spec-Bench first turns (``../shared/eval/spec_bench/question.jsonl``, 13 categories) then
+``prompts.CODE_PROMPTS`` (group ``code``). A prompt is skipped when ``prompt tokens + max_tokens + largest K``
+exceeds the model's 2,048-token context (vLLM's runner turns the drafter off for the *whole batch* as soon as one
+sequence could overflow, so such a prompt would also distort its batch); ``report["prompts"]["skipped"]`` lists them.
 ``--limit N`` keeps the first N prompts of each group.
 
-Each engine runs two timed phases over the prompt set, after one warm-up on a prompt outside the set:
+Each engine runs two timed phases after one warm-up on prompts outside the set:
 
-* ``batch16``: each group (category) in batches of at most ``--batch-size`` prompts; group time = sum of its
-  batches' wall times.
-* ``batch1``: every prompt alone (one ``generate`` call per prompt).
+* ``batch16``: all selected prompts in batches of ``--batch-size`` (default: consecutive prompts in file order, so
+  groups are contiguous and only boundary batches mix groups; ``--batch-grouping category`` never mixes). A
+  batch's wall time is attributed to its prompts by their share of the batch's request-active time (vLLM's
+  per-request timestamps, first scheduled -> last token), so per-group numbers stay meaningful in mixed batches:
+  a request that needs fewer target steps gets a smaller share.
+* ``batch1``: the first ``--batch1-limit`` prompts of each group, one ``generate`` call per prompt.
 
-Between the warm-up and each phase the proposer's state is reset in the worker (Token Recycling's adjacency matrix
-back to its initial zeros, suffix decoding's response cache emptied), so neither phase sees outputs of the same
-prompts from an earlier pass; inside a phase the state carries over from query to query (the papers' hot start).
-Prefix caching is off for every configuration, so every phase pays the same prefill.
+Before each phase the proposer's state is reset in the worker (Token Recycling's adjacency matrix back to zeros,
+suffix decoding's response cache emptied), so no phase sees outputs of the same prompts from an earlier pass;
+inside a phase the state carries over from query to query (the papers' hot start). Prefix caching is off for every
+configuration, so every phase pays the same prefill.
 
-Per configuration, group and phase the report gives: tokens/s and speed-up vs vanilla (same phase), mean accepted
-length (vLLM's convention ``1 + accepted / drafts``, over steps that had a draft), tokens per target forward
-(``generated / (generated - accepted)``, steps without a draft included), acceptance rate per draft position
-(``accepted_at_pos / drafts``), the share of outputs token-identical to vanilla's, proposer seconds per step
-(the worker's ``drafter.propose`` wall time per call, same measurement for every method) and proposer memory.
+Per configuration, group and phase the report gives tokens/s and speed-up vs vanilla (same phase, same prompts),
+mean accepted length (vLLM's convention ``1 + accepted / drafts``, over the steps that had a draft), tokens per
+target forward (``generated / (generated - accepted)``: steps without a draft included), acceptance rate per draft
+position (``accepted_at_pos / drafts``), the share of outputs token-identical to vanilla's, the proposer's seconds
+per step (wall time of the worker's ``drafter.propose`` per call: the same measurement for every method) and the
+proposer's own memory (TR matrix; suffix trees' ``estimate_memory``; ngram buffers) next to the worker's RSS.
+Acceptance comes from vLLM's per-request counters (``per_request_spec_decode_metrics="summary"``); their sums equal
+the engine counters (``engine_spec_metrics``, ``vllm:spec_decode_*`` over the phase).
 
-Workers: every configuration uses ``worker_cls=SpecBenchWorker`` (this module), a ``CPUWorker`` that only adds the
-RPCs used here (proposer timing, reset, memory); it changes nothing in the engine's step.
+Workers: every configuration, vanilla included, uses ``worker_cls=SpecBenchWorker`` (this module): a ``CPUWorker``
+that adds the RPCs used here (proposer timing, reset, memory) and changes nothing in the engine step.
+
+Runtime (2 shared cores; measured with other jobs on the machine): the default run (all fitting prompts, 64 tokens,
+batch-1 on 2 prompts per group) is about 40 min: 5 engine starts (~1 min each), the sweep (~2 min), and per
+configuration ~7-9 min for the batched phase (Spec-Bench's RAG and summarization prompts, ~1,100 tokens each, are
+two thirds of it) plus ~1 min for batch 1. At 128 tokens the batched phase alone is ~12-14 min per configuration.
+``--limit 3`` takes about 15 min.
 """
 
 from __future__ import annotations
@@ -67,8 +81,9 @@ TR_TREE_REASON = "vLLM 0.32 verifies one chain per request; tree verification no
 # A warm-up prompt outside the benchmark set (so no proposer state is learnt from the prompts measured later).
 WARMUP_PROMPTS = ["The quick brown fox jumps over the lazy dog. The quick brown fox", "def add(a, b):\n    return"]
 PHASES = ("batch16", "batch1")
-DEFAULT_NGRAM_WINDOWS = ((1, 2), (2, 3), (2, 4), (3, 5))
-DEFAULT_NGRAM_KS = (4, 8)
+DEFAULT_NGRAM_WINDOWS = ((1, 3), (2, 4), (3, 5))
+DEFAULT_NGRAM_KS = (2, 4, 6)
+DEFAULT_MAX_TOKENS = 64
 SUFFIX_DEFAULT_K = 24  # vLLM: num_speculative_tokens defaults to suffix_decoding_max_tree_depth (24)
 
 
@@ -88,19 +103,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of ``declab bench spec``. Common options the parser already has (``--model``, ``--max-tokens``,
     ``--out``) are left as they are; ``--prompts``, ``--repeats`` and ``--latency-prompts`` are not used here."""
     _add(parser, "--model", default=None, help="model path (default: decoder-29m)")
-    _add(parser, "--max-tokens", type=int, default=128)
+    _add(parser, "--max-tokens", type=int, default=None,
+         help=f"tokens per output (default {DEFAULT_MAX_TOKENS}: keeps the full default run near 40 min on 2 cores)")
     _add(parser, "--out", default="bench-results", help="output folder")
     _add(parser, "--limit", type=int, default=None,
          help="first N prompts of each Spec-Bench category and of the code prompts (default: all that fit)")
     _add(parser, "--batch-size", type=int, default=16, help="batch size of the batched phase")
+    _add(parser, "--batch-grouping", choices=("mixed", "category"), default="mixed",
+         help="batched phase: 'mixed' = consecutive prompts in file order (always full batches), 'category' = "
+              "batches never mix groups (MT-bench categories then run as batches of 10)")
     _add(parser, "--configs", default="vanilla,ngram,suffix,token_recycling_chain",
          help="comma list out of vanilla,ngram,suffix,token_recycling_chain (vanilla is always run)")
     _add(parser, "--phases", default=",".join(PHASES), help="comma list out of batch16,batch1")
+    _add(parser, "--batch1-limit", type=int, default=2,
+         help="batch-1 phase: first N prompts of each group (of those selected; 0 = all)")
     _add(parser, "--ngram", default=None,
          help="skip the sweep and use MIN,MAX,K for ngram (prompt_lookup_min, prompt_lookup_max, K)")
     _add(parser, "--ngram-windows", default=";".join(f"{a},{b}" for a, b in DEFAULT_NGRAM_WINDOWS),
          help="sweep: lookup windows 'MIN,MAX;MIN,MAX;...'")
-    _add(parser, "--ngram-ks", default=",".join(map(str, DEFAULT_NGRAM_KS)), help="sweep: K values (one engine each)")
+    _add(parser, "--ngram-ks", default=",".join(map(str, DEFAULT_NGRAM_KS)), help="sweep: K values (one engine with the largest; drafts cut to each K)")
     _add(parser, "--sweep-per-category", type=int, default=1,
          help="sweep subset: the last N fitting prompts of each group (disjoint from --limit's first N when small)")
     _add(parser, "--tr-k", type=int, default=None, help="Token Recycling chain length (default: ngram's K)")
@@ -156,12 +177,27 @@ def group_order(items: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def batches_mixed(n: int, batch_size: int) -> list[list[int]]:
+    """Consecutive index batches in file order (groups are contiguous, so most batches hold one group)."""
+    return [list(range(s, min(n, s + batch_size))) for s in range(0, n, batch_size)]
+
+
 def batches_by_group(items: list[dict[str, Any]], batch_size: int) -> list[list[int]]:
     """Index batches: each group in file order, cut into batches of at most ``batch_size`` (never mixing groups)."""
     out: list[list[int]] = []
     for g in group_order(items):
         idx = [i for i, it in enumerate(items) if it["group"] == g]
         out += [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
+    return out
+
+
+def _first_per_group(items: list[dict[str, Any]], n: int | None) -> list[int]:
+    seen: dict[str, int] = {}
+    out = []
+    for i, it in enumerate(items):
+        seen[it["group"]] = seen.get(it["group"], 0) + 1
+        if n is None or seen[it["group"]] <= n:
+            out.append(i)
     return out
 
 
@@ -226,10 +262,15 @@ def _make_worker_class():
     global _WORKER_CLASS
     if _WORKER_CLASS is not None:
         return _WORKER_CLASS
-    from vllm.v1.worker.cpu_worker import CPUWorker
+    from vllm.platforms import current_platform
 
-    class SpecBenchWorker(CPUWorker):
-        """CPUWorker + RPCs: ``declab_bench_reset(attrs)``, ``declab_bench_stats()``. Times ``drafter.propose``."""
+    if current_platform.is_cpu():
+        from vllm.v1.worker.cpu_worker import CPUWorker as BaseWorker
+    else:  # GPU: the V1 GPU worker (its model runner holds the drafter the same way)
+        from vllm.v1.worker.gpu_worker import Worker as BaseWorker
+
+    class SpecBenchWorker(BaseWorker):
+        """The platform's worker + RPCs ``declab_bench_reset``, ``declab_bench_stats``; times ``drafter.propose``."""
 
         def init_device(self):
             super().init_device()
@@ -294,6 +335,16 @@ def __getattr__(name: str):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _active_seconds(request_output) -> float | None:
+    """Engine-core time from the request's first scheduling to its last token (``RequestStateStats``)."""
+    m = getattr(request_output, "metrics", None)
+    try:
+        t = float(m.last_token_ts) - float(m.scheduled_ts)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return t if t > 0 else None
+
+
 def _request_metrics(out) -> dict[str, Any] | None:
     m = getattr(out, "spec_decode_metrics", None)
     if m is None:
@@ -328,6 +379,7 @@ def _child(spec_path: str, plan_path: str, result_path: str) -> None:
         token_ids: list[Any] = [None] * n
         req_metrics: list[Any] = [None] * n
         finish: list[Any] = [None] * n
+        active: list[Any] = [None] * n
         batch_times = []
         for batch in phase["batches"]:
             t = time.perf_counter()
@@ -337,10 +389,12 @@ def _child(spec_path: str, plan_path: str, result_path: str) -> None:
                 token_ids[i] = list(o.outputs[0].token_ids)
                 req_metrics[i] = _request_metrics(o.outputs[0])
                 finish[i] = o.outputs[0].finish_reason
+                active[i] = _active_seconds(o)
         metrics = _diff(_spec_metrics(llm), before) if spec.collect_metrics else None
         stats = llm.collective_rpc("declab_bench_stats")[0]
         phases.append({"name": phase["name"], "batches": phase["batches"], "batch_times_s": batch_times,
                        "token_ids": token_ids, "request_metrics": req_metrics, "finish_reasons": finish,
+                       "active_s": active,
                        "spec_metrics": metrics, "worker": stats, "reset": reset[0],
                        "drafter_attrs": phase.get("drafter_attrs")})
     result = {"name": spec.name, "startup_s": startup_s, "phases": phases}
@@ -368,7 +422,9 @@ def run_child(spec: RunSpec, plan: dict[str, Any], *, timeout: float = 1800) -> 
         except subprocess.TimeoutExpired as e:
             raise RuntimeError(f"engine run {spec.name!r} timed out after {timeout:.0f} s") from e
         if proc.returncode != 0 or not os.path.exists(paths[2]):
-            raise RuntimeError(f"engine run {spec.name!r} failed (exit {proc.returncode}):\n{proc.stdout[-6000:]}")
+            errors = [ln for ln in proc.stdout.splitlines() if "Error" in ln or "Exception" in ln]
+            raise RuntimeError(f"engine run {spec.name!r} failed (exit {proc.returncode}); error lines:\n"
+                               + "\n".join(errors[:12]) + f"\n--- log tail ---\n{proc.stdout[-3000:]}")
         return json.loads(Path(paths[2]).read_text())
 
 
@@ -407,15 +463,24 @@ def acceptance(request_metrics: list[dict[str, Any] | None], token_ids: list[lis
 def phase_numbers(items: list[dict[str, Any]], phase: dict[str, Any]) -> dict[str, Any]:
     """Per group and overall: tokens, seconds, tokens/s, acceptance."""
     groups = group_order(items)
-    time_of = [0.0] * len(items)  # a batch's time, spread over its prompts by their share of its tokens
+    ran = [t is not None for t in phase["token_ids"]]
+    # A batch's wall time is spread over its prompts by their share of the batch's request-active time (engine
+    # timestamps: first scheduled -> last token), so a request that needs fewer steps gets less of it; by token
+    # share when the timestamps are missing.
+    active = phase.get("active_s") or [None] * len(items)
+    time_of = [0.0] * len(items)
     for batch, t in zip(phase["batches"], phase["batch_times_s"]):
-        toks = [len(phase["token_ids"][i]) for i in batch]
-        total = sum(toks)
-        for i, n in zip(batch, toks):
-            time_of[i] = t * (n / total if total else 1.0 / len(batch))
+        weights = [active[i] for i in batch]
+        if any(w is None for w in weights):
+            weights = [len(phase["token_ids"][i]) for i in batch]
+        total = sum(weights)
+        for i, w in zip(batch, weights):
+            time_of[i] = t * (w / total if total else 1.0 / len(batch))
     out: dict[str, Any] = {}
     for g in groups + ["all"]:
-        idx = [i for i, it in enumerate(items) if g == "all" or it["group"] == g]
+        idx = [i for i, it in enumerate(items) if ran[i] and (g == "all" or it["group"] == g)]
+        if not idx:
+            continue
         toks = sum(len(phase["token_ids"][i]) for i in idx)
         secs = sum(time_of[i] for i in idx)
         out[g] = {"prompts": len(idx), "generated_tokens": toks, "seconds": secs,
@@ -435,7 +500,8 @@ def summarize_config(items, result, vanilla) -> dict[str, Any]:
         base_ph = next((p for p in vanilla["phases"] if p["name"] == ph["name"]), None) if vanilla else None
         base = phase_numbers(items, base_ph) if base_ph else None
         for g, row in nums.items():
-            idx = [i for i, it in enumerate(items) if g == "all" or it["group"] == g]
+            idx = [i for i, it in enumerate(items)
+                   if ph["token_ids"][i] is not None and (g == "all" or it["group"] == g)]
             if base:
                 row["speedup_vs_vanilla"] = row["tokens_per_s"] / base[g]["tokens_per_s"] if base[g][
                     "tokens_per_s"] else None
@@ -460,6 +526,11 @@ def summarize_config(items, result, vanilla) -> dict[str, Any]:
         }
     if "tr_stats_file" in result:
         out["tr_stats_file"] = result["tr_stats_file"]
+    # Headline numbers (batched phase, all prompts; batch 1 if only that ran) for `declab bench`'s summary lines.
+    head = out["phases"].get("batch16") or next(iter(out["phases"].values()), None)
+    if head:
+        out["tokens_per_s"] = head["groups"]["all"]["tokens_per_s"]
+        out["speedup_vs_vanilla"] = head["groups"]["all"].get("speedup_vs_vanilla")
     return out
 
 
@@ -477,6 +548,13 @@ def _suffix_availability() -> dict[str, Any]:
     from importlib.metadata import version
 
     return {"available": True, "arctic_inference_version": version("arctic_inference")}
+
+
+def _loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 def _parse_windows(text: str) -> list[tuple[int, int]]:
@@ -524,6 +602,7 @@ def run(args) -> dict[str, Any]:
     t_start = time.perf_counter()
     log = (lambda m: print(m, file=sys.stderr, flush=True))
     model = args.model or default_model()
+    max_tokens = args.max_tokens if args.max_tokens is not None else DEFAULT_MAX_TOKENS
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     phases_wanted = [p.strip() for p in args.phases.split(",") if p.strip()]
     windows = _parse_windows(args.ngram_windows)
@@ -534,23 +613,26 @@ def run(args) -> dict[str, Any]:
     max_k = max([*(ks if not fixed_ngram else [fixed_ngram[2]]), args.tr_k or 0,
                  suffix_k if suffix_info["available"] else 0])
     max_model_len = CPU_ENGINE_KWARGS["max_model_len"]
-    items_all, skipped, totals = load_prompt_set(model, max_tokens=args.max_tokens, max_k=max_k,
+    items_all, skipped, totals = load_prompt_set(model, max_tokens=max_tokens, max_k=max_k,
                                                  max_model_len=max_model_len)
     items = items_all
     if args.limit is not None:
-        items, _, _ = load_prompt_set(model, max_tokens=args.max_tokens, max_k=max_k, max_model_len=max_model_len,
+        items, _, _ = load_prompt_set(model, max_tokens=max_tokens, max_k=max_k, max_model_len=max_model_len,
                                       limit=args.limit)
     prompts = [it["text"] for it in items]
-    sampling = {"temperature": 0.0, "max_tokens": args.max_tokens, "ignore_eos": bool(args.ignore_eos)}
+    sampling = {"temperature": 0.0, "max_tokens": max_tokens, "ignore_eos": bool(args.ignore_eos)}
     engine_kwargs = {"enable_prefix_caching": False, "worker_cls": WORKER_CLS}
     log(f"declab bench spec: {len(items)} prompts in {len(group_order(items))} groups, {len(skipped)} skipped; "
         f"configs {configs}; phases {phases_wanted}")
 
     plan = {"phases": []}
     if "batch16" in phases_wanted:
-        plan["phases"].append({"name": "batch16", "batches": batches_by_group(items, args.batch_size)})
+        batches = (batches_by_group(items, args.batch_size) if args.batch_grouping == "category"
+                   else batches_mixed(len(items), args.batch_size))
+        plan["phases"].append({"name": "batch16", "batches": batches})
     if "batch1" in phases_wanted:
-        plan["phases"].append({"name": "batch1", "batches": [[i] for i in range(len(items))]})
+        one = _first_per_group(items, args.batch1_limit or None)
+        plan["phases"].append({"name": "batch1", "batches": [[i] for i in one]})
 
     report: dict[str, Any] = {
         "benchmark": "spec",
@@ -558,11 +640,13 @@ def run(args) -> dict[str, Any]:
         "engine_kwargs": {**CPU_ENGINE_KWARGS, **engine_kwargs},
         "sampling": sampling,
         "batch_size": args.batch_size,
+        "batch_grouping": args.batch_grouping,
         "limit": args.limit,
+        "batch1_limit": args.batch1_limit,
         "prompts": {
             "total": len(items), "groups": {g: sum(it["group"] == g for it in items) for g in group_order(items)},
             "available": totals, "skipped": skipped,
-            "fit_rule": f"prompt_tokens + max_tokens ({args.max_tokens}) + largest K ({max_k}) <= {max_model_len}",
+            "fit_rule": f"prompt_tokens + max_tokens ({max_tokens}) + largest K ({max_k}) <= {max_model_len}",
         },
         "configs": {},
     }
@@ -608,13 +692,22 @@ def run(args) -> dict[str, Any]:
             **common)
 
     results: dict[str, Any] = {}
+    load: dict[str, Any] = {}
     for name, spec in specs.items():
         t = time.perf_counter()
-        try:
-            results[name] = run_child(spec, plan, timeout=args.child_timeout)
-        except RuntimeError as e:
-            log(f"  {name}: FAILED\n{e}")
-            report["configs"][name] = {"available": False, "reason": str(e)[-2000:]}
+        load[name] = {"before": _loadavg()}
+        for attempt in (1, 2):  # one retry: an engine start can fail when the shared machine is short of memory
+            try:
+                results[name] = run_child(spec, plan, timeout=args.child_timeout)
+                break
+            except RuntimeError as e:
+                log(f"  {name}: attempt {attempt} FAILED\n{str(e)[:3000]}")
+                if attempt == 2:
+                    report["configs"][name] = {"available": False, "reason": f"engine run failed twice: {str(e)[:2000]}"}
+                else:
+                    time.sleep(10)
+        load[name]["after"] = _loadavg()
+        if name not in results:
             continue
         log(f"  {name}: {time.perf_counter() - t:.0f} s (startup {results[name]['startup_s']:.0f} s)")
 
@@ -623,6 +716,7 @@ def run(args) -> dict[str, Any]:
         s = summarize_config(items, res, vanilla)
         s["speculative_config"] = specs[name].engine_kwargs.get("speculative_config")
         s["env"] = {k: v for k, v in specs[name].env.items() if v is not None and not k.endswith("_STATS")}
+        s["load_avg_1min"] = load.get(name)  # the machine's load around this run: timings on shared cores vary
         report["configs"][name] = s
     if "suffix" in configs and not suffix_info["available"]:
         report["configs"]["suffix"] = suffix_info
@@ -646,6 +740,8 @@ def per_prompt(items, results) -> list[dict[str, Any]]:
                 base = next(p for p in results["vanilla"]["phases"] if p["name"] == ph["name"]) \
                     if "vanilla" in results else None
                 m = ph["request_metrics"][i]
+                if ph["token_ids"][i] is None:
+                    continue
                 rec[f"{name}/{ph['name']}"] = {
                     "tokens": len(ph["token_ids"][i]),
                     "accepted": sum(j * c for j, c in enumerate(m["histogram"])) if m else None,
@@ -722,6 +818,9 @@ def plot(report: dict[str, Any], path) -> None:
         for ax, ph in zip((axes[0, 1], axes[0, 2]), ("batch1", "batch16")):
             if ph in phases:
                 bars(ax, "speedup_vs_vanilla", ph, f"speed-up vs vanilla, {ph} (tokens/s ratio)", 1.0)
+            else:
+                ax.text(0.5, 0.5, f"{ph}: not run", ha="center", va="center")
+                ax.set_axis_off()
     ax = axes[1, 0]
     for c in cfgs:
         row = report["configs"][c]["phases"][phases[0]]["groups"]["all"] if phases else {}
@@ -743,8 +842,9 @@ def plot(report: dict[str, Any], path) -> None:
     ax.set_title("ngram sweep on the subset: tokens/s (lookup min-max, K)", fontsize=10)
     ax = axes[1, 2]
     names, per_step, mem = [], [], []
+    ph_name = "batch1" if "batch1" in phases else (phases[0] if phases else "")
     for c in cfgs:
-        ph = report["configs"][c]["phases"].get("batch1") or report["configs"][c]["phases"][phases[0]]
+        ph = report["configs"][c]["phases"][ph_name]
         names.append(c)
         per_step.append(1e3 * (ph["proposer"]["seconds_per_step"] or 0.0))
         mem.append(ph["memory"].get("proposer_bytes", 0))
@@ -752,7 +852,7 @@ def plot(report: dict[str, Any], path) -> None:
     ax.set_xticks(range(len(names)), names, fontsize=8)
     for i, (v, m) in enumerate(zip(per_step, mem)):
         ax.text(i, v, f"{v:.3f} ms\nstate {m / 1e6:.2f} MB", ha="center", va="bottom", fontsize=7)
-    ax.set_title("proposer time per step (ms, batch 1) and proposer state size", fontsize=10)
+    ax.set_title(f"proposer time per step (ms, {ph_name}) and proposer state size at its end", fontsize=10)
     not_avail = [f"{c}: {v['reason'][:90]}" for c, v in report["configs"].items() if not v.get("available")]
     title = (f"declab bench spec: {report['prompts']['total']} prompts, max_tokens {report['sampling']['max_tokens']},"
              f" greedy, {report['model'].rsplit('/', 1)[-1]}")
