@@ -29,6 +29,7 @@ PLUGIN_MODULES = (
     "declab.plugins.diverse_beam",
     "declab.plugins.token_recycling",
     "declab.plugins.extractive",
+    "declab.plugins.asap",
 )
 
 
@@ -56,6 +57,13 @@ class PluginSpec:
         if self.hook == HOOK_LOGITS and not self.row_processor:
             raise ValueError(f"plugin {self.name}: a logits-processor plugin needs row_processor")
 
+    def validate_request(self, params: dict[str, Any]) -> None:
+        """Cross-field / content checks beyond ParamSpec (``extra["validate"]`` = "module:function")."""
+        target = self.extra.get("validate")
+        if target:
+            module, _, attr = target.partition(":")
+            getattr(importlib.import_module(module), attr)(params)
+
     def load_row_processor(self) -> type:
         module, _, attr = (self.row_processor or "").partition(":")
         return getattr(importlib.import_module(module), attr)
@@ -69,10 +77,12 @@ def all_specs() -> dict[str, PluginSpec]:
     if _SPECS is None:
         specs: dict[str, PluginSpec] = {}
         for mod in PLUGIN_MODULES:
-            spec = importlib.import_module(mod + ".spec").SPEC
-            if spec.name in specs:
-                raise ValueError(f"two plugins are named {spec.name!r}")
-            specs[spec.name] = spec
+            module = importlib.import_module(mod + ".spec")
+            # EXTRA_SPECS: further methods of the same package, e.g. a paper's baseline (paper 0 = not in the list).
+            for spec in (module.SPEC, *getattr(module, "EXTRA_SPECS", ())):
+                if spec.name in specs:
+                    raise ValueError(f"two plugins are named {spec.name!r}")
+                specs[spec.name] = spec
         _SPECS = specs
     return _SPECS
 

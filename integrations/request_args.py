@@ -74,7 +74,9 @@ def parse_request_args(
             f"{KEY}.method: {method!r} is not enabled on this engine "
             f"({registry.PLUGINS_ENV}={','.join(selected) or '<unset>'}); add it to {registry.PLUGINS_ENV}"
         )
-    return DeclabRequest(spec, resolve_params(spec.params, args, prefix=KEY))
+    params = resolve_params(spec.params, args, prefix=KEY)
+    spec.validate_request(params)
+    return DeclabRequest(spec, params)
 
 
 def _logits_plugins() -> list[str]:

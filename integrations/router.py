@@ -38,6 +38,7 @@ class DeclabLogitsRouter(LogitsProcessor):
             vocab_size=model_config.get_vocab_size(),
             eos_token_id=self._eos_token_id(model_config),
             tokenize=self._tokenize,
+            tokenizer=lambda: self._tokenizer,
         )
         self.rows: dict[int, RowProcessor] = {}
 

@@ -22,6 +22,8 @@ class RowContext:
     eos_token_id: int | None = None
     # Text -> token ids with the served model's tokenizer, no special tokens added. Lazily loaded by the router.
     tokenize: Callable[[str], list[int]] | None = None
+    # Zero-argument getter of the served model's HF tokenizer object (lazy; for plugins that compile grammars).
+    tokenizer: Callable[[], Any] | None = None
 
 
 class RowProcessor:

@@ -1,0 +1,63 @@
+"""Declaration of plain grammar-constrained decoding (GCD), the baseline that ASAp (paper 65) corrects, and of the
+grammar parameters both plugins take. Plain data: imports only ``declab.integrations``; ``validate_request`` imports
+xgrammar lazily, on first use."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from declab.integrations.params import ParamSpec
+from declab.integrations.registry import HOOK_LOGITS, PluginSpec
+
+MAX_GRAMMAR_CHARS = 200_000
+
+# Exactly one of these must be given; the cross-field check and the grammar's syntax are ``validate_request``'s job.
+GRAMMAR_PARAMS = (
+    ParamSpec(
+        "grammar",
+        str,
+        default=None,
+        max_length=MAX_GRAMMAR_CHARS,
+        doc="EBNF grammar in xgrammar's GBNF dialect, start rule `root` (e.g. 'root ::= (\"0\" | \"1\")+'). "
+        "Give exactly one of grammar, json_schema, regex.",
+    ),
+    ParamSpec(
+        "json_schema",
+        str,
+        default=None,
+        max_length=MAX_GRAMMAR_CHARS,
+        doc="JSON Schema (as a JSON string) the output must satisfy (xgrammar, any whitespace, strict mode).",
+    ),
+    ParamSpec(
+        "regex",
+        str,
+        default=None,
+        max_length=MAX_GRAMMAR_CHARS,
+        doc="Regular expression the whole output must match (xgrammar's regex dialect).",
+    ),
+)
+
+
+def validate_request(params: Mapping[str, Any], *, prefix: str = "declab") -> None:
+    """Admission-time check (front-end): exactly one grammar parameter is given, and it parses.
+
+    Raises ``ValueError("declab.<param>: <message>")``. Parsing needs no tokenizer and is cached by text.
+    """
+    from declab.plugins.asap.core import validate_grammar_params
+
+    validate_grammar_params(params, prefix=prefix)
+
+
+SPEC = PluginSpec(
+    name="gcd",
+    paper=0,  # not a reading-list paper: the baseline of asap (extra["baseline_of"])
+    hook=HOOK_LOGITS,
+    status="working",
+    summary=(
+        "Grammar-constrained decoding: tokens the grammar (EBNF, JSON Schema or regex, via xgrammar) forbids are "
+        "masked, EOS only where the grammar may end; grammatical but distorted (the baseline of asap)."
+    ),
+    row_processor="declab.plugins.asap.core:GcdProcessor",
+    params=GRAMMAR_PARAMS,
+    extra={"baseline_of": "asap", "validate": "declab.plugins.asap.gcd_spec:validate_request"},
+)

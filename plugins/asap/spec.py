@@ -1,0 +1,47 @@
+"""Declaration of the ASAp grammar-aligned decoding plugin (paper 65) and, as ``EXTRA_SPECS``, of its baseline
+``gcd`` (``gcd_spec.py``). Plain data: imports only ``declab.integrations``; ``validate_request`` imports xgrammar
+lazily, on first use."""
+
+from __future__ import annotations
+
+from declab.integrations.params import ParamSpec
+from declab.integrations.registry import HOOK_LOGITS, PluginSpec
+from declab.plugins.asap.gcd_spec import GRAMMAR_PARAMS
+from declab.plugins.asap.gcd_spec import SPEC as GCD_SPEC
+from declab.plugins.asap.gcd_spec import validate_request
+
+__all__ = ["SPEC", "EXTRA_SPECS", "validate_request"]
+
+SPEC = PluginSpec(
+    name="asap",
+    paper=65,
+    hook=HOOK_LOGITS,
+    status="partial",
+    summary=(
+        "Grammar-aligned decoding (ASAp): grammar mask times an over-approximation of each prefix's expected "
+        "future grammaticality, learned in a trie shared by the requests with the same prompt and grammar; "
+        "the sampling distribution converges to the LLM's distribution conditioned on the grammar."
+    ),
+    reason=(
+        "the sampler is complete (EBNF, JSON Schema, regex; exact at temperature 1; KL to the grammar-conditioned "
+        "distribution measured against plain GCD on finite grammars); not included yet: the paper's SyGuS and "
+        "constituency-parsing benchmarks and the JSON-Schema benchmark of paper 35; tries live in one worker "
+        "process (not shared across data-parallel engines)"
+    ),
+    row_processor="declab.plugins.asap.core:AsapProcessor",
+    params=GRAMMAR_PARAMS
+    + (
+        ParamSpec(
+            "namespace",
+            str,
+            default="",
+            max_length=200,
+            doc="Extra trie key: requests share (and improve) one trie when prompt, grammar and namespace match; "
+            "a new namespace starts from an empty trie (independent runs).",
+        ),
+    ),
+    extra={"validate": "declab.plugins.asap.spec:validate_request"},
+)
+
+# Further specs this plugin folder declares (the registry reads one module per folder).
+EXTRA_SPECS = (GCD_SPEC,)
