@@ -122,7 +122,7 @@ def _plot(plain_rep, mom_rep, qa, path: Path) -> None:
     a.bar([x + 0.2 for x in xs], [mom_rep[k] for k in keys], 0.4, label="momentum", color="#1f77b4")
     a.set_xticks(list(xs), keys)
     a.set_title("code prompts: repetition (lower is better)")
-    a.legend()
+    a.legend(loc="upper center")
     vals = [sum(r["plain_in_passage"] for r in qa) / len(qa), sum(r["plugin_in_passage"] for r in qa) / len(qa)]
     b.bar(["plain", "extractive"], vals, color=["#888888", "#ff7f0e"])
     b.set_ylim(0, 1.05)
