@@ -14,8 +14,8 @@ SPEC = PluginSpec(
         "probable span by best-first branch-and-bound)."
     ),
     reason=(
-        "exact mode runs as a search loop over engine requests (declab.integrations), greedy mode is a logits "
-        "processor"
+        "greedy mode is a per-request logits processor (offline and HTTP); exact mode (the most probable span) is a "
+        "search loop over engine requests reached from Python (declab.plugins.extractive.search), not yet over HTTP"
     ),
     params=(
         ParamSpec(
