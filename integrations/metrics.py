@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Mapping, Sequence
 
 
 def rep_n(tokens: Sequence[int], n: int) -> float:
@@ -33,3 +34,15 @@ def repetition_stats(outputs: Sequence[Sequence[int]]) -> dict[str, float]:
     stats["diversity"] = div
     stats["loop_share"] = sum(is_looping(o) for o in outputs) / k
     return stats
+
+
+def kl_divergence(p: Mapping, q: Mapping) -> float:
+    """KL(p || q) in nats for distributions given as {outcome: probability}; inf if q misses mass of p."""
+    total = 0.0
+    for k, pk in p.items():
+        if pk > 0:
+            qk = q.get(k, 0.0)
+            if qk <= 0:
+                return math.inf
+            total += pk * math.log(pk / qk)
+    return max(total, 0.0)

@@ -10,7 +10,6 @@ The benchmark reuses ``exact_reference`` and ``sample_strings``.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 
@@ -167,17 +166,6 @@ def kl_experiment(n: int = 1000) -> dict:
     after = llm.generate(["x"], SamplingParams(max_tokens=2), use_tqdm=False)
     result["after_error_tokens"] = len(after[0].outputs[0].token_ids)
     return result
-
-
-def kl(p: dict, q: dict) -> float:
-    total = 0.0
-    for k, pk in p.items():
-        if pk > 0:
-            qk = q.get(k, 0.0)
-            if qk <= 0:
-                return math.inf
-            total += pk * math.log(pk / qk)
-    return max(total, 0.0)
 
 
 if __name__ == "__main__":

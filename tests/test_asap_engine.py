@@ -5,7 +5,6 @@ stays distorted. One engine start serves both methods and both grammars (``tests
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -13,21 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from declab.integrations.metrics import kl_divergence
+
 pytestmark = pytest.mark.engine
 CHILD = Path(__file__).with_name("asap_child.py")
 N = 1000
 CHECKPOINTS = (100, 300, 1000)
-
-
-def kl(p: dict, q: dict) -> float:
-    total = 0.0
-    for k, pk in p.items():
-        if pk > 0:
-            qk = q.get(k, 0.0)
-            if qk <= 0:
-                return math.inf
-            total += pk * math.log(pk / qk)
-    return max(total, 0.0)
 
 
 def empirical(samples) -> dict:
@@ -60,10 +50,10 @@ def experiment():
 def _kls(e: dict) -> dict:
     target = e["target"]
     return {
-        "asap": {n: round(kl(empirical(e["asap_samples"][:n]), target), 4) for n in CHECKPOINTS},
-        "gcd": {n: round(kl(empirical(e["gcd_samples"][:n]), target), 4) for n in CHECKPOINTS},
-        "gcd_exact": round(kl(e["gcd"], target), 4),
-        "gcd_vs_its_exact": round(kl(empirical(e["gcd_samples"]), e["gcd"]), 4),
+        "asap": {n: round(kl_divergence(empirical(e["asap_samples"][:n]), target), 4) for n in CHECKPOINTS},
+        "gcd": {n: round(kl_divergence(empirical(e["gcd_samples"][:n]), target), 4) for n in CHECKPOINTS},
+        "gcd_exact": round(kl_divergence(e["gcd"], target), 4),
+        "gcd_vs_its_exact": round(kl_divergence(empirical(e["gcd_samples"]), e["gcd"]), 4),
         "asap_s": round(e["asap_s"], 1),
         "gcd_s": round(e["gcd_s"], 1),
     }
@@ -86,8 +76,8 @@ def test_every_sample_is_grammatical(exp):
 def test_gcd_samples_its_own_distorted_distribution(exp):
     """vLLM + the gcd plugin sample what the exact (transformers) GCD distribution predicts, which is far from the
     grammar-conditioned target: the distortion ASAp removes."""
-    assert kl(empirical(exp["gcd_samples"]), exp["gcd"]) < 0.05
-    assert kl(exp["gcd"], exp["target"]) > 0.3
+    assert kl_divergence(empirical(exp["gcd_samples"]), exp["gcd"]) < 0.05
+    assert kl_divergence(exp["gcd"], exp["target"]) > 0.3
 
 
 def test_asap_kl_falls_with_n_and_ends_below_a_third_of_gcd(exp):
