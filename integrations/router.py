@@ -20,6 +20,15 @@ from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 from declab.integrations.request_args import parse_request_args
 from declab.plugins.common import RowContext, RowProcessor
+from declab.plugins.contrastive import (
+    PAIR_KEY,
+    ROLE_MAIN,
+    SamplingSettings,
+    check_sampling_options,
+    draw_token,
+    force_token,
+    is_contrastive,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +38,9 @@ ROUTER_FQCN = "declab.integrations.router:DeclabLogitsRouter"
 class DeclabLogitsRouter(LogitsProcessor):
     @classmethod
     def validate_params(cls, sampling_params) -> None:  # front-end, at admission
-        parse_request_args(sampling_params.extra_args)
+        request = parse_request_args(sampling_params.extra_args)
+        if request is not None and is_contrastive(request.spec):
+            check_sampling_options(sampling_params, request.spec.name)
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
         model_config = vllm_config.model_config
@@ -69,15 +80,48 @@ class DeclabLogitsRouter(LogitsProcessor):
         if request is None:
             return None
         processor_cls = request.spec.load_row_processor()
-        return processor_cls(request.params, prompt_ids or [], output_ids, self.ctx)
+        processor = processor_cls(request.params, prompt_ids or [], output_ids, self.ctx)
+        if getattr(processor, "paired", False):
+            # Set by the pair scheduler (declab.patches.contrastive_pairs) on both rows of a contrastive request.
+            pair = params.extra_args.get(PAIR_KEY) or {}
+            processor.pair_id = pair.get("id")
+            processor.role = pair.get("role")
+            processor.settings = SamplingSettings.from_dict(pair.get("sampling") or {})
+        return processor
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         process_dict_updates(self.rows, batch_update, self._new_row)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        pairs: dict[str, dict[str, int]] = {}
         for row, processor in self.rows.items():
+            if getattr(processor, "paired", False):
+                if processor.pair_id is not None:
+                    pairs.setdefault(processor.pair_id, {})[processor.role] = row
+                continue
             row_logits = logits[row]
             new = processor(row_logits)
             if new is not row_logits:
                 logits[row] = new
+        for rows in pairs.values():
+            self._apply_pair(logits, rows)
         return logits
+
+    def _apply_pair(self, logits: torch.Tensor, rows: dict[str, int]) -> None:
+        """Draw the token of a contrastive request from its two rows and force it on both.
+
+        Only when both rows are in the batch at the same position; otherwise the rows keep their logits and the pair
+        scheduler discards what they sample (it recomputes the position once the pair is aligned).
+        """
+        if len(rows) != 2 or ROLE_MAIN not in rows:
+            return
+        main_row = rows.pop(ROLE_MAIN)
+        (contrast_row,) = rows.values()
+        main, companion = self.rows[main_row], self.rows[contrast_row]
+        step = len(main.output_ids)
+        if step != len(companion.output_ids):
+            return
+        contrasted = main.contrast(logits[main_row].float(), logits[contrast_row].float(), step)
+        token = draw_token(contrasted, main.settings, step)
+        force_token(logits[main_row], token)
+        force_token(logits[contrast_row], token)

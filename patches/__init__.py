@@ -89,11 +89,22 @@ class DeclabPatch:
 
 def registry() -> dict[str, type[DeclabPatch]]:
     """All patches by name (imported lazily: each module imports vLLM)."""
+    from declab.patches.contrast_prompt_tokens import ContrastPromptTokensPatch
+    from declab.patches.contrastive_pairs import ContrastivePairsPatch
     from declab.patches.cpu_expand_kernel import CpuExpandKernelPatch
     from declab.patches.engine_args_router import EngineArgsRouterPatch
     from declab.patches.runner_feeds_proposer import RunnerFeedsProposerPatch
 
-    return {p.name: p for p in (EngineArgsRouterPatch, CpuExpandKernelPatch, RunnerFeedsProposerPatch)}
+    return {
+        p.name: p
+        for p in (
+            EngineArgsRouterPatch,
+            CpuExpandKernelPatch,
+            RunnerFeedsProposerPatch,
+            ContrastPromptTokensPatch,
+            ContrastivePairsPatch,
+        )
+    }
 
 
 def apply_patches(names: tuple[str, ...] | list[str]) -> list[str]:

@@ -34,12 +34,30 @@ class EngineArgsRouterPatch(DeclabPatch):
         original = target.create_engine_config
 
         def create_engine_config(self, *args, **kwargs):
+            prepare_engine_args(self)
             config = original(self, *args, **kwargs)
             attach_router(config)
             return config
 
         create_engine_config.__wrapped__ = original
         return {"create_engine_config": create_engine_config}
+
+
+def prepare_engine_args(engine_args) -> None:
+    """Contrastive plugins keep request pairs in lockstep with a synchronous scheduler (``contrastive_pairs``):
+    turn vLLM's automatic async scheduling off for them; refuse an explicit ``--async-scheduling``."""
+    from declab.integrations import registry
+    from declab.plugins.contrastive import is_contrastive
+
+    contrastive = [n for n in registry.selected_plugins() if is_contrastive(registry.get_spec(n))]
+    if not contrastive:
+        return
+    if engine_args.async_scheduling:
+        raise ValueError(
+            f"declab: contrastive plugins {contrastive} keep each request and its companion row in lockstep, which "
+            "needs vLLM's synchronous scheduler; remove --async-scheduling (it is off by default for them)."
+        )
+    engine_args.async_scheduling = False
 
 
 def attach_router(config) -> None:

@@ -1,0 +1,159 @@
+"""Shared core of the contrastive plugins (CAD, LQCD, M3ID): pure torch, no vLLM import.
+
+A contrastive request is decoded with a *companion row*: the same model on a second prompt (``contrast_prompt``:
+the prompt without the context / with the neutral query / without the image), kept in lockstep with the main
+request inside vLLM's batch (``declab.patches.contrastive_pairs``). Each step the router hands a
+``ContrastiveProcessor`` both rows of logits; the processor returns the contrasted logits, the router draws the
+token from them with the main request's sampling settings (``SamplingSettings``/``draw_token``) and forces that one
+token on both rows, so both sequences grow by the same token.
+
+A method implements only ``contrast(main_logits, contrast_logits, step)``; the formulas live in
+``declab.plugins.<method>.core``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from declab.integrations.params import ParamSpec
+from declab.plugins.common import RowProcessor
+
+# Keys of SamplingParams.extra_args written by the engine (never by users).
+PAIR_KEY = "declab_pair"  # {"id": main request id, "role": "main"|"contrast", "sampling": {...}}
+CONTRAST_IDS_KEY = "declab_contrast_prompt_token_ids"  # filled at admission from ``contrast_prompt``
+
+# Patches every contrastive plugin needs (declab.patches): the pair scheduler and the admission-time tokenizer.
+CONTRASTIVE_PATCHES = ("contrast_prompt_tokens", "contrastive_pairs")
+
+ROLE_MAIN = "main"
+ROLE_CONTRAST = "contrast"
+
+CONTRAST_PROMPT_PARAM = ParamSpec(
+    "contrast_prompt",
+    str,
+    max_length=1_000_000,
+    doc="prompt of the companion row (without the context / neutral query / without the image), raw text used "
+    "verbatim as a completion prompt (for chat requests: the contrast conversation already rendered with the chat "
+    "template); its token count must leave room for max_tokens within max_model_len",
+)
+
+# vLLM's threshold below which a temperature means greedy (vllm.sampling_params._SAMPLING_EPS).
+GREEDY_EPS = 1e-5
+
+
+class ContrastiveProcessor(RowProcessor):
+    """One contrastive request. ``contrast`` gets both rows' float32 logits ``[vocab]`` and returns new logits.
+
+    ``step`` is the number of tokens generated so far (0 for the first token). Returned logits may be ``-inf``
+    outside a plausible set but never all ``-inf``.
+    """
+
+    paired = True
+
+    def contrast(self, main_logits: torch.Tensor, contrast_logits: torch.Tensor, step: int) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        # Never called for a paired row: the router calls ``contrast`` with both rows. A row whose companion is
+        # missing this step keeps its logits; the pair scheduler discards that step's token.
+        return logits
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """The main request's own sampling settings. The engine decodes both rows greedily over a one-hot row, so
+    temperature / top-k / top-p / min-p / seed are applied here, to the contrasted logits."""
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0 or -1: off
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_EPS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p, "min_p": self.min_p,
+                "seed": self.seed}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SamplingSettings":
+        return cls(**{k: d[k] for k in ("temperature", "top_k", "top_p", "min_p", "seed") if k in d})
+
+
+_MASK64 = (1 << 63) - 1
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A generator that depends only on (seed, step): a seeded request draws the same token at the same position
+    whatever the batch around it and however often the scheduler retried the step."""
+    g = torch.Generator(device="cpu")
+    g.manual_seed((seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + 1) & _MASK64)
+    return g
+
+
+def draw_token(logits: torch.Tensor, settings: SamplingSettings, step: int) -> int:
+    """Pick the next token from ``logits`` (``[vocab]``) the way vLLM's sampler would for these settings.
+
+    Greedy: argmax. Otherwise: divide by temperature, keep the top-k, then the top-p nucleus, then min-p, and draw
+    with ``torch.multinomial`` (CPU).
+    """
+    logits = logits.float()
+    if settings.greedy:
+        return int(torch.argmax(logits))
+    scaled = logits / settings.temperature
+    if settings.top_k and 0 < settings.top_k < scaled.numel():
+        kth = torch.topk(scaled, settings.top_k).values[-1]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
+    if settings.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        # Keep a token while the mass strictly before it is below top_p (the most likely token always stays).
+        before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+        drop = order[before >= settings.top_p]
+        probs = probs.clone()
+        probs[drop] = 0.0
+    if settings.min_p > 0.0:
+        probs = torch.where(probs < settings.min_p * probs.max(), torch.zeros_like(probs), probs)
+    probs = probs / probs.sum()
+    generator = step_generator(settings.seed, step) if settings.seed is not None else None
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+def force_token(row: torch.Tensor, token: int) -> None:
+    """Make ``token`` the only choice of this row (in place): every sampler mode then returns it."""
+    row.fill_(float("-inf"))
+    row[token] = 0.0
+
+
+def is_contrastive(spec: Any) -> bool:
+    """Whether a plugin spec is a contrastive method (it needs the pair machinery)."""
+    return set(CONTRASTIVE_PATCHES) <= set(getattr(spec, "patches", ()))
+
+
+# SamplingParams options the pair machinery cannot honour: the engine's own penalties, biases and masks would act
+# on the one-hot row after the contrastive choice (or empty it), and a dropped step must not carry prompt logprobs.
+_UNSUPPORTED_OPTIONS = (
+    ("presence_penalty", 0.0),
+    ("frequency_penalty", 0.0),
+    ("repetition_penalty", 1.0),
+    ("min_tokens", 0),
+    ("logit_bias", None),
+    ("allowed_token_ids", None),
+    ("bad_words", None),
+    ("prompt_logprobs", None),
+    ("structured_outputs", None),
+)
+
+
+def check_sampling_options(sampling_params: Any, method: str) -> None:
+    """Reject (ValueError naming the option) what a contrastive request cannot combine with."""
+    for name, neutral in _UNSUPPORTED_OPTIONS:
+        value = getattr(sampling_params, name, neutral)
+        if value is not None and value != neutral and not (neutral is None and not value):
+            raise ValueError(f"{name} is not supported together with declab.method={method!r} (got {value!r})")
