@@ -31,6 +31,7 @@ from declab.integrations.prompts import default_bench_prompts
 EXTERNAL = {
     "spec": "declab.integrations.bench_spec",
     "degeneration": "declab.integrations.bench_degeneration",
+    "contrastive": "declab.integrations.bench_contrastive",
 }
 
 

@@ -46,3 +46,18 @@ def kl_divergence(p: Mapping, q: Mapping) -> float:
                 return math.inf
             total += pk * math.log(pk / qk)
     return max(total, 0.0)
+
+
+def first_line_answer(text: str) -> str:
+    """The answer of a fact-world item: the first non-empty line of the generation, stripped
+    (``../shared/eval/README.md``)."""
+    for line in text.strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def answer_rates(answers: Sequence[str], items: Sequence[Mapping[str, str]], fields: Sequence[str]) -> dict[str, float]:
+    """Share of ``answers`` equal to each item's ``field`` (e.g. context_answer / prior_answer)."""
+    n = max(len(answers), 1)
+    return {f: sum(first_line_answer(a) == it[f] for a, it in zip(answers, items)) / n for f in fields}

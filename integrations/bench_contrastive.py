@@ -1,0 +1,224 @@
+"""Contrastive decoding (CAD / LQCD / M3ID): faithfulness vs alpha on the fact-world dev sets, and cost at batch 16.
+
+One engine (``DECLAB_PLUGINS=cad,lqcd,m3id``), greedy:
+
+* faithfulness: CAD on ``conflict_dev.jsonl`` (share of answers equal to the context / to the memorised prior),
+  LQCD on ``leading_dev.jsonl`` (share equal to the suggested wrong answer / to the true answer), M3ID on the
+  conflict set, for each alpha of ``--alphas`` (alpha 0 = plain greedy on the conditioned prompt);
+* cost at ``--batch`` concurrent requests of ``--max-tokens`` tokens (EOS ignored): plain decoding, CAD through
+  the companion rows, and the naive client-side baseline that sends the contrast input as a second, independent
+  engine request every step (``max_tokens=1`` with full-vocabulary logprobs, prefix caching on) and combines the
+  two distributions itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+from declab.integrations.metrics import answer_rates
+from declab.integrations.models import default_model, eval_file
+
+CONTRASTIVE_PLUGINS = "cad,lqcd,m3id"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--model", default=None, help="model path (default: decoder-29m)")
+    parser.add_argument("--out", default="bench-results", help="output folder")
+    parser.add_argument("--items", type=int, default=400, help="dev items per set (max 400)")
+    parser.add_argument("--alphas", default="0,0.25,0.5,1,2", help="comma-separated alpha values")
+    parser.add_argument("--batch", type=int, default=16, help="concurrent requests for the cost measurement")
+    parser.add_argument("--max-tokens", type=int, default=64, help="tokens per request for the cost measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs (best of) for plain and CAD")
+    return parser
+
+
+def _load(name: str, n: int) -> list[dict]:
+    path = eval_file(name)
+    if path is None:
+        raise SystemExit(f"../shared/eval/{name} is not present")
+    return [json.loads(x) for x in path.read_text().splitlines()[:n]]
+
+
+def _params(method: str | None, contrast: str | None = None, max_tokens: int = 12, **kw):
+    from vllm import SamplingParams
+
+    extra = None
+    if method is not None:
+        extra = {"declab": {"method": method, "contrast_prompt": contrast, **kw}}
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens, extra_args=extra)
+
+
+def _texts(llm, prompts, params) -> list[str]:
+    return [o.outputs[0].text for o in llm.generate(prompts, params, use_tqdm=False)]
+
+
+def faithfulness(llm, conflict: list[dict], leading: list[dict], alphas: list[float]) -> dict[str, Any]:
+    rows = []
+    for alpha in alphas:
+        prompts = [it["prompt_with_context"] for it in conflict] + [it["leading_prompt"] for it in leading]
+        params = [_params("cad", it["prompt_without_context"], alpha=alpha) for it in conflict]
+        params += [_params("lqcd", it["neutral_prompt"], alpha=alpha) for it in leading]
+        t0 = time.perf_counter()
+        texts = _texts(llm, prompts, params)
+        wall = time.perf_counter() - t0
+        cad = answer_rates(texts[: len(conflict)], conflict, ("context_answer", "prior_answer"))
+        lqcd = answer_rates(texts[len(conflict):], leading, ("suggested_answer", "true_answer"))
+        rows.append({"alpha": alpha, "cad": cad, "lqcd": lqcd, "wall_s": wall})
+    plain_texts = _texts(llm, [it["prompt_with_context"] for it in conflict] + [it["leading_prompt"] for it in leading],
+                         _params(None))
+    m3id_texts = _texts(llm, [it["prompt_with_context"] for it in conflict],
+                        [_params("m3id", it["prompt_without_context"]) for it in conflict])
+    return {
+        "sweep": rows,
+        "plain": {
+            "cad_set": answer_rates(plain_texts[: len(conflict)], conflict, ("context_answer", "prior_answer")),
+            "lqcd_set": answer_rates(plain_texts[len(conflict):], leading, ("suggested_answer", "true_answer")),
+        },
+        "m3id_defaults": answer_rates(m3id_texts, conflict, ("context_answer", "prior_answer")),
+    }
+
+
+def _timed(llm, prompts, params, repeats: int) -> dict[str, Any]:
+    best, tokens = float("inf"), 0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        best = min(best, time.perf_counter() - t0)
+        tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    return {"wall_s": best, "tokens": tokens, "tokens_per_s": tokens / best,
+            "token_ids": [list(o.outputs[0].token_ids) for o in outs]}
+
+
+def naive_cad(llm, items: list[dict], alpha: float, max_tokens: int) -> dict[str, Any]:
+    """Client-side CAD: two independent engine requests per step, combined outside the engine."""
+    import torch
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from declab.integrations import registry
+    from declab.plugins.common import RowContext
+
+    tok = llm.get_tokenizer()
+    vocab = llm.llm_engine.model_config.get_vocab_size()
+    cad = registry.get_spec("cad").load_row_processor()({"alpha": alpha, "contrast_prompt": ""}, [], [],
+                                                         RowContext(vocab_size=vocab))
+    mains = [tok.encode(it["prompt_with_context"]) for it in items]
+    contrasts = [tok.encode(it["prompt_without_context"]) for it in items]
+    generated: list[list[int]] = [[] for _ in items]
+    step_params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=-1, detokenize=False)
+
+    def row(logprobs: dict) -> torch.Tensor:
+        out = torch.full((vocab,), float("-inf"))
+        ids = torch.tensor(list(logprobs.keys()))
+        out[ids] = torch.tensor([lp.logprob for lp in logprobs.values()])
+        return out
+
+    t0 = time.perf_counter()
+    for step in range(max_tokens):
+        prompts = [TokensPrompt(prompt_token_ids=m + g) for m, g in zip(mains, generated)]
+        prompts += [TokensPrompt(prompt_token_ids=c + g) for c, g in zip(contrasts, generated)]
+        outs = llm.generate(prompts, step_params, use_tqdm=False)
+        n = len(items)
+        for i in range(n):
+            main_row = row(outs[i].outputs[0].logprobs[0])
+            contrast_row = row(outs[n + i].outputs[0].logprobs[0])
+            generated[i].append(int(torch.argmax(cad.contrast(main_row, contrast_row, step))))
+    wall = time.perf_counter() - t0
+    tokens = sum(len(g) for g in generated)
+    return {"wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall, "token_ids": generated}
+
+
+def cost(llm, items: list[dict], max_tokens: int, repeats: int) -> dict[str, Any]:
+    from vllm import SamplingParams
+
+    prompts = [it["prompt_with_context"] for it in items]
+    plain = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    cad = [SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True,
+                          extra_args={"declab": {"method": "cad", "alpha": 0.5,
+                                                 "contrast_prompt": it["prompt_without_context"]}}) for it in items]
+    _timed(llm, prompts, plain, 1)  # warm-up
+    configs = {
+        "plain": _timed(llm, prompts, plain, repeats),
+        "cad (companion rows)": _timed(llm, prompts, cad, repeats),
+        "cad (naive: 2 requests/step)": naive_cad(llm, items, 0.5, max_tokens),
+    }
+    same = sum(a == b for a, b in zip(configs["cad (companion rows)"]["token_ids"],
+                                      configs["cad (naive: 2 requests/step)"]["token_ids"]))
+    base = configs["plain"]["tokens_per_s"]
+    for c in configs.values():
+        c["vs_plain"] = c["tokens_per_s"] / base
+        c.pop("token_ids")
+    return {"batch": len(items), "max_tokens": max_tokens, "configs": configs,
+            "naive_equals_companion_share": same / len(items)}
+
+
+def run(args) -> dict[str, Any]:
+    os.environ["DECLAB_PLUGINS"] = CONTRASTIVE_PLUGINS
+    from vllm import LLM
+
+    from declab.integrations.engine_run import CPU_ENGINE_KWARGS
+
+    alphas = [float(a) for a in args.alphas.split(",")]
+    conflict = _load("conflict_dev.jsonl", args.items)
+    leading = _load("leading_dev.jsonl", args.items)
+    model = args.model or default_model()
+    llm = LLM(model=model, **{**CPU_ENGINE_KWARGS, "max_logprobs": -1})
+    t0 = time.perf_counter()
+    report: dict[str, Any] = {"bench": "contrastive", "model": str(model), "items": len(conflict),
+                              "engine": {**CPU_ENGINE_KWARGS, "max_logprobs": -1}}
+    report["faithfulness"] = faithfulness(llm, conflict, leading, alphas)
+    report["cost"] = cost(llm, conflict[: args.batch], args.max_tokens, args.repeats)
+    report["total_s"] = time.perf_counter() - t0
+    _print(report)
+    return report
+
+
+def _print(report: dict[str, Any]) -> None:
+    f = report["faithfulness"]
+    print(f"plain: conflict {f['plain']['cad_set']}  leading {f['plain']['lqcd_set']}")
+    for r in f["sweep"]:
+        print(f"alpha {r['alpha']:<5} CAD context {r['cad']['context_answer']:.3f} prior {r['cad']['prior_answer']:.3f}"
+              f" | LQCD suggested {r['lqcd']['suggested_answer']:.3f} true {r['lqcd']['true_answer']:.3f}")
+    print(f"m3id (defaults) on conflicts: {f['m3id_defaults']}")
+    for name, c in report["cost"]["configs"].items():
+        print(f"{name:<30} {c['tokens_per_s']:8.1f} tok/s  {c['vs_plain']:.2f}x plain")
+
+
+def plot(report: dict[str, Any], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f = report["faithfulness"]
+    alphas = [r["alpha"] for r in f["sweep"]]
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.2))
+    ax1.plot(alphas, [r["cad"]["context_answer"] for r in f["sweep"]], "o-", label="follows context")
+    ax1.plot(alphas, [r["cad"]["prior_answer"] for r in f["sweep"]], "s--", label="follows memorised prior")
+    ax1.set_title(f"CAD, conflict_dev ({report['items']} items)")
+    ax2.plot(alphas, [r["lqcd"]["true_answer"] for r in f["sweep"]], "o-", label="true answer")
+    ax2.plot(alphas, [r["lqcd"]["suggested_answer"] for r in f["sweep"]], "s--", label="follows wrong suggestion")
+    ax2.set_title(f"LQCD, leading_dev ({report['items']} items)")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("alpha")
+        ax.set_ylabel("share of greedy answers")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    c = report["cost"]
+    names = list(c["configs"])
+    ax3.bar(range(len(names)), [c["configs"][n]["tokens_per_s"] for n in names], color=["grey", "tab:blue", "tab:red"])
+    ax3.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=8)
+    for i, n in enumerate(names):
+        ax3.annotate(f"{c['configs'][n]['vs_plain']:.2f}x", (i, c["configs"][n]["tokens_per_s"]), ha="center",
+                     va="bottom")
+    ax3.set_ylabel("tokens/s")
+    ax3.set_title(f"batch {c['batch']}, {c['max_tokens']} tokens, CPU")
+    fig.suptitle(f"Contrastive decoding in vLLM ({os.path.basename(report['model'])}, greedy)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
