@@ -26,8 +26,6 @@ CONTRASTIVE_PLUGINS = "cad,lqcd,m3id"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--model", default=None, help="model path (default: decoder-29m)")
-    parser.add_argument("--out", default="bench-results", help="output folder")
     parser.add_argument("--items", type=int, default=400, help="dev items per set (max 400)")
     parser.add_argument("--alphas", default="0,0.25,0.5,1,2", help="comma-separated alpha values")
     parser.add_argument("--batch", type=int, default=16, help="concurrent requests for the cost measurement")
