@@ -84,3 +84,17 @@ def test_serve_cli_splits_vllm_args_at_double_dash(monkeypatch):
     seen.clear()
     cli.main(["serve", "--plugins", "momentum", "--", "--port", "9"])
     assert "--dtype" in seen["cmd"] and seen["cmd"][-2:] == ["--port", "9"]
+
+
+def test_every_bench_subcommand_parses():
+    """A sub-benchmark that breaks the CLI parser (e.g. a duplicate option) would take `declab serve` down too."""
+    import subprocess
+    import sys
+
+    from declab.integrations.bench import EXTERNAL
+
+    for kind in ("overhead", "plugin", *EXTERNAL):
+        proc = subprocess.run([sys.executable, "-m", "declab.integrations.cli", "bench", kind, "--help"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "usage" in proc.stdout, (kind, proc.stderr[-2000:])
+        assert "unavailable" not in proc.stdout, (kind, proc.stdout)

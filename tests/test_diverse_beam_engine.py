@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_child
 
 pytestmark = pytest.mark.engine
 CHILD = Path(__file__).with_name("diverse_beam_child.py")
@@ -16,11 +14,7 @@ CHILD = Path(__file__).with_name("diverse_beam_child.py")
 
 @pytest.fixture(scope="module")
 def result() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "DECLAB_PLUGINS"}
-    proc = subprocess.run([sys.executable, str(CHILD)], capture_output=True, text=True, env=env, timeout=900)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    assert lines, f"child failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    out = json.loads(lines[-1][len("RESULT "):])
+    out = run_child(CHILD, timeout=900)
     print(json.dumps(out["summary"], indent=1))
     return out
 

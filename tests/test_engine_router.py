@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_child as run_script
 
 from declab.integrations.engine_run import RunSpec, run_in_child
 from declab.integrations.metrics import repetition_stats
@@ -19,13 +16,7 @@ CHILD = Path(__file__).with_name("engine_child.py")
 
 
 def run_child(name: str, **env) -> dict:
-    full = {k: v for k, v in os.environ.items() if k != "DECLAB_PLUGINS"}
-    full.update(env)
-    proc = subprocess.run([sys.executable, str(CHILD), name], capture_output=True, text=True, env=full,
-                          timeout=900)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    assert lines, f"child {name} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_script(CHILD, name, env=env, timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,11 @@ via the search loop, checked against an independent brute force. One engine star
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_child
 
 from declab.integrations.models import eval_file
 
@@ -22,13 +20,7 @@ N_ITEMS, N_BRUTE = 40, 5
 def run():
     if eval_file("conflict_dev.jsonl") is None:
         pytest.skip("../shared/eval/conflict_dev.jsonl is not present")
-    env = {k: v for k, v in os.environ.items() if k != "DECLAB_PLUGINS"}
-    env["DECLAB_PLUGINS"] = "extractive"
-    proc = subprocess.run([sys.executable, str(CHILD), str(N_ITEMS), str(N_BRUTE)], capture_output=True, text=True,
-                          env=env, timeout=1200)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, f"child failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    out = json.loads(lines[-1][len("RESULT "):])
+    out = run_child(CHILD, str(N_ITEMS), str(N_BRUTE), env={"DECLAB_PLUGINS": "extractive"}, timeout=1200)
     _report(out)
     return out
 

@@ -2,60 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
 import requests
+from helpers import declab_server
 
 pytestmark = pytest.mark.server
-CHAT_TEMPLATE = Path(__file__).resolve().parent.parent / "examples" / "chat_template.jinja"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {k: v for k, v in os.environ.items() if k != "DECLAB_PLUGINS"}
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "declab.integrations.cli", "serve", "--plugins", "momentum",
-             "--", "--host", "127.0.0.1", "--port", str(port), "--gpu-memory-utilization", "0.3",
-             "--served-model-name", "decoder-29m", "--chat-template", str(CHAT_TEMPLATE)],
-            stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 600
-    try:
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                if requests.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(2)
-        else:
-            pytest.fail(f"server did not become healthy:\n{log.read_text()[-4000:]}")
+    with declab_server("momentum", tmp_path_factory.mktemp("server") / "server.log") as base:
         yield base
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _complete(base, **extra):

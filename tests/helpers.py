@@ -1,0 +1,90 @@
+"""Helpers shared by the engine and server tests: child-process programs and a running ``declab serve``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import requests
+
+CHAT_TEMPLATE = Path(__file__).resolve().parent.parent / "examples" / "chat_template.jinja"
+
+
+def child_env(**env: str | None) -> dict[str, str]:
+    """The test process's environment without DECLAB_PLUGINS, with ``env`` applied (None removes a key)."""
+    full = {k: v for k, v in os.environ.items() if k != "DECLAB_PLUGINS"}
+    for key, value in env.items():
+        if value is None:
+            full.pop(key, None)
+        else:
+            full[key] = value
+    return full
+
+
+def run_child(script: Path, *args: str, env: dict[str, str | None] | None = None, timeout: float = 1200) -> dict:
+    """Run ``python script *args``; return the JSON of its last ``RESULT <json>`` line (fail with its output)."""
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+                          env=child_env(**(env or {})), timeout=timeout)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, (f"{script.name} {' '.join(args)} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                   f"{proc.stderr[-5000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def declab_server(plugins: str, log: Path, *vllm_args: str, startup_s: float = 600) -> Iterator[str]:
+    """``declab serve --plugins PLUGINS`` on the default model; yields the base URL, stops the server after."""
+    port = free_port()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "declab.integrations.cli", "serve", "--plugins", plugins,
+             "--", "--host", "127.0.0.1", "--port", str(port), "--gpu-memory-utilization", "0.3",
+             "--served-model-name", "decoder-29m", "--chat-template", str(CHAT_TEMPLATE), *vllm_args],
+            stdout=fh, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + startup_s
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                if requests.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.time() > deadline:
+                raise AssertionError(f"server did not become healthy:\n{log.read_text()[-4000:]}")
+            time.sleep(2)
+        yield base
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def prometheus_value(base: str, metric: str) -> float:
+    """Sum of a metric's samples on the server's /metrics page."""
+    total, found = 0.0, False
+    for line in requests.get(f"{base}/metrics", timeout=10).text.splitlines():
+        if line.startswith(metric) and (line[len(metric)] in " {"):
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    assert found, f"{metric} not on /metrics"
+    return total
