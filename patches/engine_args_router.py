@@ -11,6 +11,9 @@ and workers) and appends ``declab.integrations.router:DeclabLogitsRouter`` to ``
 That list feeds both admission-time ``validate_params`` (HTTP 400 for bad arguments) and the worker's sampler. It
 refuses loudly the two configurations where vLLM 0.32 would drop or reject the router: speculative decoding (V1
 silently drops custom logits processors) and Model Runner V2 (needs a V2-interface processor, not shipped yet).
+When a contrastive plugin (CAD/LQCD/M3ID) is selected it also turns vLLM's automatic async scheduling off before the
+config is built (``prepare_engine_args``): the pair scheduler (``contrastive_pairs``) keeps a request and its
+companion row in lockstep and needs each step's output before scheduling the next.
 
 vLLM version: 0.32.0 (``vllm/engine/arg_utils.py::EngineArgs.create_engine_config``).
 
