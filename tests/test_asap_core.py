@@ -241,6 +241,13 @@ def test_interleaved_requests_share_one_trie_consistently(toy_cache):
     for prefix in tree:
         assert math.isclose(trie.log_efg(trie.find(prefix)), true_log_efg(tree, logprobs, prefix), rel_tol=1e-5,
                             abs_tol=1e-5)
+    # Visit counts: every prefix of every request (EOS never becomes a node), each request counted once.
+    counts: dict[tuple, int] = {}
+    for w in seqs:
+        for i in range(len(w)):
+            counts[w[:i]] = counts.get(w[:i], 0) + 1
+    assert {p: n.visits for p, n in trie.iter_nodes()} == counts
+    assert trie.root.visits == trie.samples == len(seqs)
 
 
 def test_sampling_converges_to_the_grammar_conditioned_distribution(toy_cache):
@@ -323,7 +330,8 @@ def test_lru_budget_evicts_least_recently_used_tries(toy_cache):
 
 
 def test_a_trie_alone_over_budget_stops_growing_but_keeps_masking(toy_cache):
-    core.configure(budget_bytes=3 * core.NODE_BYTES)
+    base = AsapTrie("k", {"grammar": BITS3, "prompt_ids": [1, 2]}).base_bytes  # what make()'s trie costs empty
+    core.configure(budget_bytes=base + 3 * core.NODE_BYTES)
     tree, *_ = exact_for(toy_cache, BITS3)
     seqs = complete_sequences(tree, [EOS])
     for w in seqs:
@@ -385,15 +393,128 @@ def test_export_load_round_trip(toy_cache, tmp_path):
 
 
 def test_store_put_get_remove():
-    store = TrieStore(10 * core.NODE_BYTES)
     a, b = AsapTrie("a"), AsapTrie("b")
+    one = core.TRIE_BYTES + core.NODE_BYTES  # an empty trie: its base charge and its root
+    assert a.nbytes == one
+    store = TrieStore(10 * one)
     store.put(a)
     store.put(b)
-    assert store.keys() == ["a", "b"] and store.total_bytes == 2 * core.NODE_BYTES
+    assert store.keys() == ["a", "b"] and store.total_bytes == 2 * one == store.peak_bytes
     assert store.get("a") is a and store.keys() == ["b", "a"]
     store.remove("b")
-    assert "b" not in store and store.total_bytes == core.NODE_BYTES
+    assert "b" not in store and store.total_bytes == one
     assert not store.may_grow(b)  # not in the store any more
+
+
+def test_a_trie_bigger_than_the_budget_is_never_stored(toy_cache):
+    core.configure(budget_bytes=core.TRIE_BYTES)  # less than any trie with a grammar and a prompt
+    proc, rows = run_request(toy_cache, BITS3, [1, 1, 1, EOS])
+    assert len(core.STORE) == 0 and core.STORE.total_bytes == 0 and core.STORE.peak_bytes == 0
+    assert proc.trie is not None and proc.trie.n_nodes == 1  # read, never grown
+    assert all(math.isfinite(float(r[t])) for r, t in zip(rows, [1, 1, 1, EOS]))
+
+
+def deep_size(root) -> int:
+    """Bytes of every object reachable from ``root`` (``sys.getsizeof``, each object once; classes and tensors
+    excluded): what a store really holds, independent of the allocator's free lists."""
+    import sys
+
+    seen: set[int] = set()
+    stack, total = [root], 0
+    while stack:
+        o = stack.pop()
+        if o is None or id(o) in seen or isinstance(o, (type, torch.Tensor)):
+            continue
+        seen.add(id(o))
+        total += sys.getsizeof(o)
+        if isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            stack.extend(o)
+        elif hasattr(type(o), "__slots__"):
+            stack.extend(getattr(o, a) for a in type(o).__slots__ if hasattr(o, a))
+        elif hasattr(o, "__dict__"):
+            stack.append(vars(o))
+    return total
+
+
+def test_store_stays_within_its_budget_under_1000_prompt_grammar_pairs(toy_cache):
+    """Acceptance 3 of issue #5 at the core level: 1,000 distinct (prompt, grammar) pairs, two requests each, a
+    budget far below what they would take. The charged bytes never exceed the budget (checked after every request)
+    and the objects the store really holds (``deep_size``) stay under it too."""
+    seqs = {g: complete_sequences(grammar_prefix_tree(toy_cache.compile(GrammarSource("grammar", g)), vocab_size=V,
+                                                      stop_token_ids=[EOS]), [EOS]) for g in (BITS3, AB)}
+    budget = 96 * 1024
+    core.configure(budget_bytes=budget)
+    rng = random.Random(0)
+    unbounded = real_peak = 0
+    evictions = core.STORE.evictions
+    for i in range(500):
+        for g in (BITS3, AB):
+            for _ in range(2):
+                run_request(toy_cache, g, rng.choice(seqs[g]), prompt=(1000 + i, 2000 + i, 3000))
+                assert core.STORE.total_bytes <= budget
+            unbounded += core.STORE.get(core.STORE.keys()[-1]).nbytes
+        if i % 50 == 49:
+            real_peak = max(real_peak, deep_size(core.STORE))
+    stats = core.store_stats()
+    print(f"\n1000 pairs: {stats}; without a budget {unbounded} B; real size (peak of samples) {real_peak} B")
+    assert unbounded > 10 * budget  # the budget really binds
+    assert stats["peak_bytes"] <= budget and stats["bytes"] <= budget
+    assert stats["evictions"] - evictions == 1000 - stats["tries"]
+    assert stats["bytes"] == sum(core.STORE.get(k).nbytes for k in core.STORE.keys())
+    assert real_peak <= budget, (real_peak, stats)
+
+
+def test_fast_rest_mass_matches_the_exact_logsumexp():
+    """``_Step.rest`` (float32 probabilities summed in float64, exclusions subtracted or re-summed) against a float64
+    logsumexp, on rows that exercise every path: small and large exclusions, allowed mass near float32 underflow,
+    a forced token, and a NaN row."""
+    gen = torch.Generator().manual_seed(3)
+    n = 8192
+
+    def exact(x, allowed, excl):
+        lp = torch.log_softmax(x.double(), -1).masked_fill(~allowed, NEG)
+        if excl:
+            lp[list(excl)] = NEG
+        return float(torch.logsumexp(lp, -1))
+
+    cases = []
+    x = torch.randn(n, generator=gen) * 3
+    allowed = torch.rand(n, generator=gen) < 0.4
+    idx = allowed.nonzero().flatten().tolist()
+    cases.append((x, allowed, [[], idx[:3], idx[:40]]))
+    peaked = x.clone()
+    peaked[idx[5]] = 40.0  # one allowed token holds almost all the mass: removing it re-sums, no cancellation
+    cases.append((peaked, allowed, [[], [idx[5]], [idx[5], idx[6]]]))
+    far = x.clone()
+    far[allowed] -= 120.0  # every allowed token below float32's smallest normal probability: the exact path
+    cases.append((far, allowed, [[], idx[:2]]))
+    forced = torch.zeros(n, dtype=torch.bool)
+    forced[17] = True
+    cases.append((x, forced, [[], [17]]))
+    for x, allowed, exclusions in cases:
+        step = core._Step(x.float().clone(), allowed)
+        for excl in exclusions:
+            got, want = step.rest(excl), exact(x, allowed, excl)
+            if want == NEG:
+                assert got == NEG
+            else:
+                assert got == pytest.approx(want, rel=1e-6, abs=1e-6), (got, want)
+        for t in allowed.nonzero().flatten().tolist()[:3]:
+            want = float(torch.log_softmax(x.double(), -1)[t])
+            assert core._Step(x.float().clone(), allowed).token_logp(t) == pytest.approx(want, rel=1e-6, abs=1e-6)
+    bad = torch.full((n,), float("nan"))
+    assert math.isnan(core._Step(bad, allowed).rest([]))
+
+
+def test_a_nan_row_never_reaches_the_trie(toy_cache):
+    out: list[int] = []
+    proc = make(AsapProcessor, toy_cache, BITS3, out)
+    row = proc(torch.full((V,), float("nan")))
+    assert proc.node is None and proc.trie.n_nodes == 1 and proc.trie.root.rest is None  # detached, nothing written
+    assert row.shape == (V,)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -49,7 +49,8 @@ soon as they are made, under one lock. EOS (or any stop token) never becomes a n
 
 Memory. All tries of a worker process live in one ``TrieStore``: an LRU over ``(prompt ids, grammar, namespace,
 temperature)`` keys with a byte budget (``DECLAB_ASAP_TRIE_BUDGET_MB``, default 256, or ``configure()``); nodes are
-charged ``NODE_BYTES`` each. Over budget, least-recently-used tries are dropped; if the trie being grown is alone
+charged ``NODE_BYTES`` each, and every trie ``TRIE_BYTES`` plus the size of its key data (grammar text, prompt ids),
+so that many small tries cannot outgrow the budget unseen. Over budget, least-recently-used tries are dropped; if the trie being grown is alone
 over budget, its requests stop adding nodes (they keep sampling with what the trie knows, which is still sound).
 ``AsapTrie.export(path)`` / ``AsapTrie.load(path)`` write and read a trie as JSON; with ``DECLAB_ASAP_TRIE_DIR`` set
 the store loads ``<dir>/<key>.json`` the first time a key is used.
@@ -98,6 +99,11 @@ DEFAULT_BUDGET_MB = 256
 # Charge per trie node: a __slots__ object (~100 B), three boxed floats (~72 B) and, on inner nodes, a small dict
 # (~230 B). Measured with tracemalloc in tests/test_asap_core.py; a budget is an estimate, not an exact cap.
 NODE_BYTES = 400
+# Charge per trie besides its nodes: the AsapTrie object, its meta dict and the store's key (~700 B measured the
+# same way); the grammar text (1 B a character) and the prompt ids (36 B each: list slot + int object) it keeps are
+# charged on top (``AsapTrie.base_bytes``).
+TRIE_BYTES = 1000
+PROMPT_ID_BYTES = 36
 
 TRIE_FORMAT = "declab-asap-trie/1"
 
@@ -324,7 +330,7 @@ class TrieNode:
     """One sampled prefix. ``logp``: log P(token | parent prefix); ``rest``: log of the allowed, unvisited mass at
     this prefix (None until the prefix is visited); ``log_efg``: cached log A(prefix), valid when not ``dirty``."""
 
-    __slots__ = ("parent", "token", "logp", "rest", "log_efg", "dirty", "children")
+    __slots__ = ("parent", "token", "logp", "rest", "log_efg", "dirty", "children", "visits")
 
     def __init__(self, parent: "TrieNode | None", token: int, logp: float) -> None:
         self.parent = parent
@@ -334,6 +340,7 @@ class TrieNode:
         self.log_efg = 0.0  # A = 1 until visited
         self.dirty = False
         self.children: dict[int, TrieNode] = {}
+        self.visits = 0  # requests that reached this prefix (bookkeeping for checks; no part of A)
 
 
 class AsapTrie:
@@ -348,8 +355,14 @@ class AsapTrie:
 
     # -- structure -----------------------------------------------------------------------------------------
     @property
+    def base_bytes(self) -> int:
+        """What the trie costs besides its nodes (charged once, when it enters the store)."""
+        grammar = self.meta.get("grammar") or ""
+        return TRIE_BYTES + len(str(grammar)) + PROMPT_ID_BYTES * len(self.meta.get("prompt_ids") or ())
+
+    @property
     def nbytes(self) -> int:
-        return self.n_nodes * NODE_BYTES
+        return self.base_bytes + self.n_nodes * NODE_BYTES
 
     def find(self, prefix: Sequence[int]) -> TrieNode | None:
         node = self.root
@@ -427,7 +440,7 @@ class AsapTrie:
     # -- persistence ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         self.log_efg(self.root)
-        parent, token, logp, rest = [], [], [], []
+        parent, token, logp, rest, visits = [], [], [], [], []
         index = {id(self.root): 0}
         order = [self.root]
         for node in order:  # breadth-first: parents before children
@@ -439,9 +452,10 @@ class AsapTrie:
             token.append(node.token)
             logp.append(node.logp)
             rest.append(node.rest)
+            visits.append(node.visits)
         return {
             "format": TRIE_FORMAT, "key": self.key, "meta": self.meta, "samples": self.samples,
-            "nodes": {"parent": parent, "token": token, "logp": logp, "rest": rest},
+            "nodes": {"parent": parent, "token": token, "logp": logp, "rest": rest, "visits": visits},
             "log_efg_root": self.root.log_efg,
         }
 
@@ -453,14 +467,17 @@ class AsapTrie:
         trie.samples = int(d.get("samples", 0))
         nodes = d["nodes"]
         parent, token, logp, rest = nodes["parent"], nodes["token"], nodes["logp"], nodes["rest"]
+        visits = nodes.get("visits") or [0] * len(parent)  # absent in files written before visit counts
         if not parent or parent[0] != -1:
             raise ValueError("trie file: node 0 must be the root")
         built = [trie.root]
         trie.root.rest = None if rest[0] is None else float(rest[0])
+        trie.root.visits = int(visits[0])
         for i in range(1, len(parent)):
             p = built[parent[i]]  # parents come first
             node = TrieNode(p, int(token[i]), float(logp[i]))
             node.rest = None if rest[i] is None else float(rest[i])
+            node.visits = int(visits[i])
             p.children[node.token] = node
             built.append(node)
         trie.n_nodes = len(built)
@@ -497,6 +514,7 @@ class TrieStore:
         self._tries: OrderedDict[str, AsapTrie] = OrderedDict()
         self.total_bytes = 0
         self.evictions = 0
+        self.peak_bytes = 0  # the most total_bytes has been after any change (a budget check reads it)
 
     def __len__(self) -> int:
         return len(self._tries)
@@ -517,6 +535,8 @@ class TrieStore:
         trie = self.get(key)
         if trie is None:
             trie = self._preload(key) or AsapTrie(key, meta)
+            if trie.nbytes > self.budget_bytes:
+                return trie  # alone over the budget: never stored, so its requests read it but cannot grow it
             self.put(trie)
         return trie
 
@@ -536,6 +556,7 @@ class TrieStore:
         self._tries[trie.key] = trie
         self.total_bytes += trie.nbytes
         self._evict(keep=trie)
+        self.peak_bytes = max(self.peak_bytes, self.total_bytes)
 
     def remove(self, key: str) -> None:
         old = self._tries.pop(key, None)
@@ -545,6 +566,18 @@ class TrieStore:
     def clear(self) -> None:
         self._tries.clear()
         self.total_bytes = 0
+        self.peak_bytes = 0
+
+    def stats(self) -> dict[str, Any]:
+        """Size of the store: tries, nodes, charged bytes (now and peak), budget, evictions."""
+        return {
+            "tries": len(self._tries),
+            "nodes": sum(t.n_nodes for t in self._tries.values()),
+            "bytes": self.total_bytes,
+            "peak_bytes": self.peak_bytes,
+            "budget_bytes": self.budget_bytes,
+            "evictions": self.evictions,
+        }
 
     def may_grow(self, trie: AsapTrie, nodes: int = 1) -> bool:
         """Whether ``trie`` may add ``nodes`` nodes: evicts other tries, least recently used first, to make room.
@@ -559,6 +592,7 @@ class TrieStore:
     def charge(self, trie: AsapTrie, nodes: int = 1) -> None:
         if self._tries.get(trie.key) is trie:
             self.total_bytes += nodes * NODE_BYTES
+            self.peak_bytes = max(self.peak_bytes, self.total_bytes)
 
     def _evict(self, keep: AsapTrie, extra: int = 0) -> None:
         while self.total_bytes + extra > self.budget_bytes and len(self._tries) > 1:
@@ -589,6 +623,19 @@ def _env_budget() -> int:
 
 LOCK = threading.RLock()
 STORE = TrieStore(_env_budget(), os.environ.get(TRIE_DIR_ENV) or None)
+
+
+def store_stats() -> dict[str, Any]:
+    """``TrieStore.stats`` of this process's store (in the vLLM worker: the engine's ASAp state). With an in-process
+    engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) the caller's process is the worker; otherwise ask the worker with
+    ``llm.collective_rpc(worker_store_stats)`` (needs ``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` for the callable)."""
+    with LOCK:
+        return STORE.stats()
+
+
+def worker_store_stats(_worker: Any = None) -> dict[str, Any]:
+    """``store_stats`` in the form ``collective_rpc`` calls (the worker object is passed first and ignored)."""
+    return store_stats()
 
 
 def configure(*, budget_bytes: int | None = None, preload_dir: str | os.PathLike | None = None) -> TrieStore:
@@ -682,6 +729,74 @@ class GcdProcessor(RowProcessor):
         return self._never_empty(row, allowed)
 
 
+# Below these the float32 fast paths of ``_Step`` are replaced by exact float64 log-space computations.
+FAST_MIN_MASS = 1e-20  # an allowed probability mass
+FAST_MIN_PROB = 1e-30  # one token's probability
+
+
+class _Step:
+    """One decoding step's row as ASAp's trie updates need it, and the rest masses computed from it.
+
+    Why not a logsumexp per rest mass: a float64 logsumexp over the vocabulary costs ~120 us on one CPU thread (the
+    vLLM worker's), more than half of GCD's whole step, and a fresh prefix needs two (its first visit, then the
+    child it samples). Instead the step's probabilities are computed once (one float32 softmax: relative error
+    ~1e-7 per token, like the float32 logits they come from), masked to the allowed tokens and summed in float64.
+    The tokens a rest mass excludes (visited children) only ever grow within a step, so they are zeroed in place
+    and their probabilities subtracted from the sum while what is removed is at most half of it (no cancellation:
+    the result keeps the sum's relative precision); otherwise the sum is recomputed from the zeroed vector. Only
+    float32 underflow can hurt it (probabilities below 1e-38 lose digits, below 1e-45 vanish), so a mass under
+    ``FAST_MIN_MASS`` (where 8192 such tokens could matter at 1e-14) and a log-probability under
+    ``FAST_MIN_LOGP`` are recomputed exactly in log space (float64 logsumexp).
+    """
+
+    __slots__ = ("x", "allowed", "probs", "mass", "excluded", "_logp")
+
+    def __init__(self, x: torch.Tensor, allowed: torch.Tensor) -> None:
+        self.x = x  # the (tempered) float32 logits row
+        self.allowed = allowed
+        self.probs = torch.softmax(x, dim=-1)  # allowed, not excluded tokens' probabilities once masked
+        self.mass: float | None = None  # float64 sum of the masked probs
+        self.excluded: set[int] = set()
+        self._logp: torch.Tensor | None = None
+
+    @property
+    def logp(self) -> torch.Tensor:
+        if self._logp is None:
+            self._logp = torch.log_softmax(self.x.double(), dim=-1)
+        return self._logp
+
+    def token_logp(self, t: int) -> float:
+        """``log P(t | prefix)``: from the softmax when it is far from float32 underflow, else exact."""
+        p = float(self.probs[t])  # an allowed token not excluded yet: masking left its value as it was
+        return math.log(p) if p >= FAST_MIN_PROB else float(self.logp[t])
+
+    def rest(self, exclude: Iterable[int]) -> float:
+        """``log`` of the allowed probability mass outside ``exclude`` (which must contain every token excluded by
+        an earlier call on this step)."""
+        if self.mass is None:
+            self.probs.mul_(self.allowed)  # NaN stays NaN (caught by the caller)
+            self.mass = float(self.probs.sum(dtype=torch.float64))
+        new = [int(t) for t in exclude if t not in self.excluded]
+        if new:
+            self.excluded.update(new)
+            removed = 0.0
+            for t in new:
+                removed += float(self.probs[t])
+                self.probs[t] = 0.0
+            if removed <= 0.5 * self.mass:
+                self.mass -= removed
+            else:
+                self.mass = float(self.probs.sum(dtype=torch.float64))
+        if self.mass >= FAST_MIN_MASS or math.isnan(self.mass):
+            return math.log(self.mass) if self.mass > 0 else self.mass
+        if int(self.allowed.sum()) <= sum(1 for t in self.excluded if self.allowed[t]):
+            return NEG_INF  # nothing allowed is left (a forced token was sampled): exact, no logsumexp needed
+        masked = self.logp.masked_fill(~self.allowed, NEG_INF)
+        if self.excluded:
+            masked[torch.tensor(sorted(self.excluded), dtype=torch.long, device=masked.device)] = NEG_INF
+        return float(torch.logsumexp(masked, dim=-1))
+
+
 class AsapProcessor(GcdProcessor):
     """ASAp: the GCD mask plus ``log A(prefix + token)`` on every allowed token, with the shared trie updated from
     the model's raw probabilities as the request decodes (see the module docstring)."""
@@ -706,7 +821,7 @@ class AsapProcessor(GcdProcessor):
             self.trie: AsapTrie | None = STORE.get_or_create(key, meta)
         self.node: TrieNode | None = self.trie.root if self.trie is not None else None
         self._depth = 0  # tokens of output_ids that self.node accounts for
-        self._prev: tuple[torch.Tensor, torch.Tensor] | None = None  # (log-probs, allowed) of the last row seen
+        self._prev: _Step | None = None  # the last row seen (log-probs, allowed mask, allowed probabilities)
         self._counted = False
 
     def _on_rollback(self) -> None:
@@ -716,14 +831,6 @@ class AsapProcessor(GcdProcessor):
         """Stop reading/updating the trie for this request (what it wrote so far stays valid)."""
         self.node = None
         self._prev = None
-
-    @staticmethod
-    def _rest_logmass(logp: torch.Tensor, allowed: torch.Tensor, exclude: Iterable[int]) -> float:
-        masked = logp.masked_fill(~allowed, NEG_INF)
-        ex = list(exclude)
-        if ex:
-            masked[torch.tensor(ex, dtype=torch.long, device=masked.device)] = NEG_INF
-        return float(torch.logsumexp(masked.double(), dim=-1))
 
     def _advance(self, new: list[int]) -> None:
         """Walk (and grow) the trie along the tokens appended since the last call."""
@@ -739,10 +846,15 @@ class AsapProcessor(GcdProcessor):
                     # budget: nothing is recorded and the request stops using the trie.
                     self._detach()
                     return
-                logp, allowed = self._prev
-                rest = self._rest_logmass(logp, allowed, [*node.children.keys(), t])
-                child = trie.add_child(node, t, float(logp[t]), rest)
+                step = self._prev
+                logp = step.token_logp(t)
+                rest = step.rest([*node.children.keys(), t])
+                if math.isnan(rest) or math.isnan(logp):  # a NaN row must never reach the shared trie
+                    self._detach()
+                    return
+                child = trie.add_child(node, t, logp, rest)
                 STORE.charge(trie)
+            child.visits += 1
             node = child
         self.node = node
         self._prev = None
@@ -760,15 +872,23 @@ class AsapProcessor(GcdProcessor):
             ids: list[int] = []
             vals: list[float] = []
             if trie is not None and node is not None:
-                safe = torch.nan_to_num(row.float(), nan=NEG_INF)
-                logp = torch.log_softmax(safe / self.temperature if self.temperature != 1.0 else safe, dim=-1)
+                # A copy: the row is masked in place below, the step may need the raw values at the next call.
+                x = row.float() / self.temperature if self.temperature != 1.0 else row.float().clone()
+                step = _Step(x, allowed)
                 if node.rest is None:  # first visit of this prefix
-                    trie.visit(node, self._rest_logmass(logp, allowed, node.children.keys()))
-                if node is trie.root and not self._counted:
-                    trie.samples += 1
-                    self._counted = True
-                ids, vals = trie.child_log_efgs(node)
-                self._prev = (logp, allowed)
+                    rest = step.rest(node.children.keys())
+                    if math.isnan(rest):  # a NaN row must never reach the shared trie
+                        self._detach()
+                        step = None
+                    else:
+                        trie.visit(node, rest)
+                if step is not None:
+                    if node is trie.root and not self._counted:
+                        trie.samples += 1
+                        node.visits += 1
+                        self._counted = True
+                    ids, vals = trie.child_log_efgs(node)
+                    self._prev = step
         row.masked_fill_(~allowed, NEG_INF)
         if ids:
             adj = torch.tensor(vals, dtype=row.dtype) * self.temperature
