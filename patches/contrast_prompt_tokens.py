@@ -31,11 +31,19 @@ class ContrastPromptTokensPatch(DeclabPatch):
     def replacements(cls, target: Any) -> dict[str, Any]:
         original = target.process_inputs
 
+        from vllm.exceptions import VLLMValidationError
+
+        class ContrastiveRequestError(VLLMValidationError, ValueError):
+            """A ValueError offline; an HTTP 400 on the OpenAI server (which maps only vLLM's client errors)."""
+
         def process_inputs(self, *args, **kwargs):
             request = original(self, *args, **kwargs)
             sp = request.sampling_params
             if sp is not None and sp.extra_args:
-                attach_contrast_prompt(self, request)
+                try:
+                    attach_contrast_prompt(self, request)
+                except ValueError as e:
+                    raise ContrastiveRequestError(str(e)) from e
             return request
 
         process_inputs.__wrapped__ = original
