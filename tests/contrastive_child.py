@@ -2,6 +2,7 @@
 
     python tests/contrastive_child.py mixed N        # plain alone, then plain + cad + lqcd + m3id in one batch
     python tests/contrastive_child.py preempt N      # cad + lqcd with a KV cache small enough to force preemption
+    python tests/contrastive_child.py answers N      # cad / lqcd / m3id answers on the first N dev items
 
 Prints ``RESULT <json>``. The engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so the
 scheduler's free KV blocks and the pair book can be read before and after.
@@ -107,9 +108,19 @@ def mixed(n: int) -> dict:
     for name, prompt, sp in contrast[:: max(1, len(contrast) // 8)]:
         singles[name] = generate(llm, [prompt], sp)[0]
 
-    # Seeded sampling: reproducible, and independent of the batch.
-    from declab.plugins.contrastive import SamplingSettings  # noqa: F401  (import check: pure module loads)
+    # Bad input offline: a ValueError naming the parameter, and the engine keeps serving.
+    errors = {}
+    for label, sp in (("too_long", contrastive("cad", "word " * 3000)),
+                      ("penalty", SamplingParams(temperature=0.0, max_tokens=4, repetition_penalty=1.2,
+                                                 extra_args={"declab": {"method": "cad", "contrast_prompt": "Q:"}})),
+                      ("missing", SamplingParams(max_tokens=4, extra_args={"declab": {"method": "cad"}}))):
+        try:
+            generate(llm, [conflict[0]["prompt_with_context"]], sp)
+            errors[label] = None
+        except ValueError as e:
+            errors[label] = str(e)
 
+    # Seeded sampling: reproducible, and independent of the batch.
     it = conflict[0]
     seeded = []
     for seed, batch_with in ((7, 0), (7, 3), (8, 0), (9, 0), (10, 0), (11, 0)):
@@ -122,6 +133,7 @@ def mixed(n: int) -> dict:
         seeded.append(res[0]["token_ids"])
     return {
         "n": n,
+        "errors": errors,
         "start": start,
         "after_mixed": after_mixed,
         "end": engine_state(llm),
@@ -132,6 +144,26 @@ def mixed(n: int) -> dict:
         "singles": singles,
         "seeded": seeded,
     }
+
+
+def answers(n: int) -> dict:
+    """First-line answers of cad (conflict), lqcd (leading) and m3id (conflict) at alpha 0.5, all in one batch,
+    with a newline stop string (the front-end ends the main request; its companion must go with it)."""
+    from declab.integrations.metrics import first_line_answer
+
+    conflict, leading = load_items(n)
+    llm = make_llm()
+    start = engine_state(llm)
+    contrast = requests_for(conflict, leading, alpha=0.5)
+    for _, _, sp in contrast:
+        sp.stop = ["\n"]
+    t0 = time.perf_counter()
+    outs = generate(llm, [p for _, p, _ in contrast], [sp for _, _, sp in contrast])
+    wall = time.perf_counter() - t0
+    by_method: dict[str, list[str]] = {"cad": [], "lqcd": [], "m3id": []}
+    for (name, _, _), out in zip(contrast, outs):
+        by_method[name.rstrip("0123456789")].append(first_line_answer(out["text"]))
+    return {"n": n, "wall_s": wall, "answers": by_method, "start": start, "end": engine_state(llm)}
 
 
 def preempt(n: int) -> dict:
@@ -168,5 +200,5 @@ if __name__ == "__main__":
     scenario, count = sys.argv[1], int(sys.argv[2])
     if scenario == "preempt":
         _count_preemptions()
-    result = {"mixed": mixed, "preempt": preempt}[scenario](count)
+    result = {"mixed": mixed, "preempt": preempt, "answers": answers}[scenario](count)
     print("RESULT " + json.dumps(result))

@@ -75,3 +75,11 @@ def test_preemption_keeps_outputs_and_frees_blocks(mixed, preempted):
     end = preempted["end"]
     assert end["requests_left"] == 0 and end["pairs_left"] == 0
     assert end["free_blocks"] == preempted["start"]["free_blocks"]
+
+
+def test_bad_input_offline_is_a_value_error_and_the_engine_keeps_serving(mixed):
+    errors = mixed["errors"]
+    assert "declab.contrast_prompt" in errors["too_long"]
+    assert "repetition_penalty" in errors["penalty"]
+    assert "declab.contrast_prompt" in errors["missing"]
+    assert mixed["end"]["requests_left"] == 0  # later requests of the same engine ran (seeded runs come after)
