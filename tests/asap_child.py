@@ -1,10 +1,14 @@
-"""Child-process program for the ASAp engine test: ``python tests/asap_child.py NAME [N]`` prints one JSON line.
+"""Child-process program for the ASAp engine tests: ``python tests/asap_child.py NAME [N]`` prints one JSON line.
 
 ``kl_experiment``: for each finite grammar of ``EXPERIMENTS`` it computes, with transformers (float32), the exact
 grammar-conditioned distribution over strings (every token sequence the grammar allows, EOS included, enumerated
 with the xgrammar matcher; the probabilities of the tokenizations of one string are summed) and plain GCD's exact
 distribution, then samples ``N`` outputs through one vLLM engine with ``asap`` and with ``gcd`` at temperature 1.
-The benchmark reuses ``exact_reference`` and ``sample_strings``.
+The reference and the sampling loop live in ``declab.integrations.grammar_reference`` (shared with
+``declab bench grammar``).
+
+``engine_checks``: a mixed batch (plain, asap and gcd rows), concurrent requests sharing one trie, and request aborts
+on one engine; it returns the outputs and the exported tries for the test to check.
 """
 
 from __future__ import annotations
@@ -13,107 +17,15 @@ import json
 import sys
 import time
 
-# (name, prompt, EBNF). Both languages are finite; every string has several tokenizations on decoder-29m.
-EXPERIMENTS = (
-    # GAD's fixed-length binary strings (examples/test/binary_len_3.ebnf of the reference is a subset of this).
-    ("bits3", "The answer is", 'root ::= ("0" | "1") ("0" | "1") ("0" | "1")'),
-    # Words the model splits in several competing ways (" catalog" = " cat" + "alog" = " c" + "atalog" ...).
-    ("pets", "I saw a",
-     'root ::= " " ("cat" | "catalog" | "cattle" | "dog" | "dogma") ("." | "s.")'),
+from declab.integrations.grammar_reference import (
+    ASAP_CHUNK,
+    EXPERIMENTS,
+    GCD_CHUNK,
+    exact_reference,
+    public,
+    sample_strings,
+    tokenizer_and_model,
 )
-
-ASAP_CHUNK = 8  # ASAp requests submitted together (they see the same trie state); chunks run one after another
-
-
-def _tokenizer_and_model(model_path: str):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    model.eval()
-    return tok, model
-
-
-def prefix_logprobs(model, prompt_ids, prefixes, *, pad_id: int, batch: int = 32) -> dict:
-    """The model's float32 log-prob row after ``prompt_ids + p`` for every token prefix ``p`` of ``prefixes``.
-
-    One causal forward pass per maximal prefix covers all of its prefixes; right padding never changes the rows of
-    earlier positions, so sequences of different lengths share a batch without an attention mask.
-    """
-    import torch
-
-    prefixes = set(prefixes)
-    has_child = {p[:-1] for p in prefixes if p}
-    maximal = sorted(p for p in prefixes if p not in has_child)
-    logprobs = {}
-    with torch.no_grad():
-        for start in range(0, len(maximal), batch):
-            group = maximal[start:start + batch]
-            width = len(prompt_ids) + max(len(p) for p in group)
-            ids = torch.full((len(group), width), pad_id, dtype=torch.long)
-            for j, p in enumerate(group):
-                seq = list(prompt_ids) + list(p)
-                ids[j, :len(seq)] = torch.tensor(seq)
-            rows = torch.log_softmax(model(ids).logits.float(), dim=-1)
-            for j, p in enumerate(group):
-                for i in range(len(p) + 1):
-                    if p[:i] in prefixes:
-                        logprobs[p[:i]] = rows[j, len(prompt_ids) - 1 + i].clone()
-    return logprobs
-
-
-def exact_reference(model_path: str, prompt: str, grammar: str, *, tok=None, model=None) -> dict:
-    """Exact distributions over strings for a finite grammar: ``{"target": {s: p}, "gcd": {s: p}, ...}``."""
-    import torch
-
-    from declab.plugins.asap.core import (
-        GrammarCache,
-        GrammarSource,
-        complete_sequences,
-        exact_distributions,
-        grammar_prefix_tree,
-    )
-
-    if tok is None or model is None:
-        tok, model = _tokenizer_and_model(model_path)
-    vocab_size = model.config.vocab_size
-    eos = tok.eos_token_id
-    cache = GrammarCache.from_tokenizer(tok, vocab_size=vocab_size, stop_token_ids=[eos])
-    tree = grammar_prefix_tree(cache.compile(GrammarSource("grammar", grammar)), vocab_size=vocab_size,
-                               stop_token_ids=[eos])
-    prompt_ids = tok.encode(prompt, add_special_tokens=False)
-    logprobs = prefix_logprobs(model, prompt_ids, tree, pad_id=eos)
-    target_seq, gcd_seq, log_z = exact_distributions(tree, logprobs, [eos])
-    target: dict[str, float] = {}
-    gcd: dict[str, float] = {}
-    for w in complete_sequences(tree, [eos]):
-        s = tok.decode(list(w[:-1]))
-        target[s] = target.get(s, 0.0) + target_seq[w]
-        gcd[s] = gcd.get(s, 0.0) + gcd_seq[w]
-    return {"prompt_ids": prompt_ids, "target": target, "gcd": gcd, "log_z": log_z,
-            "n_sequences": len(target_seq), "n_prefixes": len(tree), "_tree": tree, "_logprobs": logprobs}
-
-
-def sample_strings(llm, tok, prompt_ids, grammar: str, method: str, n: int, chunk: int, **declab) -> list[str]:
-    """``n`` outputs of one method at temperature 1 (no per-request seed: the engine is seeded), in chunks of
-    ``chunk`` requests submitted together, chunk after chunk."""
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    sp = SamplingParams(temperature=1.0, top_p=1.0, top_k=-1, max_tokens=16,
-                        extra_args={"declab": {"method": method, "grammar": grammar, **declab}})
-    out: list[str] = []
-    while len(out) < n:
-        k = min(chunk, n - len(out))
-        res = llm.generate([TokensPrompt(prompt_token_ids=list(prompt_ids))] * k, [sp] * k, use_tqdm=False)
-        for r in res:
-            o = r.outputs[0]
-            ids = list(o.token_ids)
-            if ids and ids[-1] == tok.eos_token_id:
-                ids = ids[:-1]
-            out.append(tok.decode(ids) if o.finish_reason == "stop" else "<unfinished>")
-    return out
 
 
 def kl_experiment(n: int = 1000) -> dict:
@@ -123,7 +35,7 @@ def kl_experiment(n: int = 1000) -> dict:
     from declab.integrations.models import default_model
 
     model_path = default_model()
-    tok, model = _tokenizer_and_model(model_path)
+    tok, model = tokenizer_and_model(model_path)
     t0 = time.perf_counter()
     refs = {name: exact_reference(model_path, prompt, grammar, tok=tok, model=model)
             for name, prompt, grammar in EXPERIMENTS}
@@ -134,14 +46,13 @@ def kl_experiment(n: int = 1000) -> dict:
     for name, _, grammar in EXPERIMENTS:
         ref = refs[name]
         t = time.perf_counter()
-        gcd = sample_strings(llm, tok, ref["prompt_ids"], grammar, "gcd", n, chunk=256)
+        gcd = sample_strings(llm, tok, ref["prompt_ids"], grammar, "gcd", n, chunk=GCD_CHUNK)
         gcd_s = time.perf_counter() - t
         t = time.perf_counter()
         asap = sample_strings(llm, tok, ref["prompt_ids"], grammar, "asap", n, chunk=ASAP_CHUNK,
                               namespace=f"test-{name}")
         asap_s = time.perf_counter() - t
-        ref = {k: v for k, v in ref.items() if not k.startswith("_")}
-        result["experiments"][name] = {**ref, "gcd_samples": gcd, "asap_samples": asap, "gcd_s": gcd_s,
+        result["experiments"][name] = {**public(ref), "gcd_samples": gcd, "asap_samples": asap, "gcd_s": gcd_s,
                                        "asap_s": asap_s}
     # Admission: an invalid grammar is rejected naming the parameter once request_args calls the spec's validate
     # hook. Without it the worker would raise on the request, so it is only sent when the front-end rejects it.
@@ -166,6 +77,94 @@ def kl_experiment(n: int = 1000) -> dict:
     after = llm.generate(["x"], SamplingParams(max_tokens=2), use_tqdm=False)
     result["after_error_tokens"] = len(after[0].outputs[0].token_ids)
     return result
+
+
+# Engine checks of issue #5 (acceptance 4). The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0, set
+# by the test) so the worker's trie store is read directly.
+JSON_SCHEMA = json.dumps({"type": "object", "properties": {"name": {"type": "string", "maxLength": 6},
+                                                           "n": {"type": "integer"}}, "required": ["name", "n"]})
+CODE = ("def fibonacci(n):\n    ", "import os\nimport sys\n\n\ndef main():\n    ",
+        "class Stack:\n    def __init__(self):\n        ", "def read_file(path):\n    with open(path) as f:\n        ")
+
+
+def _trie(namespace: str):
+    from declab.plugins.asap.core import LOCK, STORE
+
+    with LOCK:
+        found = [STORE.get(k) for k in STORE.keys() if STORE.get(k).meta.get("namespace") == namespace]
+        assert len(found) == 1, (namespace, len(found))
+        return found[0].to_dict()
+
+
+def _outs(res) -> list[dict]:
+    return [{"token_ids": list(o.outputs[0].token_ids), "text": o.outputs[0].text,
+             "finish_reason": o.outputs[0].finish_reason} for o in res]
+
+
+def engine_checks() -> dict:
+    """Mixed batch, one trie shared by concurrent requests, aborts: one engine, three experiments."""
+    from vllm import SamplingParams
+
+    from declab.integrations.grammar_reference import EXPERIMENTS
+    from declab.plugins.asap.core import store_stats
+
+    llm = _llm()
+    bits, pets = EXPERIMENTS[0][2], EXPERIMENTS[1][2]
+    result: dict = {"eos": llm.get_tokenizer().eos_token_id}
+    greedy = SamplingParams(temperature=0.0, max_tokens=24)
+
+    def sp(method, **grammar):
+        extra = {"method": method, **grammar}
+        return SamplingParams(temperature=1.0, max_tokens=48, extra_args={"declab": extra})
+
+    # 1. Mixed batch: plain greedy rows beside asap and gcd rows (EBNF and JSON Schema), against the plain rows alone.
+    result["plain_alone"] = _outs(llm.generate(list(CODE), [greedy] * len(CODE), use_tqdm=False))
+    prompts, params, kinds = [], [], []
+    for i, code in enumerate(CODE):
+        grammar = [{"grammar": bits}, {"grammar": pets}, {"json_schema": JSON_SCHEMA}][i % 3]
+        for kind, p in (("plain", greedy), ("asap", sp("asap", namespace="mixed", **grammar)),
+                        ("gcd", sp("gcd", **grammar))):
+            prompts.append(code if kind == "plain" else f"Answer: {i}")
+            params.append(p)
+            kinds.append((kind, next(iter(grammar))))
+    result["mixed"] = [{**o, "kind": k, "grammar": g}
+                       for o, (k, g) in zip(_outs(llm.generate(prompts, params, use_tqdm=False)), kinds)]
+
+    # 2. Concurrent requests sharing one (prompt, grammar): one batch, one trie.
+    shared = llm.generate(["I saw a"] * 24, [sp("asap", grammar=pets, namespace="shared")] * 24, use_tqdm=False)
+    result["shared"] = {"outputs": _outs(shared), "trie": _trie("shared")}
+
+    # 3. Aborts: 16 requests on one trie through the engine loop, half of them aborted after two steps; then 8 more.
+    engine = llm.llm_engine
+    abort_params = sp("asap", json_schema=JSON_SCHEMA, namespace="abort")
+    ids = [f"abort-{i}" for i in range(16)]
+    for rid in ids:
+        engine.add_request(rid, "Write a JSON value:\n", abort_params)
+    seen: dict[str, dict] = {}
+    steps = 0
+    aborted = ids[::2]
+    while engine.has_unfinished_requests():
+        for o in engine.step():
+            seen[o.request_id] = {"token_ids": list(o.outputs[0].token_ids), "text": o.outputs[0].text,
+                                  "finish_reason": o.outputs[0].finish_reason, "finished": o.finished}
+        steps += 1
+        if steps == 2:
+            engine.abort_request(aborted)
+    result["abort"] = {"aborted": aborted, "outputs": seen, "trie_after_aborts": _trie("abort")}
+    later = llm.generate(["Write a JSON value:\n"] * 8, [abort_params] * 8, use_tqdm=False)
+    other = llm.generate(["I saw a"] * 4, [sp("gcd", grammar=pets)] * 4, use_tqdm=False)
+    result["abort"].update({"later": _outs(later), "trie_after_later": _trie("abort"), "other": _outs(other)})
+    result["store"] = store_stats()
+    return result
+
+
+def _llm():
+    from vllm import LLM
+
+    from declab.integrations.engine_run import CPU_ENGINE_KWARGS
+    from declab.integrations.models import default_model
+
+    return LLM(model=default_model(), **CPU_ENGINE_KWARGS)
 
 
 if __name__ == "__main__":
