@@ -30,6 +30,9 @@ PLUGIN_MODULES = (
     "declab.plugins.token_recycling",
     "declab.plugins.extractive",
     "declab.plugins.asap",
+    "declab.plugins.m3id",
+    "declab.plugins.lqcd",
+    "declab.plugins.cad",
 )
 
 

@@ -1,0 +1,30 @@
+"""Declaration of the CAD plugin (plain data: no torch, no vLLM)."""
+
+from declab.integrations.params import ParamSpec
+from declab.integrations.registry import HOOK_LOGITS, PluginSpec
+from declab.plugins.contrastive import CONTRAST_PROMPT_PARAM, CONTRASTIVE_PATCHES
+
+SPEC = PluginSpec(
+    name="cad",
+    paper=53,
+    hook=HOOK_LOGITS,
+    status="working",
+    summary=(
+        "Context-aware decoding: each token from softmax[(1+alpha)*logit(y|context,x) - alpha*logit(y|x)], the main "
+        "prompt (with the context) contrasted with a companion row on contrast_prompt (without it), in the same batch"
+    ),
+    row_processor="declab.plugins.cad.core:CADProcessor",
+    params=(
+        CONTRAST_PROMPT_PARAM,
+        ParamSpec(
+            "alpha",
+            float,
+            default=0.5,
+            low=0.0,
+            high=10.0,
+            doc="contrast strength: (1+alpha)*logit(with context) - alpha*logit(without); 0 = plain decoding of the "
+            "main prompt; the paper uses 0.5 for summarization and 1.0 for knowledge conflicts",
+        ),
+    ),
+    patches=CONTRASTIVE_PATCHES,
+)
