@@ -97,30 +97,43 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return g
 
 
-def draw_token(logits: torch.Tensor, settings: SamplingSettings, step: int) -> int:
-    """Pick the next token from ``logits`` (``[vocab]``) the way vLLM's sampler would for these settings.
-
-    Greedy: argmax. Otherwise: divide by temperature, keep the top-k, then the top-p nucleus, then min-p, and draw
-    with ``torch.multinomial`` (CPU).
-    """
-    logits = logits.float()
-    if settings.greedy:
-        return int(torch.argmax(logits))
-    scaled = logits / settings.temperature
+def sampling_probs(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
+    """The distribution a non-greedy draw uses (float32 ``[vocab]``, sums to 1), in vLLM's order
+    (``vllm.v1.sample.sampler.Sampler.sample``): divide by the temperature, then min-p (a built-in argmax-invariant
+    logits processor, relative to the top probability), then top-k (ties with the k-th value kept), then the top-p
+    nucleus (``apply_top_k_top_p``: a token stays while the mass strictly more likely than it is below top_p; the
+    most likely token always stays)."""
+    scaled = logits.float() / settings.temperature
+    if settings.min_p > 0.0:
+        p0 = torch.softmax(scaled, dim=-1)
+        scaled = scaled.masked_fill(p0 < settings.min_p * p0.max(), float("-inf"))
     if settings.top_k and 0 < settings.top_k < scaled.numel():
         kth = torch.topk(scaled, settings.top_k).values[-1]
         scaled = scaled.masked_fill(scaled < kth, float("-inf"))
     probs = torch.softmax(scaled, dim=-1)
     if settings.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        # Keep a token while the mass strictly before it is below top_p (the most likely token always stays).
+        # Rank by the logits (ties: lower token id first, as argmax): the most likely token is the greedy one even
+        # where float32 probabilities tie.
+        order = torch.sort(logits.float(), descending=True, stable=True).indices
+        sorted_probs = probs[order]
         before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-        drop = order[before >= settings.top_p]
+        drop_sorted = before >= settings.top_p
+        drop_sorted[0] = False
         probs = probs.clone()
-        probs[drop] = 0.0
-    if settings.min_p > 0.0:
-        probs = torch.where(probs < settings.min_p * probs.max(), torch.zeros_like(probs), probs)
-    probs = probs / probs.sum()
+        probs[order[drop_sorted]] = 0.0
+    return probs / probs.sum()
+
+
+def draw_token(logits: torch.Tensor, settings: SamplingSettings, step: int) -> int:
+    """Pick the next token from ``logits`` (``[vocab]``) the way vLLM's sampler would for these settings.
+
+    Greedy: argmax. Otherwise: draw from ``sampling_probs`` (temperature, min-p, top-k, top-p) with
+    ``torch.multinomial`` (CPU), seeded by ``step_generator(seed, step)`` when the request has a seed.
+    """
+    logits = logits.float()
+    if settings.greedy:
+        return int(torch.argmax(logits))
+    probs = sampling_probs(logits, settings)
     generator = step_generator(settings.seed, step) if settings.seed is not None else None
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
