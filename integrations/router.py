@@ -20,13 +20,12 @@ from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 from declab.integrations.request_args import parse_request_args
 from declab.plugins.common import RowContext, RowProcessor
-from declab.plugins.contrastive import (
+from declab.plugins.contrastive import draw_token, force_token
+from declab.plugins.contrastive_args import (
     PAIR_KEY,
     ROLE_MAIN,
     SamplingSettings,
     check_sampling_options,
-    draw_token,
-    force_token,
     is_contrastive,
 )
 

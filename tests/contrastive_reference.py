@@ -39,7 +39,8 @@ from declab.integrations.models import default_model, eval_file
 from declab.integrations.registry import get_spec
 from declab.integrations.params import resolve_params
 from declab.plugins.common import RowContext
-from declab.plugins.contrastive import ContrastiveProcessor, SamplingSettings, draw_token
+from declab.plugins.contrastive import ContrastiveProcessor, draw_token
+from declab.plugins.contrastive_args import SamplingSettings
 
 SETS: dict[str, dict[str, Any]] = {
     "conflict": {"file": "conflict_dev.jsonl", "main": "prompt_with_context", "contrast": "prompt_without_context",

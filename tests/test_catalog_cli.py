@@ -98,3 +98,15 @@ def test_every_bench_subcommand_parses():
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and "usage" in proc.stdout, (kind, proc.stderr[-2000:])
         assert "unavailable" not in proc.stdout, (kind, proc.stdout)
+
+
+def test_plugin_specs_are_plain_data():
+    """Specs are read by the entry point, the CLI and front-end validation: loading them imports no torch/vLLM."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from declab.integrations import registry; registry.all_specs(); "
+            "print(sorted(m for m in ('torch', 'vllm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -18,16 +18,13 @@ from declab.integrations.params import resolve_params
 from declab.plugins.cad.core import LOGP_FLOOR, CADProcessor, cad_logits, log_probs, mix_logprobs
 from declab.plugins.common import RowContext
 from declab.plugins.contrastive import (
-    CONTRAST_PROMPT_PARAM,
-    CONTRASTIVE_PATCHES,
     ContrastiveProcessor,
-    SamplingSettings,
     draw_token,
     force_token,
-    is_contrastive,
     sampling_probs,
     step_generator,
 )
+from declab.plugins.contrastive_args import CONTRAST_PROMPT_PARAM, CONTRASTIVE_PATCHES, SamplingSettings, is_contrastive
 from declab.plugins.lqcd.core import LQCDProcessor, lqcd_logits, plausibility_mask
 from declab.plugins.m3id.core import MAX_WEIGHT, M3IDProcessor, m3id_gate, m3id_logits, m3id_weight
 

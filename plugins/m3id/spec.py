@@ -2,7 +2,7 @@
 
 from declab.integrations.params import ParamSpec
 from declab.integrations.registry import HOOK_LOGITS, PluginSpec
-from declab.plugins.contrastive import CONTRAST_PROMPT_PARAM, CONTRASTIVE_PATCHES
+from declab.plugins.contrastive_args import CONTRAST_PROMPT_PARAM, CONTRASTIVE_PATCHES
 
 SPEC = PluginSpec(
     name="m3id",
