@@ -201,12 +201,19 @@ def plot(report: dict[str, Any], path) -> None:
     ax2.plot(alphas, [r["lqcd"]["true_answer"] for r in f["sweep"]], "o-", label="true answer")
     ax2.plot(alphas, [r["lqcd"]["suggested_answer"] for r in f["sweep"]], "s--", label="follows wrong suggestion")
     ax2.set_title(f"LQCD, leading_dev ({report['items']} items)")
+    # Plain greedy decoding of the main prompt, for reference.
+    plain = f["plain"]
+    ax1.axhline(plain["cad_set"]["context_answer"], color="grey", lw=0.8, ls=":", label="plain greedy: context")
+    ax1.axhline(plain["cad_set"]["prior_answer"], color="grey", lw=0.8, ls="-.", label="plain greedy: prior")
+    ax2.axhline(plain["lqcd_set"]["true_answer"], color="grey", lw=0.8, ls=":", label="plain greedy: true")
+    ax2.axhline(plain["lqcd_set"]["suggested_answer"], color="grey", lw=0.8, ls="-.",
+                label="plain greedy: suggestion")
     for ax in (ax1, ax2):
         ax.set_xlabel("alpha")
         ax.set_ylabel("share of greedy answers")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7)
     c = report["cost"]
     names = list(c["configs"])
     ax3.bar(range(len(names)), [c["configs"][n]["tokens_per_s"] for n in names], color=["grey", "tab:blue", "tab:red"])
@@ -215,6 +222,7 @@ def plot(report: dict[str, Any], path) -> None:
         ax3.annotate(f"{c['configs'][n]['vs_plain']:.2f}x", (i, c["configs"][n]["tokens_per_s"]), ha="center",
                      va="bottom")
     ax3.set_ylabel("tokens/s")
+    ax3.margins(y=0.12)
     ax3.set_title(f"batch {c['batch']}, {c['max_tokens']} tokens, CPU")
     fig.suptitle(f"Contrastive decoding in vLLM ({os.path.basename(report['model'])}, greedy)")
     fig.tight_layout()
