@@ -32,6 +32,7 @@ EXTERNAL = {
     "spec": "declab.integrations.bench_spec",
     "degeneration": "declab.integrations.bench_degeneration",
     "contrastive": "declab.integrations.bench_contrastive",
+    "grammar": "declab.integrations.bench_grammar",
 }
 
 
