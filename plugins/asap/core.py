@@ -30,9 +30,10 @@ What a trie node stores (sufficient statistics). Node ``p`` holds ``logp = log P
 ``v`` (the model's raw log-probability at the parent, recorded when the parent was visited) and ``rest = log sum of
 P(u | p)`` over the tokens ``u`` allowed at ``p`` whose child has not been visited (EOS included: a completed
 sentence has ``EFG = 1``, exact). Then ``log A(p) = logsumexp(rest, logp_c + log A(c) for visited children c)``.
-``rest`` is recomputed from the model's full row whenever a child is added (a ``logsumexp`` over the allowed,
-unvisited tokens, not a subtraction, so ``A`` keeps full relative precision when the visited children carry almost
-all of the mass). ``A`` lives in log space (long outputs take it far below the smallest double) and is recomputed
+``rest`` is recomputed from the model's full row whenever a child is added: a float64 sum of the step's float32
+probabilities over the allowed, unvisited tokens (``_Step``; a subtraction only while it removes at most half of the
+sum, and an exact float64 logsumexp near float32 underflow), so ``A`` keeps the model's relative precision when the
+visited children carry almost all of the mass, at a third of a logsumexp's cost. ``A`` lives in log space (long outputs take it far below the smallest double) and is recomputed
 lazily: an update marks the path to the root dirty (stopping at the first dirty ancestor), a read cleans the dirty
 subtree under the node read, so a decoding step costs O(1) trie work amortised.
 
@@ -498,6 +499,31 @@ class AsapTrie:
             return cls.from_dict(json.load(f))
 
 
+def reachable_bytes(root: Any) -> int:
+    """``sys.getsizeof`` summed over every object reachable from ``root`` through dicts, sequences, sets and
+    ``__slots__`` / ``__dict__`` attributes, each object once (classes and tensors excluded)."""
+    import sys
+
+    seen: set[int] = set()
+    stack, total = [root], 0
+    while stack:
+        o = stack.pop()
+        if o is None or id(o) in seen or isinstance(o, (type, torch.Tensor)):
+            continue
+        seen.add(id(o))
+        total += sys.getsizeof(o)
+        if isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            stack.extend(o)
+        elif hasattr(type(o), "__slots__"):
+            stack.extend(getattr(o, a) for a in type(o).__slots__ if hasattr(o, a))
+        elif hasattr(o, "__dict__"):
+            stack.append(vars(o))
+    return total
+
+
 def trie_key(prompt_ids: Sequence[int], source: GrammarSource, namespace: str = "", temperature: float = 1.0) -> str:
     h = hashlib.sha256()
     h.update(f"{source.param}\0{source.text}\0{namespace}\0{temperature!r}\0".encode())
@@ -567,6 +593,11 @@ class TrieStore:
         self._tries.clear()
         self.total_bytes = 0
         self.peak_bytes = 0
+
+    def measured_bytes(self) -> int:
+        """What the tries really hold (``reachable_bytes`` over the store): a check of the ``NODE_BYTES`` /
+        ``TRIE_BYTES`` charges, linear in the number of nodes (benchmarks and tests, not the hot path)."""
+        return reachable_bytes(self._tries)
 
     def stats(self) -> dict[str, Any]:
         """Size of the store: tries, nodes, charged bytes (now and peak), budget, evictions."""
