@@ -78,6 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
          help="schema: an unconstrained batch after every N-th schema (timings are paired with the nearest one)")
     _add(parser, "--compile-timeout", type=float, default=30.0,
          help="schema: abort a batch that has produced no token after this many seconds (counted as not compiled)")
+    _add(parser, "--threads", type=int, default=1,
+         help="OMP_NUM_THREADS of the engines (0: vLLM's default). On a shared 2-core machine two spinning OpenMP "
+              "threads make a decode step up to 25x slower whenever another process runs; one thread does not")
     _add(parser, "--budget-requests", type=int, default=1000, help="budget: distinct (prompt, grammar) pairs")
     _add(parser, "--budget-mb", type=float, default=0.25, help="budget: DECLAB_ASAP_TRIE_BUDGET_MB of that engine")
     return parser
@@ -88,18 +91,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+THREADS = {"OMP_NUM_THREADS": "1"}  # set by run() from --threads; applied to every child
+
+
+def _child_env(env: dict[str, str | None]) -> dict[str, str]:
+    """This process's environment, the engine in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, so a child reads
+    the worker's state directly), the thread setting, then ``env`` (None unsets)."""
+    full = dict(os.environ)
+    full["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    for key, v in {**THREADS, **env}.items():
+        if v is None:
+            full.pop(key, None)
+        else:
+            full[key] = v
+    return full
+
+
 def _run_child(kind: str, spec: dict[str, Any], env: dict[str, str | None], log_path: Path,
                timeout: float = 6 * 3600) -> dict[str, Any]:
     """``python -m declab.integrations.bench_grammar --child KIND SPEC RESULT`` with ``env`` applied (None unsets);
     the engine runs in the child's own process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so the child reads the
     worker's state directly. Its log goes to ``log_path``."""
-    full = dict(os.environ)
-    full.update({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
-    for k, v in env.items():
-        if v is None:
-            full.pop(k, None)
-        else:
-            full[k] = v
+    full = _child_env(env)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="declab-grammar-") as tmp:
         spec_path, result_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "result.json")
@@ -341,13 +354,7 @@ def _run_schema_engine(backend: str, methods: list[str], common: dict[str, Any],
         spec = {**common, "backend": backend, "methods": methods, "start": start, "progress": str(progress)}
         spec_path = log_dir / f"schema-{backend}-{run_no}.spec.json"
         spec_path.write_text(json.dumps(spec))
-        full = dict(os.environ)
-        full["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        for key, v in env.items():
-            if v is None:
-                full.pop(key, None)
-            else:
-                full[key] = v
+        full = _child_env(env)
         log_path = log_dir / f"schema-{backend}-{run_no}.log"
         with open(log_path, "w") as fh:
             proc = subprocess.Popen([sys.executable, "-m", "declab.integrations.bench_grammar", "--child", "schema",
@@ -736,7 +743,9 @@ def run(args) -> dict[str, Any]:
     if bad:
         raise SystemExit(f"declab bench grammar: unknown parts {sorted(bad)} (known: {', '.join(PARTS)})")
     out = Path(args.out)
-    report: dict[str, Any] = {"benchmark": "grammar", "model": model, "parts": parts}
+    THREADS["OMP_NUM_THREADS"] = str(args.threads) if args.threads > 0 else None
+    report: dict[str, Any] = {"benchmark": "grammar", "model": model, "parts": parts,
+                              "omp_num_threads": THREADS["OMP_NUM_THREADS"]}
     if "kl" in parts:
         report["kl"] = run_kl(args, model, out, log)
     if "schema" in parts:
