@@ -1,4 +1,4 @@
-"""``declab bench grammar``: ASAp vs GCD exactness (paper 65) and the JSON-Schema structured-output benchmark (paper 35).
+"""``declab bench grammar``: ASAp vs GCD exactness (paper 65) and JSON-Schema structured output (paper 35).
 
 Three parts (``--parts``, default all), each in child processes of its own, one engine at a time:
 

@@ -33,9 +33,10 @@ sentence has ``EFG = 1``, exact). Then ``log A(p) = logsumexp(rest, logp_c + log
 ``rest`` is recomputed from the model's full row whenever a child is added: a float64 sum of the step's float32
 probabilities over the allowed, unvisited tokens (``_Step``; a subtraction only while it removes at most half of the
 sum, and an exact float64 logsumexp near float32 underflow), so ``A`` keeps the model's relative precision when the
-visited children carry almost all of the mass, at a third of a logsumexp's cost. ``A`` lives in log space (long outputs take it far below the smallest double) and is recomputed
-lazily: an update marks the path to the root dirty (stopping at the first dirty ancestor), a read cleans the dirty
-subtree under the node read, so a decoding step costs O(1) trie work amortised.
+visited children carry almost all of the mass, at a third of a logsumexp's cost. ``A`` lives in log space (long
+outputs take it far below the smallest double) and is recomputed lazily: an update marks the path to the root dirty
+(stopping at the first dirty ancestor), a read cleans the dirty subtree under the node read, so a decoding step
+costs O(1) trie work amortised.
 
 When the trie is updated. The processor never learns that its request ended, so the trie is updated eagerly, one
 step at a time, as in the reference implementation (which inserts a prefix's children and re-propagates success
@@ -51,10 +52,11 @@ soon as they are made, under one lock. EOS (or any stop token) never becomes a n
 Memory. All tries of a worker process live in one ``TrieStore``: an LRU over ``(prompt ids, grammar, namespace,
 temperature)`` keys with a byte budget (``DECLAB_ASAP_TRIE_BUDGET_MB``, default 256, or ``configure()``); nodes are
 charged ``NODE_BYTES`` each, and every trie ``TRIE_BYTES`` plus the size of its key data (grammar text, prompt ids),
-so that many small tries cannot outgrow the budget unseen. Over budget, least-recently-used tries are dropped; if the trie being grown is alone
-over budget, its requests stop adding nodes (they keep sampling with what the trie knows, which is still sound).
-``AsapTrie.export(path)`` / ``AsapTrie.load(path)`` write and read a trie as JSON; with ``DECLAB_ASAP_TRIE_DIR`` set
-the store loads ``<dir>/<key>.json`` the first time a key is used.
+so that many small tries cannot outgrow the budget unseen. Over budget, least-recently-used tries are dropped; if
+the trie being grown is alone over budget, its requests stop adding nodes (they keep sampling with what the trie
+knows, which is still sound). ``AsapTrie.export(path)`` / ``AsapTrie.load(path)`` write and read a trie as JSON;
+with ``DECLAB_ASAP_TRIE_DIR`` set the store loads ``<dir>/<key>.json`` the first time a key is used.
+``store_stats()`` reports the store's size (tries, nodes, charged bytes and their peak, evictions).
 
 Temperature. The router hands the processor the raw logits row, before vLLM's temperature ``T``. The returned row is
 ``logit + log A(p v)`` on allowed tokens (``-inf`` elsewhere), so at ``T = 1`` vLLM samples exactly
