@@ -414,35 +414,10 @@ def test_a_trie_bigger_than_the_budget_is_never_stored(toy_cache):
     assert all(math.isfinite(float(r[t])) for r, t in zip(rows, [1, 1, 1, EOS]))
 
 
-def deep_size(root) -> int:
-    """Bytes of every object reachable from ``root`` (``sys.getsizeof``, each object once; classes and tensors
-    excluded): what a store really holds, independent of the allocator's free lists."""
-    import sys
-
-    seen: set[int] = set()
-    stack, total = [root], 0
-    while stack:
-        o = stack.pop()
-        if o is None or id(o) in seen or isinstance(o, (type, torch.Tensor)):
-            continue
-        seen.add(id(o))
-        total += sys.getsizeof(o)
-        if isinstance(o, dict):
-            stack.extend(o.keys())
-            stack.extend(o.values())
-        elif isinstance(o, (list, tuple, set, frozenset)):
-            stack.extend(o)
-        elif hasattr(type(o), "__slots__"):
-            stack.extend(getattr(o, a) for a in type(o).__slots__ if hasattr(o, a))
-        elif hasattr(o, "__dict__"):
-            stack.append(vars(o))
-    return total
-
-
 def test_store_stays_within_its_budget_under_1000_prompt_grammar_pairs(toy_cache):
     """Acceptance 3 of issue #5 at the core level: 1,000 distinct (prompt, grammar) pairs, two requests each, a
     budget far below what they would take. The charged bytes never exceed the budget (checked after every request)
-    and the objects the store really holds (``deep_size``) stay under it too."""
+    and the objects the store really holds (``TrieStore.measured_bytes``) stay under it too."""
     seqs = {g: complete_sequences(grammar_prefix_tree(toy_cache.compile(GrammarSource("grammar", g)), vocab_size=V,
                                                       stop_token_ids=[EOS]), [EOS]) for g in (BITS3, AB)}
     budget = 96 * 1024
@@ -457,7 +432,7 @@ def test_store_stays_within_its_budget_under_1000_prompt_grammar_pairs(toy_cache
                 assert core.STORE.total_bytes <= budget
             unbounded += core.STORE.get(core.STORE.keys()[-1]).nbytes
         if i % 50 == 49:
-            real_peak = max(real_peak, deep_size(core.STORE))
+            real_peak = max(real_peak, core.STORE.measured_bytes())
     stats = core.store_stats()
     print(f"\n1000 pairs: {stats}; without a budget {unbounded} B; real size (peak of samples) {real_peak} B")
     assert unbounded > 10 * budget  # the budget really binds
