@@ -30,6 +30,7 @@ from declab.integrations.prompts import default_bench_prompts
 # and optionally plot(report, path).
 EXTERNAL = {
     "spec": "declab.integrations.bench_spec",
+    "spec-tree": "declab.integrations.bench_spec_tree",
     "degeneration": "declab.integrations.bench_degeneration",
     "contrastive": "declab.integrations.bench_contrastive",
     "grammar": "declab.integrations.bench_grammar",
