@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,13 +31,7 @@ def experiment():
     missing = {"asap", "gcd"} - set(registry.all_specs())
     if missing:
         pytest.skip(f"plugins {sorted(missing)} are not in the registry yet")
-    env = {k: v for k, v in os.environ.items() if k != "DECLAB_PLUGINS"}
-    env["DECLAB_PLUGINS"] = "asap,gcd"
-    proc = subprocess.run([sys.executable, str(CHILD), "kl_experiment", str(N)], capture_output=True, text=True,
-                          env=env, timeout=1500)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    assert lines, f"child failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = run_child(CHILD, "kl_experiment", str(N), env={"DECLAB_PLUGINS": "asap,gcd"}, timeout=1500)
     # The numbers, for the report / README (pytest -s shows them).
     for name, e in result["experiments"].items():
         print(f"\n{name}: " + json.dumps(_kls(e)))

@@ -4,14 +4,11 @@ loud configuration errors. The bench (`declab bench spec`) runs all 480 Spec-Ben
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import run_child
 
 from declab.integrations.engine_run import RunSpec, run_in_child
 from declab.integrations.prompts import CODE_PROMPTS, spec_bench_prompts
@@ -31,14 +28,8 @@ def _reduced_prompts() -> list[str]:
     return [p for ps in per_cat.values() for p in ps] + list(CODE_PROMPTS[:8])
 
 
-def run_child(name: str, *args: str, env: dict[str, str] | None = None) -> tuple[dict, str]:
-    full = {k: v for k, v in os.environ.items() if k != "DECLAB_PLUGINS"}
-    full.update(env or {})
-    proc = subprocess.run([sys.executable, str(CHILD), name, *args], capture_output=True, text=True, env=full,
-                          timeout=900)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    assert lines, f"child {name} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    return json.loads(lines[-1][len("RESULT "):]), proc.stdout + proc.stderr
+def run_tr_child(name: str, *args: str, env: dict[str, str] | None = None) -> tuple[dict, str]:
+    return run_child(CHILD, name, *args, env=env, timeout=900, with_log=True)
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +77,9 @@ def _chi2(a: list[list[int]], b: list[list[int]], pos: int) -> float:
 
 
 def test_temperature_1_sampling_preserves_the_distribution():
-    vanilla, _ = run_child("sample_continuations", "vanilla")
-    tr, _ = run_child("sample_continuations", "tr", env=TR_ENV)
-    control, _ = run_child("sample_continuations", "vanilla_t07")
+    vanilla, _ = run_tr_child("sample_continuations", "vanilla")
+    tr, _ = run_tr_child("sample_continuations", "tr", env=TR_ENV)
+    control, _ = run_tr_child("sample_continuations", "vanilla_t07")
     assert tr["metrics"]["vllm:spec_decode_num_accepted_tokens"] > 200  # the verifier decided many drafts
     v, t, c = vanilla["token_ids"], tr["token_ids"], control["token_ids"]
     for pos in (1, 2, 3, 4):  # positions decided by the verifier (token 0 is sampled before any draft)
@@ -105,6 +96,6 @@ def test_temperature_1_sampling_preserves_the_distribution():
     ("6", {**TR_ENV, "DECLAB_TOKEN_RECYCLING": '{"successors": 0}'}, "successors must be >= 1"),
 ])
 def test_bad_configuration_fails_at_start_up_with_a_clear_message(k, env, message):
-    out, log = run_child("start_only", k, env=env)
+    out, log = run_tr_child("start_only", k, env=env)
     assert out["error"] is not None
     assert message in log, log[-3000:]

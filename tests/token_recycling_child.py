@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from declab.integrations.engine_run import CPU_ENGINE_KWARGS
@@ -36,13 +37,21 @@ def sample_continuations(mode: str) -> dict:
 
 
 def start_only(k: str) -> dict:
-    """Try to start an engine with TR (for configuration errors); report the error text."""
+    """Try to start an engine with TR (for configuration errors); report the error text with its causes.
+
+    The engine core runs in this process: a worker subprocess's traceback can be cut off when the engine shuts
+    down under load, while an in-process error arrives with its whole cause chain."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from vllm import LLM
 
     try:
         LLM(model=default_model(), **CPU_ENGINE_KWARGS, speculative_config=tr_config(int(k)))
     except Exception as e:  # noqa: BLE001 - the message is what the test checks
-        return {"error": f"{type(e).__name__}: {e}"}
+        chain, cur = [], e
+        while cur is not None and len(chain) < 10:
+            chain.append(f"{type(cur).__name__}: {cur}")
+            cur = cur.__cause__ or cur.__context__
+        return {"error": " <- ".join(chain)}
     return {"error": None}
 
 

@@ -13,8 +13,9 @@ SPEC = PluginSpec(
     status="partial",
     summary="Token Recycling: lossless self-speculation from an adjacency matrix of the target's recycled top-k",
     reason=(
-        "chain only: vLLM 0.32 verifies one draft chain per request (no tree attention), so the proposer drafts the "
-        "paper tree's rank-0 main branch; tree verification (stage 2) is not implemented yet"
+        "chain only: vLLM 0.32 verifies one draft chain per request (no tree attention), so the engine drafts the "
+        "paper tree's rank-0 branch; the whole-tree verification is measured with a reference verifier "
+        "(`declab bench spec-tree`), not in the engine; on decoder-29m the chain loses to vLLM's ngram"
     ),
     # Engine-wide, not per request: set through DECLAB_TOKEN_RECYCLING (JSON). K is num_speculative_tokens.
     params=(
