@@ -77,7 +77,8 @@ from declab.integrations.prompts import CODE_PROMPTS
 TR_PROPOSER = "declab.plugins.token_recycling.TokenRecyclingProposer"
 WORKER_CLS = "declab.integrations.bench_spec.SpecBenchWorker"
 CODE_GROUP = "code"
-TR_TREE_REASON = "vLLM 0.32 verifies one chain per request; tree verification not implemented"
+TR_TREE_REASON = ("vLLM 0.32 verifies one chain per request; tree verification is not in the engine (what the tree buys: "
+                  "`declab bench spec-tree`, a reference verifier)")
 # A warm-up prompt outside the benchmark set (so no proposer state is learnt from the prompts measured later).
 WARMUP_PROMPTS = ["The quick brown fox jumps over the lazy dog. The quick brown fox", "def add(a, b):\n    return"]
 PHASES = ("batch16", "batch1")
