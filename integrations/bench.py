@@ -37,6 +37,14 @@ EXTERNAL = {
 }
 
 
+def add_option(parser: argparse.ArgumentParser, *flags: str, **kw: Any) -> None:
+    """Add an option unless the parser already has it: ``declab bench`` gives every sub-benchmark ``--model`` and
+    ``--out`` before the module's own ``add_arguments`` runs."""
+    if any(f in parser._option_string_actions for f in flags):  # noqa: SLF001 - argparse has no public query
+        return
+    parser.add_argument(*flags, **kw)
+
+
 def _common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model path (default: decoder-29m)")
     p.add_argument("--out", default="bench-results", help="output folder")

@@ -41,7 +41,7 @@ import statistics
 import time
 from typing import Any
 
-from declab.integrations.bench import summarize, write_report
+from declab.integrations.bench import add_option, summarize, write_report
 from declab.integrations.engine_run import RunSpec, run_in_child
 from declab.integrations.metrics import repetition_stats
 from declab.integrations.models import default_model
@@ -50,29 +50,22 @@ from declab.integrations.prompts import default_bench_prompts
 GREEDY, NUCLEUS, MOMENTUM, CONTRASTIVE = "greedy", "nucleus", "momentum", "contrastive"
 
 
-def _add(parser: argparse.ArgumentParser, *flags: str, **kw: Any) -> None:
-    """Add an option unless the parser already has it (``declab bench``'s parser shares the common ones)."""
-    if any(f in parser._option_string_actions for f in flags):  # noqa: SLF001 - argparse has no public query
-        return
-    parser.add_argument(*flags, **kw)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of the degeneration benchmark. Options the parser already has (``declab bench``'s ``--model``,
     ``--prompts``, ``--max-tokens``, ``--repeats``, ``--latency-prompts``, ``--out``) are left as they are."""
-    _add(parser, "--model", default=None, help="model path (default: decoder-29m)")
-    _add(parser, "--prompts", type=int, default=32, help="number of prompts (batch size)")
-    _add(parser, "--max-tokens", type=int, default=128)
-    _add(parser, "--repeats", type=int, default=3, help="timed batch runs per configuration")
-    _add(parser, "--latency-prompts", type=int, default=4, help="prompts also timed one at a time")
-    _add(parser, "--out", default="bench-results", help="output folder")
-    _add(parser, "--top-p", type=float, default=0.95, help="nucleus sampling: top_p (temperature 1)")
-    _add(parser, "--seed", type=int, default=0, help="nucleus sampling: per-request seed")
-    _add(parser, "--momentum-args", default="{}", help='momentum parameters as JSON, e.g. \'{"alpha": 0.3}\'')
-    _add(parser, "--cs-alpha", type=float, default=0.6, help="contrastive search: penalty_alpha")
-    _add(parser, "--cs-top-k", type=int, default=4, help="contrastive search: top_k")
-    _add(parser, "--stop-at-eos", action="store_true", help="stop at EOS (default: fixed-length outputs)")
-    _add(parser, "--skip-contrastive", action="store_true", help="leave contrastive search out")
+    add_option(parser, "--model", default=None, help="model path (default: decoder-29m)")
+    add_option(parser, "--prompts", type=int, default=32, help="number of prompts (batch size)")
+    add_option(parser, "--max-tokens", type=int, default=128)
+    add_option(parser, "--repeats", type=int, default=3, help="timed batch runs per configuration")
+    add_option(parser, "--latency-prompts", type=int, default=4, help="prompts also timed one at a time")
+    add_option(parser, "--out", default="bench-results", help="output folder")
+    add_option(parser, "--top-p", type=float, default=0.95, help="nucleus sampling: top_p (temperature 1)")
+    add_option(parser, "--seed", type=int, default=0, help="nucleus sampling: per-request seed")
+    add_option(parser, "--momentum-args", default="{}", help='momentum parameters as JSON, e.g. \'{"alpha": 0.3}\'')
+    add_option(parser, "--cs-alpha", type=float, default=0.6, help="contrastive search: penalty_alpha")
+    add_option(parser, "--cs-top-k", type=int, default=4, help="contrastive search: top_k")
+    add_option(parser, "--stop-at-eos", action="store_true", help="stop at EOS (default: fixed-length outputs)")
+    add_option(parser, "--skip-contrastive", action="store_true", help="leave contrastive search out")
     return parser
 
 

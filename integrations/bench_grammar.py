@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from declab.integrations.bench import add_option, write_report
 from declab.integrations.grammar_reference import EXPERIMENTS
 
 PARTS = ("kl", "schema", "budget")
@@ -57,32 +58,26 @@ CHECKPOINTS = (100, 300, 1000, 3000)
 VALID, INVALID, UNFINISHED, NOT_COMPILED = "valid", "invalid", "unfinished", "not_compiled"
 
 
-def _add(parser: argparse.ArgumentParser, *flags: str, **kw: Any) -> None:
-    if any(f in parser._option_string_actions for f in flags):  # noqa: SLF001 - argparse has no public query
-        return
-    parser.add_argument(*flags, **kw)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    _add(parser, "--model", default=None, help="model path (default: decoder-29m)")
-    _add(parser, "--out", default="bench-results", help="output folder")
-    _add(parser, "--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
-    _add(parser, "--kl-n", type=int, default=max(CHECKPOINTS), help="kl: samples per method and grammar")
-    _add(parser, "--checkpoints", default=",".join(map(str, CHECKPOINTS)), help="kl: N values of the KL curve")
-    _add(parser, "--backends", default=",".join(ALL_BACKENDS), help="schema: comma list of backends")
-    _add(parser, "--limit", type=int, default=None, help="schema: at most this many schemas per file (quick run)")
-    _add(parser, "--files", default=None, help="schema: only these suite files (comma list of names, e.g. enum,const)")
-    _add(parser, "--samples", type=int, default=4, help="schema: outputs per schema and backend (one batch)")
-    _add(parser, "--max-tokens", type=int, default=64)
-    _add(parser, "--baseline-every", type=int, default=1,
+    add_option(parser, "--model", default=None, help="model path (default: decoder-29m)")
+    add_option(parser, "--out", default="bench-results", help="output folder")
+    add_option(parser, "--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
+    add_option(parser, "--kl-n", type=int, default=max(CHECKPOINTS), help="kl: samples per method and grammar")
+    add_option(parser, "--checkpoints", default=",".join(map(str, CHECKPOINTS)), help="kl: N values of the KL curve")
+    add_option(parser, "--backends", default=",".join(ALL_BACKENDS), help="schema: comma list of backends")
+    add_option(parser, "--limit", type=int, default=None, help="schema: at most this many schemas per file (quick run)")
+    add_option(parser, "--files", default=None, help="schema: only these suite files (comma list of names, e.g. enum,const)")
+    add_option(parser, "--samples", type=int, default=4, help="schema: outputs per schema and backend (one batch)")
+    add_option(parser, "--max-tokens", type=int, default=64)
+    add_option(parser, "--baseline-every", type=int, default=1,
          help="schema: an unconstrained batch after every N-th schema (timings are paired with the nearest one)")
-    _add(parser, "--compile-timeout", type=float, default=30.0,
+    add_option(parser, "--compile-timeout", type=float, default=30.0,
          help="schema: abort a batch that has produced no token after this many seconds (counted as not compiled)")
-    _add(parser, "--threads", type=int, default=1,
+    add_option(parser, "--threads", type=int, default=1,
          help="OMP_NUM_THREADS of the engines (0: vLLM's default). On a shared 2-core machine two spinning OpenMP "
               "threads make a decode step up to 25x slower whenever another process runs; one thread does not")
-    _add(parser, "--budget-requests", type=int, default=1000, help="budget: distinct (prompt, grammar) pairs")
-    _add(parser, "--budget-mb", type=float, default=0.25, help="budget: DECLAB_ASAP_TRIE_BUDGET_MB of that engine")
+    add_option(parser, "--budget-requests", type=int, default=1000, help="budget: distinct (prompt, grammar) pairs")
+    add_option(parser, "--budget-mb", type=float, default=0.25, help="budget: DECLAB_ASAP_TRIE_BUDGET_MB of that engine")
     return parser
 
 
@@ -867,8 +862,6 @@ def _num(x: float | None) -> str:
 
 
 def main(args) -> int:
-    from declab.integrations.bench import write_report
-
     report = run(args)
     jpath, ppath = write_report(report, args.out, "grammar", plot)
     print(format_table(report))

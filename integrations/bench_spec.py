@@ -70,6 +70,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from declab.integrations.bench import add_option
 from declab.integrations.engine_run import CPU_ENGINE_KWARGS, RunSpec
 from declab.integrations.models import default_model, eval_file
 from declab.integrations.prompts import CODE_PROMPTS
@@ -93,43 +94,36 @@ SUFFIX_DEFAULT_K = 24  # vLLM: num_speculative_tokens defaults to suffix_decodin
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _add(parser: argparse.ArgumentParser, *flags: str, **kw: Any) -> None:
-    """Add an option unless the parser already has it (``declab bench``'s parser shares the common ones)."""
-    if any(f in parser._option_string_actions for f in flags):  # noqa: SLF001 - argparse has no public query
-        return
-    parser.add_argument(*flags, **kw)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of ``declab bench spec``. Common options the parser already has (``--model``, ``--max-tokens``,
     ``--out``) are left as they are; ``--prompts``, ``--repeats`` and ``--latency-prompts`` are not used here."""
-    _add(parser, "--model", default=None, help="model path (default: decoder-29m)")
-    _add(parser, "--max-tokens", type=int, default=None,
+    add_option(parser, "--model", default=None, help="model path (default: decoder-29m)")
+    add_option(parser, "--max-tokens", type=int, default=None,
          help=f"tokens per output (default {DEFAULT_MAX_TOKENS}: keeps the full default run near 40 min on 2 cores)")
-    _add(parser, "--out", default="bench-results", help="output folder")
-    _add(parser, "--limit", type=int, default=None,
+    add_option(parser, "--out", default="bench-results", help="output folder")
+    add_option(parser, "--limit", type=int, default=None,
          help="first N prompts of each Spec-Bench category and of the code prompts (default: all that fit)")
-    _add(parser, "--batch-size", type=int, default=16, help="batch size of the batched phase")
-    _add(parser, "--batch-grouping", choices=("mixed", "category"), default="mixed",
+    add_option(parser, "--batch-size", type=int, default=16, help="batch size of the batched phase")
+    add_option(parser, "--batch-grouping", choices=("mixed", "category"), default="mixed",
          help="batched phase: 'mixed' = consecutive prompts in file order (always full batches), 'category' = "
               "batches never mix groups (MT-bench categories then run as batches of 10)")
-    _add(parser, "--configs", default="vanilla,ngram,suffix,token_recycling_chain",
+    add_option(parser, "--configs", default="vanilla,ngram,suffix,token_recycling_chain",
          help="comma list out of vanilla,ngram,suffix,token_recycling_chain (vanilla is always run)")
-    _add(parser, "--phases", default=",".join(PHASES), help="comma list out of batch16,batch1")
-    _add(parser, "--batch1-limit", type=int, default=2,
+    add_option(parser, "--phases", default=",".join(PHASES), help="comma list out of batch16,batch1")
+    add_option(parser, "--batch1-limit", type=int, default=2,
          help="batch-1 phase: first N prompts of each group (of those selected; 0 = all)")
-    _add(parser, "--ngram", default=None,
+    add_option(parser, "--ngram", default=None,
          help="skip the sweep and use MIN,MAX,K for ngram (prompt_lookup_min, prompt_lookup_max, K)")
-    _add(parser, "--ngram-windows", default=";".join(f"{a},{b}" for a, b in DEFAULT_NGRAM_WINDOWS),
+    add_option(parser, "--ngram-windows", default=";".join(f"{a},{b}" for a, b in DEFAULT_NGRAM_WINDOWS),
          help="sweep: lookup windows 'MIN,MAX;MIN,MAX;...'")
-    _add(parser, "--ngram-ks", default=",".join(map(str, DEFAULT_NGRAM_KS)), help="sweep: K values (one engine with the largest; drafts cut to each K)")
-    _add(parser, "--sweep-per-category", type=int, default=1,
+    add_option(parser, "--ngram-ks", default=",".join(map(str, DEFAULT_NGRAM_KS)), help="sweep: K values (one engine with the largest; drafts cut to each K)")
+    add_option(parser, "--sweep-per-category", type=int, default=1,
          help="sweep subset: the last N fitting prompts of each group (disjoint from --limit's first N when small)")
-    _add(parser, "--tr-k", type=int, default=None, help="Token Recycling chain length (default: ngram's K)")
-    _add(parser, "--tr-config", default="{}", help="DECLAB_TOKEN_RECYCLING JSON (engine-wide TR parameters)")
-    _add(parser, "--suffix-k", type=int, default=None, help=f"suffix decoding K (default: vLLM's {SUFFIX_DEFAULT_K})")
-    _add(parser, "--ignore-eos", action="store_true", help="fixed-length outputs (default: stop at EOS)")
-    _add(parser, "--child-timeout", type=float, default=1800, help="seconds per engine child process")
+    add_option(parser, "--tr-k", type=int, default=None, help="Token Recycling chain length (default: ngram's K)")
+    add_option(parser, "--tr-config", default="{}", help="DECLAB_TOKEN_RECYCLING JSON (engine-wide TR parameters)")
+    add_option(parser, "--suffix-k", type=int, default=None, help=f"suffix decoding K (default: vLLM's {SUFFIX_DEFAULT_K})")
+    add_option(parser, "--ignore-eos", action="store_true", help="fixed-length outputs (default: stop at EOS)")
+    add_option(parser, "--child-timeout", type=float, default=1800, help="seconds per engine child process")
     return parser
 
 

@@ -24,11 +24,11 @@ Run: ``declab bench spec-tree [--limit N]`` (JSON + PNG in ``--out``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
+
+from declab.integrations.bench import add_option, write_report
 
 DEFAULT_LIMIT = 2  # prompts per group: the prompts of `declab bench spec`'s batch-1 phase
 DEFAULT_MAX_TOKENS = 64
@@ -38,11 +38,8 @@ MODES = ("chain", "tree")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    present = {o for a in parser._actions for o in a.option_strings}  # noqa: SLF001 - `declab bench` adds these
-    if "--model" not in present:
-        parser.add_argument("--model", default=None, help="model path (default: decoder-29m)")
-    if "--out" not in present:
-        parser.add_argument("--out", default="bench-results", help="output folder")
+    add_option(parser, "--model", default=None, help="model path (default: decoder-29m)")
+    add_option(parser, "--out", default="bench-results", help="output folder")
     parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
                         help="prompts per Spec-Bench category / code (0: all that fit the context)")
     parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
@@ -120,7 +117,7 @@ class ReferenceDecoder:
         from declab.plugins.token_recycling.core import committed_tokens, longest_accepted_path, tree_attention_mask
 
         matrix = self.matrices[mode]
-        accepted_at_depth: list[int] = []
+        accepted_at_depth = [0] * (self.template.depth if mode == "tree" else self.chain_len)
         steps = drafts = accepted = 0
         with torch.inference_mode():
             ids = torch.tensor([prompt_ids])
@@ -150,8 +147,6 @@ class ReferenceDecoder:
                 if n > 1:
                     drafts += 1
                     accepted += len(path) - 1
-                    while len(accepted_at_depth) < int(depths.max()):
-                        accepted_at_depth.append(0)
                     for d in range(len(path) - 1):
                         accepted_at_depth[d] += 1
                 for t in new:
@@ -296,13 +291,10 @@ def format_table(report: dict[str, Any]) -> str:
 
 def main(args) -> int:
     report = run(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "spec-tree.json").write_text(json.dumps(report, indent=1))
-    plot(report, out / "spec-tree.png")
+    jpath, ppath = write_report(report, args.out, "spec-tree", plot)
     print(format_table(report))
     print(f"forward ms by new tokens (256 cached): {report['forward_ms_after_256_tokens']}")
-    print(f"wrote {out / 'spec-tree.json'} and {out / 'spec-tree.png'}")
+    print(f"wrote {jpath} and {ppath}")
     return 0
 
 
