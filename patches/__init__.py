@@ -94,6 +94,7 @@ def registry() -> dict[str, type[DeclabPatch]]:
     from declab.patches.cpu_expand_kernel import CpuExpandKernelPatch
     from declab.patches.engine_args_router import EngineArgsRouterPatch
     from declab.patches.runner_feeds_proposer import RunnerFeedsProposerPatch
+    from declab.patches.tree_verification import TreeAttentionCpuPatch, TreeInputsPatch, TreeVerifierPatch
 
     return {
         p.name: p
@@ -101,6 +102,9 @@ def registry() -> dict[str, type[DeclabPatch]]:
             EngineArgsRouterPatch,
             CpuExpandKernelPatch,
             RunnerFeedsProposerPatch,
+            TreeInputsPatch,
+            TreeAttentionCpuPatch,
+            TreeVerifierPatch,
             ContrastPromptTokensPatch,
             ContrastivePairsPatch,
         )

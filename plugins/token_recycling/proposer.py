@@ -34,12 +34,45 @@ import torch
 from declab.integrations import registry
 from declab.integrations.params import resolve_params
 from declab.patches import apply_patches
-from declab.plugins.token_recycling.core import AdjacencyMatrix, best_chains
+from declab.plugins.token_recycling.core import AdjacencyMatrix, best_chains, build_draft_tree, PAPER_TREE
 from declab.plugins.token_recycling.spec import CONFIG_ENV, SPEC
+
+TREE_TEMPLATES = {"paper": PAPER_TREE}  # names as in spec.TREE_TEMPLATES
 
 logger = logging.getLogger(__name__)
 
 STATS_ENV = "DECLAB_TOKEN_RECYCLING_STATS"  # optional path: proposer statistics are written there as JSON
+
+
+def tree_verifiable(params) -> bool:
+    """Whether greedy tree verification of the raw logits is exactly what vLLM would sample for these params."""
+    return (
+        params is not None
+        and params.temperature < 1e-5  # vLLM's greedy threshold (_SAMPLING_EPS)
+        and params.logprobs is None
+        and params.presence_penalty == 0.0 and params.frequency_penalty == 0.0 and params.repetition_penalty == 1.0
+        and not params.logit_bias and not params.allowed_token_ids and not params.bad_words
+        and params.min_tokens == 0 and params.structured_outputs is None and not params.extra_args
+    )
+
+
+def _check_tree_engine(vllm_config) -> None:
+    """Tree mode runs on vLLM's CPU attention backend only, in the cache layout the tree patch reads."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        raise ValueError("token_recycling tree mode patches vLLM's CPU attention backend and runs on CPU only; "
+                         "use mode 'chain' on GPU")
+    from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+    from declab.patches.tree_verification import check_cpu_cache_layout
+
+    model = vllm_config.model_config
+    cache = vllm_config.cache_config
+    if str(cache.cache_dtype) != "auto":
+        raise ValueError(f"token_recycling tree mode needs an unquantized KV cache, got {cache.cache_dtype!r}")
+    isa = _get_attn_isa(model.dtype, cache.block_size, model.get_head_size(), cache.cache_dtype)
+    check_cpu_cache_layout(isa, head_size=model.get_head_size(), block_size=cache.block_size)
 
 
 def engine_config() -> dict:
@@ -63,19 +96,37 @@ class TokenRecyclingProposer:
             )
         config = engine_config()
         self.k = int(vllm_config.speculative_config.num_speculative_tokens)
-        max_k = SPEC.extra["max_speculative_tokens"]
-        if not 1 <= self.k <= max_k:
-            raise ValueError(f"num_speculative_tokens must be in 1..{max_k} for token_recycling, got {self.k}")
+        self.tree = config["mode"] == "tree"
+        self.template = TREE_TEMPLATES[config["template"]] if self.tree else None
+        if self.tree:
+            if self.k != self.template.num_draft_nodes:
+                raise ValueError(
+                    f"num_speculative_tokens must be {self.template.num_draft_nodes} for token_recycling in tree mode "
+                    f"(the draft nodes of template {config['template']!r}), got {self.k}"
+                )
+            _check_tree_engine(vllm_config)
+        else:
+            max_k = SPEC.extra["max_speculative_tokens"]
+            if not 1 <= self.k <= max_k:
+                raise ValueError(f"num_speculative_tokens must be in 1..{max_k} for token_recycling, got {self.k}")
         self.stop_at_unseen = config["stop_at_unseen"]
         self.matrix = AdjacencyMatrix(vllm_config.model_config.get_vocab_size(), k=config["successors"])
-        apply_patches(SPEC.worker_patches)
+        if self.tree and self.template.max_rank >= self.matrix.k:
+            raise ValueError(f"template {config['template']!r} needs successors >= {self.template.max_rank + 1}, "
+                             f"got {self.matrix.k}")
+        apply_patches(SPEC.worker_patches + (SPEC.extra["tree_patches"] if self.tree else ()))
         self._logits: torch.Tensor | None = None  # target logits of the current step
         self._verified_drafts: list[list[int]] | None = None  # per row, the drafts verified this step
+        self._runner = None  # set by the runner_feeds_proposer patch each step
+        # Tree mode: request ids drafted as trees by the last propose (read by the tree_inputs patch next step).
+        self._tree_requests: set[str] = set()
         self._stats_path = os.environ.get(STATS_ENV) or None
         self.stats = {"propose_calls": 0, "propose_seconds": 0.0, "rows_updated": 0,
-                      "matrix_bytes": self.matrix.nbytes, "successors": self.matrix.k, "chain_len": self.k}
-        logger.info("Token Recycling: matrix %s x %d (%.2f MB), chain length %d", self.matrix.vocab_size,
-                    self.matrix.k, self.matrix.nbytes / 1e6, self.k)
+                      "matrix_bytes": self.matrix.nbytes, "successors": self.matrix.k, "chain_len": self.k,
+                      "mode": config["mode"], "tree_drafts": 0, "chain_drafts": 0}
+        logger.info("Token Recycling: matrix %s x %d (%.2f MB), %s", self.matrix.vocab_size, self.matrix.k,
+                    self.matrix.nbytes / 1e6,
+                    f"tree {self.template!r}" if self.tree else f"chain length {self.k}")
 
     # -- hooks ---------------------------------------------------------------------------------------------------
 
@@ -92,6 +143,7 @@ class TokenRecyclingProposer:
 
     def declab_before_propose(self, runner, spec_decode_metadata) -> None:
         """Called by the ``runner_feeds_proposer`` patch right before ``propose``."""
+        self._runner = runner
         if spec_decode_metadata is None:
             self._verified_drafts = None
             return
@@ -101,6 +153,10 @@ class TokenRecyclingProposer:
             drafts.append(flat[start : start + n])
             start += n
         self._verified_drafts = drafts
+
+    def declab_tree_parents(self, req_id: str) -> tuple[int, ...] | None:
+        """For the ``tree_inputs`` patch: the parents of the tree drafted for ``req_id`` (root first), or None."""
+        return self.template.parents if req_id in self._tree_requests else None
 
     # -- per step ------------------------------------------------------------------------------------------------
 
@@ -130,22 +186,37 @@ class TokenRecyclingProposer:
         self._recycle(sampled_token_ids, num_tokens_no_spec, token_ids_cpu)
         active = [i for i, new in enumerate(sampled_token_ids) if new]
         drafts: list[list[int]] = [[] for _ in sampled_token_ids]
-        if active:
-            roots = [int(token_ids_cpu[i, int(num_tokens_no_spec[i]) - 1]) for i in active]
-            chains = best_chains(self.matrix, roots, self.k)
+        roots = {i: int(token_ids_cpu[i, int(num_tokens_no_spec[i]) - 1]) for i in active}
+        tree_rows = self._tree_rows(active) if self.tree else []
+        self._tree_requests = {self._runner.input_batch.req_ids[i] for i in tree_rows}
+        for i in tree_rows:
+            tokens, _ = build_draft_tree(self.matrix, roots[i], self.template)
+            drafts[i] = tokens[1:].tolist()
+        chain_rows = [i for i in active if i not in set(tree_rows)]
+        if chain_rows:
+            # Tree mode drafts a chain for requests a tree cannot serve: the tree's main branch.
+            length = self.template.main_branch_length if self.tree else self.k
+            chains = best_chains(self.matrix, [roots[i] for i in chain_rows], length)
             if self.stop_at_unseen:
                 # Row r of `feeders` holds the token each draft was read from; stop before an unwritten row.
-                feeders = torch.cat([torch.tensor(roots).unsqueeze(1), chains[:, :-1]], dim=1)
+                feeders = torch.cat([torch.tensor([roots[i] for i in chain_rows]).unsqueeze(1), chains[:, :-1]], dim=1)
                 ok = self.matrix.seen[feeders].int().cumprod(dim=1).sum(dim=1).tolist()
             else:
-                ok = [self.k] * len(active)
-            for row, i in enumerate(active):
+                ok = [length] * len(chain_rows)
+            for row, i in enumerate(chain_rows):
                 drafts[i] = chains[row, : ok[row]].tolist()
+        self.stats["tree_drafts"] += len(tree_rows)
+        self.stats["chain_drafts"] += len(chain_rows)
         self.stats["propose_calls"] += 1
         self.stats["propose_seconds"] += time.perf_counter() - t0
         if self._stats_path and self.stats["propose_calls"] % 16 == 0:
             self.write_stats()
         return drafts
+
+    def _tree_rows(self, active: list[int]) -> list[int]:
+        """Rows whose request may be verified as a tree: greedy, nothing that changes or reports its logits."""
+        batch, requests = self._runner.input_batch, self._runner.requests
+        return [i for i in active if tree_verifiable(requests[batch.req_ids[i]].sampling_params)]
 
     def write_stats(self) -> None:
         stats = dict(self.stats, seen_rows=self.matrix.num_seen)

@@ -5,6 +5,8 @@ from declab.integrations.registry import HOOK_PROPOSER, PluginSpec
 
 PROPOSER_PATH = "declab.plugins.token_recycling.TokenRecyclingProposer"
 CONFIG_ENV = "DECLAB_TOKEN_RECYCLING"  # engine-wide parameters as JSON, e.g. '{"successors": 8}'
+# Tree templates by name -> draft nodes (the templates themselves live in core.py, which imports torch).
+TREE_TEMPLATES = {"paper": 80}
 
 SPEC = PluginSpec(
     name="token_recycling",
@@ -20,11 +22,15 @@ SPEC = PluginSpec(
     # Engine-wide, not per request: set through DECLAB_TOKEN_RECYCLING (JSON). K is num_speculative_tokens.
     params=(
         ParamSpec("successors", int, 8, low=1, high=64, doc="k, successors kept per token (paper: 8)"),
-        ParamSpec("mode", str, "chain", choices=("chain",), doc="'chain' (tree needs tree attention; planned)"),
+        ParamSpec("mode", str, "chain", choices=("chain", "tree"),
+                  doc="'chain': the tree's rank-0 branch, vLLM's verifier; 'tree': the whole tree, greedy, CPU"),
+        ParamSpec("template", str, "paper", choices=tuple(TREE_TEMPLATES),
+                  doc="tree mode's static tree ('paper': 80 nodes, depth 6; num_speculative_tokens must match)"),
         ParamSpec("stop_at_unseen", bool, True,
                   doc="end a draft before a token whose row was never written (paper drafts the zero row)"),
     ),
     patches=("cpu_expand_kernel",),
     worker_patches=("runner_feeds_proposer",),
-    extra={"max_speculative_tokens": 16, "proposer": PROPOSER_PATH, "config_env": CONFIG_ENV},
+    extra={"max_speculative_tokens": 16, "proposer": PROPOSER_PATH, "config_env": CONFIG_ENV,
+           "tree_patches": ("tree_inputs", "tree_attention_cpu", "tree_verifier")},
 )
