@@ -15,7 +15,10 @@ never share the cores):
 * ``token_recycling_chain``: ``custom_class`` proposer ``declab.plugins.token_recycling.TokenRecyclingProposer``
   (``DECLAB_PLUGINS=token_recycling``, stats file through ``DECLAB_TOKEN_RECYCLING_STATS``; K = ngram's chosen K
   unless ``--tr-k``).
-* ``token_recycling_tree``: not available (vLLM 0.32 verifies one chain per request).
+* ``token_recycling_tree``: the same proposer with ``{"mode": "tree"}`` merged into ``--tr-config``: the paper's
+  80-node tree verified whole inside the engine (K = 80, greedy, CPU; ``patches/tree_verification.py``). Its
+  acceptance "per position" is per tree depth (the scheduler counts an accepted path of length a as positions
+  1..a).
 
 Prompts: Spec-Bench first turns (``../shared/eval/spec_bench/question.jsonl``, 13 categories) then
 ``prompts.CODE_PROMPTS`` (group ``code``). A prompt is skipped when ``prompt tokens + max_tokens + largest K``
@@ -78,8 +81,8 @@ from declab.integrations.prompts import CODE_PROMPTS
 TR_PROPOSER = "declab.plugins.token_recycling.TokenRecyclingProposer"
 WORKER_CLS = "declab.integrations.bench_spec.SpecBenchWorker"
 CODE_GROUP = "code"
-TR_TREE_REASON = ("vLLM 0.32 verifies one chain per request; tree verification is not in the engine (what the tree buys: "
-                  "`declab bench spec-tree`, a reference verifier)")
+TR_TREE_K = 80  # draft nodes of the paper's tree (spec.TREE_TEMPLATES["paper"])
+TR_CONFIGS = ("token_recycling_chain", "token_recycling_tree")
 # A warm-up prompt outside the benchmark set (so no proposer state is learnt from the prompts measured later).
 WARMUP_PROMPTS = ["The quick brown fox jumps over the lazy dog. The quick brown fox", "def add(a, b):\n    return"]
 PHASES = ("batch16", "batch1")
@@ -107,8 +110,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_option(parser, "--batch-grouping", choices=("mixed", "category"), default="mixed",
          help="batched phase: 'mixed' = consecutive prompts in file order (always full batches), 'category' = "
               "batches never mix groups (MT-bench categories then run as batches of 10)")
-    add_option(parser, "--configs", default="vanilla,ngram,suffix,token_recycling_chain",
-         help="comma list out of vanilla,ngram,suffix,token_recycling_chain (vanilla is always run)")
+    add_option(parser, "--configs", default="vanilla,ngram,suffix,token_recycling_chain,token_recycling_tree",
+         help="comma list out of vanilla,ngram,suffix,token_recycling_chain,token_recycling_tree (vanilla is always "
+              "run)")
     add_option(parser, "--phases", default=",".join(PHASES), help="comma list out of batch16,batch1")
     add_option(parser, "--batch1-limit", type=int, default=2,
          help="batch-1 phase: first N prompts of each group (of those selected; 0 = all)")
@@ -606,7 +610,7 @@ def run(args) -> dict[str, Any]:
     suffix_info = _suffix_availability() if "suffix" in configs else {"available": False, "reason": "not requested"}
     suffix_k = args.suffix_k or SUFFIX_DEFAULT_K
     max_k = max([*(ks if not fixed_ngram else [fixed_ngram[2]]), args.tr_k or 0,
-                 suffix_k if suffix_info["available"] else 0])
+                 suffix_k if suffix_info["available"] else 0, TR_TREE_K if "token_recycling_tree" in configs else 0])
     max_model_len = CPU_ENGINE_KWARGS["max_model_len"]
     items_all, skipped, totals = load_prompt_set(model, max_tokens=max_tokens, max_k=max_k,
                                                  max_model_len=max_model_len)
@@ -685,6 +689,15 @@ def run(args) -> dict[str, Any]:
             engine_kwargs={**engine_kwargs, "speculative_config": {
                 "method": "custom_class", "model": TR_PROPOSER, "num_speculative_tokens": tr_k}},
             **common)
+    if "token_recycling_tree" in configs:
+        tree_config = json.dumps({**json.loads(args.tr_config or "{}"), "mode": "tree"})
+        specs["token_recycling_tree"] = RunSpec(
+            name="token_recycling_tree",
+            env={"DECLAB_PLUGINS": "token_recycling", "DECLAB_TOKEN_RECYCLING": tree_config,
+                 "DECLAB_TOKEN_RECYCLING_STATS": os.path.join(stats_dir, "tr_tree.json")},
+            engine_kwargs={**engine_kwargs, "speculative_config": {
+                "method": "custom_class", "model": TR_PROPOSER, "num_speculative_tokens": TR_TREE_K}},
+            **common)
 
     results: dict[str, Any] = {}
     load: dict[str, Any] = {}
@@ -717,7 +730,6 @@ def run(args) -> dict[str, Any]:
         report["configs"]["suffix"] = suffix_info
     elif "suffix" in report["configs"]:
         report["configs"]["suffix"]["package"] = suffix_info
-    report["configs"]["token_recycling_tree"] = {"available": False, "reason": TR_TREE_REASON}
     report["comparison"] = compare(report, items)
     report["per_prompt"] = per_prompt(items, results)
     report["runtime_s"] = time.perf_counter() - t_start
@@ -748,26 +760,28 @@ def per_prompt(items, results) -> list[dict[str, Any]]:
 
 
 def compare(report: dict[str, Any], items) -> dict[str, Any]:
-    """Token Recycling chain vs ngram per group: mean accepted length and tokens/s per phase, and their ratio."""
+    """Each Token Recycling mode vs ngram per phase and group: mean accepted length, tokens/s, and their ratios."""
     cfg = report["configs"]
-    tr, ng = cfg.get("token_recycling_chain", {}), cfg.get("ngram", {})
-    if not (tr.get("available") and ng.get("available")):
-        return {}
+    ng = cfg.get("ngram", {})
     out: dict[str, Any] = {}
-    for ph in tr["phases"]:
-        if ph not in ng["phases"]:
+    for name in TR_CONFIGS:
+        tr = cfg.get(name, {})
+        if not (tr.get("available") and ng.get("available")):
             continue
-        rows = {}
-        for g, t in tr["phases"][ph]["groups"].items():
-            n = ng["phases"][ph]["groups"][g]
-            rows[g] = {
-                "mal_tr": t["mean_accepted_length"], "mal_ngram": n["mean_accepted_length"],
-                "mal_ratio_tr_over_ngram": t["mean_accepted_length"] / n["mean_accepted_length"],
-                "tps_tr": t["tokens_per_s"], "tps_ngram": n["tokens_per_s"],
-                "tps_ratio_tr_over_ngram": t["tokens_per_s"] / n["tokens_per_s"] if n["tokens_per_s"] else None,
-                "speedup_tr": t.get("speedup_vs_vanilla"), "speedup_ngram": n.get("speedup_vs_vanilla"),
-            }
-        out[ph] = rows
+        for ph in tr["phases"]:
+            if ph not in ng["phases"]:
+                continue
+            rows = {}
+            for g, t in tr["phases"][ph]["groups"].items():
+                n = ng["phases"][ph]["groups"][g]
+                rows[g] = {
+                    "mal_tr": t["mean_accepted_length"], "mal_ngram": n["mean_accepted_length"],
+                    "mal_ratio_tr_over_ngram": t["mean_accepted_length"] / n["mean_accepted_length"],
+                    "tps_tr": t["tokens_per_s"], "tps_ngram": n["tokens_per_s"],
+                    "tps_ratio_tr_over_ngram": t["tokens_per_s"] / n["tokens_per_s"] if n["tokens_per_s"] else None,
+                    "speedup_tr": t.get("speedup_vs_vanilla"), "speedup_ngram": n.get("speedup_vs_vanilla"),
+                }
+            out.setdefault(name, {})[ph] = rows
     return out
 
 
@@ -775,7 +789,9 @@ def compare(report: dict[str, Any], items) -> dict[str, Any]:
 # Output
 # ----------------------------------------------------------------------------------------------------------------
 
-_COLORS = {"vanilla": "#888888", "ngram": "#1f77b4", "suffix": "#2ca02c", "token_recycling_chain": "#ff7f0e"}
+_COLORS = {"vanilla": "#888888", "ngram": "#1f77b4", "suffix": "#2ca02c", "token_recycling_chain": "#ff7f0e",
+           "token_recycling_tree": "#9467bd"}
+PLOT_POSITIONS = 16  # acceptance plot: first positions (the tree's 80 "positions" are depths; beyond 6 all zero)
 
 
 def _spec_configs(report) -> list[str]:
@@ -819,7 +835,7 @@ def plot(report: dict[str, Any], path) -> None:
     ax = axes[1, 0]
     for c in cfgs:
         row = report["configs"][c]["phases"][phases[0]]["groups"]["all"] if phases else {}
-        acc = row.get("acceptance_per_position", [])
+        acc = row.get("acceptance_per_position", [])[:PLOT_POSITIONS]
         ax.plot(range(1, len(acc) + 1), acc, marker="o", label=c, color=_COLORS.get(c))
     ax.set_xlabel("draft position")
     ax.set_title("acceptance rate per position (accepted_at_pos / drafts, all prompts)", fontsize=10)

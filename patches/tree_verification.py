@@ -66,9 +66,11 @@ class TreeStep:
 
 
 class _Active:
-    """The tree step being executed by this worker process (one runner per process)."""
+    """The tree step being executed by this worker process (one runner per process), and counters."""
 
     step: TreeStep | None = None
+    verified_trees: int = 0  # tree requests verified
+    relocated_paths: int = 0  # accepted paths that left the tree's rank-0 branch (their KV had to move)
 
 
 ACTIVE = _Active()
@@ -199,9 +201,9 @@ def _relocate_accepted(step: TreeStep, verdicts) -> None:
     """Rewrite the KV entries of accepted nodes to the slots of their committed positions, in every layer."""
     from vllm import _custom_ops as ops
 
-    moves = []  # per request in step order: (src rows, dst rows)
-    for _, path, _ in verdicts:
-        moves.append(relocation(path))
+    moves = [relocation(path) for _, path, _ in verdicts]  # per request in step order: (src rows, dst rows)
+    ACTIVE.verified_trees += len(moves)
+    ACTIVE.relocated_paths += sum(1 for src, _ in moves if src)
     if not any(src for src, _ in moves):
         return
     per_layer = len(step.requests)

@@ -4,6 +4,7 @@ loud configuration errors. The bench (`declab bench spec`) runs all 480 Spec-Ben
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from declab.plugins.token_recycling.spec import PROPOSER_PATH
 pytestmark = pytest.mark.engine
 CHILD = Path(__file__).with_name("token_recycling_child.py")
 TR_ENV = {"DECLAB_PLUGINS": "token_recycling"}
+TREE_ENV = {**TR_ENV, "DECLAB_TOKEN_RECYCLING": '{"mode": "tree"}'}
 
 
 def _reduced_prompts() -> list[str]:
@@ -54,6 +56,43 @@ def test_greedy_is_token_identical_at_batch_1(greedy_runs):
     _, vanilla, tr = greedy_runs
     assert len(tr["single_token_ids"]) == 6
     assert tr["single_token_ids"] == vanilla["single_token_ids"]
+
+
+@pytest.fixture(scope="module")
+def tree_runs(greedy_runs, model_path, tmp_path_factory):
+    """Stage 2: the paper's whole 80-node tree verified inside the engine, on the same prompts."""
+    prompts, vanilla, _ = greedy_runs
+    stats = tmp_path_factory.mktemp("tree") / "stats.json"
+    tree = run_in_child(RunSpec(
+        name="tr_tree", model=model_path, prompts=prompts, sampling={"temperature": 0.0, "max_tokens": 64},
+        latency_prompts=6, collect_metrics=True, env={**TREE_ENV, "DECLAB_TOKEN_RECYCLING_STATS": str(stats)},
+        engine_kwargs={"speculative_config": {"method": "custom_class", "model": PROPOSER_PATH,
+                                              "num_speculative_tokens": 80}}))
+    return prompts, vanilla, tree, json.loads(stats.read_text())
+
+
+def test_tree_mode_is_token_identical_in_a_concurrent_batch(tree_runs):
+    prompts, vanilla, tree, stats = tree_runs
+    mismatches = [p[:40] for p, a, b in zip(prompts, vanilla["token_ids"], tree["token_ids"]) if a != b]
+    assert not mismatches, mismatches
+    assert tree["single_token_ids"] == vanilla["single_token_ids"]  # and one request at a time
+    # Whole trees were verified, and accepted paths off the rank-0 branch had their KV moved: without the
+    # relocation the next steps would attend to the wrong keys and the outputs above would differ.
+    assert stats["tree_drafts"] > 0 and stats["chain_drafts"] == 0
+    assert stats["relocated_paths"] > 10, stats
+    assert tree["spec_metrics"]["num_accepted_tokens"] > 0
+
+
+def test_tree_mode_drafts_chains_for_requests_a_tree_cannot_serve(greedy_runs, tmp_path):
+    prompts, vanilla, _ = greedy_runs
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts[:4]))
+    out, _ = run_tr_child("tree_mixed", str(tmp_path / "prompts.json"),
+                          env={**TREE_ENV, "DECLAB_TOKEN_RECYCLING_STATS": str(tmp_path / "stats.json")})
+    for i in (0, 2, 3):  # greedy rows: a tree for 0 and 3, a chain for 2 (it asks for logprobs)
+        assert out["token_ids"][i] == vanilla["token_ids"][i], i
+    assert out["logprobs_steps"] == len(out["token_ids"][2])
+    assert len(out["token_ids"][1]) > 0  # the sampled row finished
+    assert out["stats"]["tree_drafts"] > 0 and out["stats"]["chain_drafts"] > 0
 
 
 BINS = 8  # most frequent tokens at a position (pooled), plus one "other" bin
@@ -94,6 +133,10 @@ def test_temperature_1_sampling_preserves_the_distribution():
     ("17", TR_ENV, "num_speculative_tokens must be in 1..16"),
     ("6", {}, "plugin is not selected"),
     ("6", {**TR_ENV, "DECLAB_TOKEN_RECYCLING": '{"successors": 0}'}, "successors must be >= 1"),
+    ("6", TREE_ENV, "num_speculative_tokens must be 80 for token_recycling in tree mode"),
+    ("80", {**TR_ENV, "DECLAB_TOKEN_RECYCLING": '{"mode": "tree", "template": "wide"}'},
+     "template must be one of ['paper']"),
+    ("80", {**TR_ENV, "DECLAB_TOKEN_RECYCLING": '{"mode": "tree", "successors": 4}'}, "needs successors >= 8"),
 ])
 def test_bad_configuration_fails_at_start_up_with_a_clear_message(k, env, message):
     out, log = run_tr_child("start_only", k, env=env)

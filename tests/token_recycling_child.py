@@ -36,6 +36,24 @@ def sample_continuations(mode: str) -> dict:
     return {"token_ids": [list(o.outputs[0].token_ids) for o in outs], "metrics": metrics}
 
 
+def tree_mixed(prompts_path: str) -> dict:
+    """Tree mode with a mixed batch: greedy rows (trees), a temperature-1 row and a greedy row asking for logprobs
+    (both drafted as chains, verified by vLLM's rejection sampler)."""
+    from vllm import LLM, SamplingParams
+
+    from declab.plugins.token_recycling.proposer import STATS_ENV
+
+    prompts = json.load(open(prompts_path))
+    llm = LLM(model=default_model(), **CPU_ENGINE_KWARGS, speculative_config=tr_config(80))
+    params = [SamplingParams(temperature=0.0, max_tokens=64) for _ in prompts]
+    params[1] = SamplingParams(temperature=1.0, max_tokens=64)
+    params[2] = SamplingParams(temperature=0.0, max_tokens=64, logprobs=1)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    stats = json.load(open(os.environ[STATS_ENV]))
+    return {"token_ids": [list(o.outputs[0].token_ids) for o in outs],
+            "logprobs_steps": len(outs[2].outputs[0].logprobs or []), "stats": stats}
+
+
 def start_only(k: str) -> dict:
     """Try to start an engine with TR (for configuration errors); report the error text with its causes.
 

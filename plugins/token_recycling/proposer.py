@@ -6,19 +6,27 @@ Usage (offline or ``vllm serve --speculative-config``), with ``DECLAB_PLUGINS`` 
                         "model": "declab.plugins.token_recycling.TokenRecyclingProposer",
                         "num_speculative_tokens": 6}
 
-Engine-wide parameters (``successors``, ``mode``, ``stop_at_unseen``) come from ``DECLAB_TOKEN_RECYCLING`` as JSON
-(defaults in ``spec.py``). Per step the proposer
+Engine-wide parameters (``successors``, ``mode``, ``template``, ``stop_at_unseen``) come from
+``DECLAB_TOKEN_RECYCLING`` as JSON (defaults in ``spec.py``). Per step the proposer
 
 1. takes the target logits of the step (the model's ``compute_logits`` is wrapped on the *instance* in
    ``load_model``: no class patching) and, with the verified draft tokens the runner hands over through the
    ``runner_feeds_proposer`` patch, writes ``M[input token of row j] <- top-k(logits_j)`` for every verified
    position, draft positions included (paper Sec. 3 update);
-2. drafts, per request, the rank-0 chain of ``M`` from the last committed token (the paper tree's main branch),
-   up to ``num_speculative_tokens`` tokens.
+2. drafts, per request, from the last committed token:
+
+   * ``mode="chain"`` (default): the rank-0 chain of ``M`` (the paper tree's main branch), up to
+     ``num_speculative_tokens`` tokens, verified by vLLM's own rejection sampler;
+   * ``mode="tree"`` (stage 2, CPU): the whole static tree in BFS order (``num_speculative_tokens`` = the
+     template's 80 draft nodes) for every request ``tree_verifiable`` accepts (greedy, nothing that changes or
+     reports logits), verified whole by the ``tree_verification`` patches; other requests get the tree's main
+     branch as a chain, verified by vLLM's rejection sampler.
 
 The matrix lives as long as the engine (shared by all requests, "hot start" across queries, as in the paper).
-Verification is vLLM's own rejection sampler, so greedy output is token-identical to plain decoding and sampling is
-distribution-preserving (on CPU only with the ``cpu_expand_kernel`` patch, applied when the plugin is selected).
+Chains are verified by vLLM's own rejection sampler, so greedy output is token-identical to plain decoding and
+sampling is distribution-preserving (on CPU only with the ``cpu_expand_kernel`` patch, applied when the plugin is
+selected). Trees are verified greedily (``core.longest_accepted_path``), which is token-identical to plain greedy
+decoding too (tested through the engine).
 """
 
 from __future__ import annotations
@@ -220,5 +228,9 @@ class TokenRecyclingProposer:
 
     def write_stats(self) -> None:
         stats = dict(self.stats, seen_rows=self.matrix.num_seen)
+        if self.tree:
+            from declab.patches.tree_verification import ACTIVE
+
+            stats.update(verified_trees=ACTIVE.verified_trees, relocated_paths=ACTIVE.relocated_paths)
         with open(self._stats_path, "w") as f:
             json.dump(stats, f)
