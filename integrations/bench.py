@@ -34,6 +34,7 @@ EXTERNAL = {
     "degeneration": "declab.integrations.bench_degeneration",
     "contrastive": "declab.integrations.bench_contrastive",
     "grammar": "declab.integrations.bench_grammar",
+    "verify-cost": "declab.integrations.bench_verify_cost",
 }
 
 
