@@ -1,9 +1,10 @@
 """Token Recycling tree vs chain with a reference verifier (transformers, batch 1, greedy; not the engine).
 
-vLLM 0.32 verifies one draft chain per request, so the engine runs Token Recycling's stage 1 (the tree's rank-0
-chain). This benchmark answers the question stage 2 would answer first: how much longer are the accepted runs when
-the paper's whole 80-node tree is verified at once? It decodes each prompt three ways with the same model, in plain
-transformers, one prompt at a time:
+How much longer are the accepted runs when the paper's whole 80-node tree is verified at once instead of its
+rank-0 chain? The engine answers that too (``declab bench spec``, configurations ``token_recycling_chain`` and
+``token_recycling_tree``); this benchmark is the vLLM-independent cross-check of the engine's tree mode
+(``patches/tree_verification.py``): same algorithm, written against transformers' own attention. It decodes each
+prompt three ways with the same model, in plain transformers, one prompt at a time:
 
 * ``vanilla``: greedy decoding with a KV cache (the token-identity reference);
 * ``chain``: what the engine's proposer does (rank-0 chain of ``num_speculative_tokens``, stopping before a row that
