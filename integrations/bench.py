@@ -209,6 +209,9 @@ def main(args) -> int:
         report = {"overhead": run_overhead, "plugin": run_plugin}[args.kind](args)
     name = args.kind if args.kind != "plugin" else f"plugin-{args.method}"
     jpath, ppath = write_report(report, args.out, name, plotter)
+    table = getattr(mod, "format_table", None) if args.kind in EXTERNAL else None
+    if table is not None:
+        print(table(report))
     for label, s in report.get("configs", {}).items():
         if isinstance(s, dict) and "tokens_per_s" in s:
             print(f"{label:<32} {s['tokens_per_s']:8.1f} tok/s")

@@ -40,6 +40,7 @@ vanilla) tells.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -97,6 +98,11 @@ def check_cpu_cache_layout(isa: str, num_kv_heads: int = 2, head_size: int = 64,
         )
 
 
+@lru_cache(maxsize=64)
+def _depths(parents: tuple[int, ...]) -> torch.Tensor:
+    return torch.tensor(tree_depths(parents))
+
+
 class TreeInputsPatch(DeclabPatch):
     name = "tree_inputs"
     target = "vllm.v1.worker.gpu_model_runner:GPUModelRunner"
@@ -122,8 +128,7 @@ class TreeInputsPatch(DeclabPatch):
                 parents = list(parents[:n])  # vLLM may schedule fewer drafts: a BFS prefix is still a tree
                 start = int(self.query_start_loc.np[row])
                 context = int(batch.num_computed_tokens_cpu[row])
-                depths = torch.tensor(tree_depths(parents), dtype=self.positions.dtype)
-                self.positions[start : start + n] = context + depths
+                self.positions[start : start + n] = context + _depths(tuple(parents)).to(self.positions.dtype)
                 requests.append(TreeRequest(row=row, query_start=start, context=context, parents=parents))
             if requests:
                 ACTIVE.step = TreeStep(requests=requests,
