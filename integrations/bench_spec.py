@@ -78,11 +78,12 @@ from declab.integrations.bench import add_option
 from declab.integrations.engine_run import CPU_ENGINE_KWARGS, RunSpec
 from declab.integrations.models import default_model, eval_file
 from declab.integrations.prompts import CODE_PROMPTS
+from declab.plugins.token_recycling.spec import TREE_TEMPLATES
 
 TR_PROPOSER = "declab.plugins.token_recycling.TokenRecyclingProposer"
 WORKER_CLS = "declab.integrations.bench_spec.SpecBenchWorker"
 CODE_GROUP = "code"
-TR_TREE_K = 80  # draft nodes of the paper's tree (spec.TREE_TEMPLATES["paper"])
+TR_TREE_K = TREE_TEMPLATES["paper"]  # draft nodes of the paper's tree: tree mode's num_speculative_tokens
 TR_CONFIGS = ("token_recycling_chain", "token_recycling_tree")
 # On CPU every tree step is a forward pass over 81 tokens per request (1,296 at batch 16): the tree's batch-16
 # phase over all 485 prompts ran past 30 minutes, so its engine gets this multiple of --child-timeout.

@@ -77,13 +77,19 @@ class _Active:
 ACTIVE = _Active()
 
 
+def _key_value_views(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """vLLM's CPU split of ``[blocks, kv_heads, block_size, 2 * head_size]`` into its key and value caches."""
+    blocks, heads, block_size, _ = kv_cache.shape
+    return kv_cache.view(blocks, heads, 2 * block_size, -1).chunk(2, dim=2)
+
+
 def check_cpu_cache_layout(isa: str, num_kv_heads: int = 2, head_size: int = 64, block_size: int = 32) -> None:
     """Write known keys and values with vLLM's CPU cache writer and read them back with ``paged_context``."""
     from vllm import _custom_ops as ops
 
     gen = torch.Generator().manual_seed(0)
     cache = torch.zeros(3, num_kv_heads, block_size, 2 * head_size)
-    key_cache, value_cache = cache.view(3, num_kv_heads, 2 * block_size, head_size).chunk(2, dim=2)
+    key_cache, value_cache = _key_value_views(cache)
     length = block_size + 5
     keys = torch.randn(length, num_kv_heads, head_size, generator=gen)
     values = torch.randn(length, num_kv_heads, head_size, generator=gen)
@@ -216,8 +222,7 @@ def _relocate_accepted(step: TreeStep, verdicts) -> None:
         src, dst = moves[i % per_layer]
         if not src:
             continue
-        blocks, heads, block_size, _ = kv_cache.shape
-        key_cache, value_cache = kv_cache.view(blocks, heads, 2 * block_size, -1).chunk(2, dim=2)
+        key_cache, value_cache = _key_value_views(kv_cache)
         ops.cpu_attn_reshape_and_cache(keys[src], values[src], key_cache, value_cache, slots[dst], layer.isa,
                                        k_scale=layer._k_scale_float, v_scale=layer._v_scale_float,
                                        kv_cache_dtype=impl.kv_cache_dtype)

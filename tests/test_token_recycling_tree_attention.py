@@ -120,3 +120,12 @@ def test_tree_depths_of_the_paper_tree():
     assert tree_depths(PAPER_TREE.parents) == list(PAPER_TREE.depths)
     with pytest.raises(ValueError):
         tree_depths([-1, 1])
+
+
+def test_the_declared_template_sizes_match_the_templates():
+    from declab.plugins.token_recycling import spec
+    from declab.plugins.token_recycling.proposer import TREE_TEMPLATES
+
+    assert set(spec.TREE_TEMPLATES) == set(TREE_TEMPLATES)
+    for name, template in TREE_TEMPLATES.items():
+        assert spec.TREE_TEMPLATES[name] == template.num_draft_nodes

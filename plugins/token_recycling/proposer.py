@@ -196,11 +196,12 @@ class TokenRecyclingProposer:
         drafts: list[list[int]] = [[] for _ in sampled_token_ids]
         roots = {i: int(token_ids_cpu[i, int(num_tokens_no_spec[i]) - 1]) for i in active}
         tree_rows = self._tree_rows(active) if self.tree else []
+        tree_row_set = set(tree_rows)
         self._tree_requests = {self._runner.input_batch.req_ids[i] for i in tree_rows}
         for i in tree_rows:
             tokens, _ = build_draft_tree(self.matrix, roots[i], self.template)
             drafts[i] = tokens[1:].tolist()
-        chain_rows = [i for i in active if i not in set(tree_rows)]
+        chain_rows = [i for i in active if i not in tree_row_set]
         if chain_rows:
             # Tree mode drafts a chain for requests a tree cannot serve: the tree's main branch.
             length = self.template.main_branch_length if self.tree else self.k
