@@ -1,12 +1,23 @@
-"""Shared fixtures. Engine tests run vLLM in child processes (plugin selection is per process)."""
+"""Shared fixtures, test markers and test order.
+
+* Engine tests run scenarios on engines shared by the whole session (``engines.py``): a test names the fixture of
+  the profile it needs (``<profile>_engine``, ``<profile>_server``, see ``profiles.py``) and sends it functions.
+* Markers are set from what a test uses: ``engine`` (an engine profile or a start-up check), ``server``, else
+  ``core`` (no engine; ``make test-fast`` runs ``-m core``).
+* Tests are ordered core first, then by profile in ``profiles.py`` order, start-up checks, then servers (stable
+  within a group), so each engine starts once and the previous one is shut down before the next starts.
+"""
 
 from __future__ import annotations
 
-import os
-
 import pytest
+from engines import EngineHandle, EnginePool, EngineProfile, VanillaGreedy
+from profiles import PROFILES, PROMPT_SETS, SERVERS
 
 from declab.integrations.models import default_model, fixture_model
+
+STARTUP_FIXTURE = "engine_startup_error"
+VANILLA_FIXTURE = "vanilla_greedy"
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +36,93 @@ def shared_model() -> str:
 
 @pytest.fixture(autouse=True)
 def _no_plugin_env_leak(monkeypatch):
-    # Tests that need plugins set DECLAB_PLUGINS for the child processes they start.
+    # Engines get DECLAB_PLUGINS from their profile, never from the test process.
     monkeypatch.delenv("DECLAB_PLUGINS", raising=False)
     yield
+
+
+# -- engines ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def engine_pool(request, tmp_path_factory):
+    pool = EnginePool(tmp_path_factory.mktemp("engines"))
+    request.config._declab_pool = pool  # for the summary line
+    yield pool
+    pool.release()
+
+
+def _engine_fixture(profile: EngineProfile):
+    @pytest.fixture(scope="session", name=profile.fixture)
+    def engine(engine_pool) -> EngineHandle:
+        return EngineHandle(engine_pool, profile)
+
+    return engine
+
+
+def _server_fixture(profile):
+    @pytest.fixture(name=profile.fixture)
+    def server(engine_pool) -> str:
+        """The base URL of the profile's server, started (and the live engine shut down) when first needed."""
+        return engine_pool.server(profile)
+
+    return server
+
+
+for _profile in PROFILES:
+    globals()[_profile.fixture] = _engine_fixture(_profile)
+for _profile in SERVERS:
+    globals()[_profile.fixture] = _server_fixture(_profile)
+
+
+@pytest.fixture(scope="session", name=VANILLA_FIXTURE)
+def vanilla_greedy(vanilla_engine) -> VanillaGreedy:
+    """``vanilla_greedy(set_name) -> (prompts, greedy_run result)`` for the sets of ``profiles.PROMPT_SETS``."""
+    return VanillaGreedy(vanilla_engine, PROMPT_SETS)
+
+
+@pytest.fixture(name=STARTUP_FIXTURE)
+def engine_startup_error(engine_pool):
+    """``(profile) -> traceback and log of its failed start, or None``: a short-lived host that only starts."""
+    return engine_pool.startup_error
+
+
+# -- markers and order --------------------------------------------------------------------------------------------
+
+_ENGINE_RANK = {p.fixture: i + 1 for i, p in enumerate(PROFILES)}
+_ENGINE_RANK[VANILLA_FIXTURE] = _ENGINE_RANK["vanilla_engine"]
+_STARTUP_RANK = len(PROFILES) + 1
+_SERVER_RANK = {p.fixture: _STARTUP_RANK + 1 + i for i, p in enumerate(SERVERS)}
+
+
+def _rank(item) -> tuple[int, str]:
+    """(group, kind): 0 for core; an engine test goes with the last profile it uses, so the engines it needs
+    earlier (the vanilla reference) have run before it."""
+    names = set(getattr(item, "fixturenames", ()))
+    servers = [_SERVER_RANK[n] for n in names if n in _SERVER_RANK]
+    if servers:
+        return max(servers), "server"
+    engines = [_ENGINE_RANK[n] for n in names if n in _ENGINE_RANK]
+    if STARTUP_FIXTURE in names:
+        engines.append(_STARTUP_RANK)
+    if engines:
+        return max(engines), "engine"
+    return 0, "core"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects, so the markers set here count
+def pytest_collection_modifyitems(config, items):
+    ranks = {}
+    for item in items:
+        rank, kind = _rank(item)
+        if kind == "core" and (item.get_closest_marker("engine") or item.get_closest_marker("server")):
+            kind = "engine"
+        item.add_marker(kind)
+        ranks[item.nodeid] = rank
+    items.sort(key=lambda it: ranks[it.nodeid])
+
+
+def pytest_terminal_summary(terminalreporter):
+    pool = getattr(terminalreporter.config, "_declab_pool", None)
+    if pool and pool.starts:
+        terminalreporter.write_line("engine starts: " + ", ".join(f"{n} {s:.0f}s" for n, s in pool.starts))

@@ -49,15 +49,18 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def declab_server(plugins: str, log: Path, *vllm_args: str, startup_s: float = 600) -> Iterator[str]:
-    """``declab serve --plugins PLUGINS`` on the default model; yields the base URL, stops the server after."""
+def declab_server(plugins: str, log: Path, *vllm_args: str, startup_s: float = 600,
+                  env: dict[str, str | None] | None = None, preexec_fn=None) -> Iterator[str]:
+    """``declab serve --plugins PLUGINS`` on the default model; yields the base URL, stops the server after.
+    ``env`` changes the server's environment (None removes a key); ``preexec_fn`` runs in the child before exec."""
     port = free_port()
     with open(log, "w") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "declab.integrations.cli", "serve", "--plugins", plugins,
              "--", "--host", "127.0.0.1", "--port", str(port), "--gpu-memory-utilization", "0.3",
              "--served-model-name", "decoder-29m", "--chat-template", str(CHAT_TEMPLATE), *vllm_args],
-            stdout=fh, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True)
+            stdout=fh, stderr=subprocess.STDOUT, env=child_env(**(env or {})), start_new_session=True,
+            preexec_fn=preexec_fn)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + startup_s
     try:

@@ -2,47 +2,71 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from helpers import run_child as run_script
+from engines import EngineProfile, greedy_run
 
-from declab.integrations.engine_run import RunSpec, run_in_child
 from declab.integrations.metrics import repetition_stats
-from declab.integrations.prompts import CODE_PROMPTS, default_bench_prompts
+from declab.integrations.prompts import CODE_PROMPTS
 
 pytestmark = pytest.mark.engine
-CHILD = Path(__file__).with_name("engine_child.py")
 
 
-def run_child(name: str, **env) -> dict:
-    return run_script(CHILD, name, env=env, timeout=900)
-
-
-@pytest.fixture(scope="module")
-def vanilla(model_path):
-    """Greedy outputs with vLLM plugin loading disabled altogether."""
-    prompts = default_bench_prompts(12)
-    spec = RunSpec(model=model_path, prompts=prompts, sampling={"temperature": 0.0, "max_tokens": 48},
-                   env={"VLLM_PLUGINS": "", "DECLAB_PLUGINS": None}, name="vanilla")
-    return prompts, run_in_child(spec)
-
-
-def test_installed_but_unselected_is_token_identical(vanilla, model_path):
-    prompts, base = vanilla
-    spec = RunSpec(model=model_path, prompts=prompts, sampling={"temperature": 0.0, "max_tokens": 48},
-                   env={"VLLM_PLUGINS": None, "DECLAB_PLUGINS": None}, name="installed")
-    installed = run_in_child(spec)
+def test_installed_but_unselected_is_token_identical(vanilla_greedy, installed_engine):
+    prompts, base = vanilla_greedy("bench12")  # plugin loading disabled altogether (VLLM_PLUGINS="")
+    installed = installed_engine.run(greedy_run, prompts, 48)
     assert installed["token_ids"] == base["token_ids"]
 
 
-@pytest.fixture(scope="module")
-def mixed():
-    return run_child("router_mixed_batch", DECLAB_PLUGINS="momentum,extractive")
+def router_mixed_batch(llm) -> dict:
+    """Mixed batch (plain + momentum + extractive rows) and admission errors, on one engine."""
+    from vllm import SamplingParams
+
+    code = list(CODE_PROMPTS[:6])
+    passage = "Mikagro Works is headquartered in Marrator."
+    qa = f"Context: {passage}\nQuestion: Where is Mikagro Works headquartered?\nAnswer:"
+    greedy = dict(temperature=0.0, max_tokens=48)
+    prompts, params, kinds = [], [], []
+    for p in code:  # interleave plain and plugin rows in one batch
+        prompts += [p, p]
+        params += [SamplingParams(**greedy), SamplingParams(**greedy, extra_args={"declab": {"method": "momentum"}})]
+        kinds += ["plain", "momentum"]
+    prompts += [qa, qa]
+    params += [SamplingParams(temperature=0.0, max_tokens=8),
+               SamplingParams(temperature=0.0, max_tokens=8,
+                              extra_args={"declab.method": "extractive", "declab.passage": passage})]
+    kinds += ["plain", "extractive"]
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    result = {"kinds": kinds, "prompts": prompts, "passage": passage,
+              "token_ids": [list(o.outputs[0].token_ids) for o in outs],
+              "texts": [o.outputs[0].text for o in outs]}
+    errors = {}
+    bad = {
+        "unknown_method": {"declab": {"method": "nope"}},
+        "out_of_range": {"declab": {"method": "extractive", "passage": "x", "max_span_tokens": 0}},
+        "missing_required": {"declab": {"method": "extractive"}},
+        "unknown_param": {"declab": {"method": "extractive", "passage": "x", "bogus": 1}},
+        "not_an_object": {"declab": "momentum"},
+    }
+    for name, extra in bad.items():
+        try:
+            llm.generate(["hello"], SamplingParams(max_tokens=2, extra_args=extra), use_tqdm=False)
+            errors[name] = None
+        except Exception as e:  # noqa: BLE001 - vLLM wraps it in VLLMValidationError
+            errors[name] = f"{type(e).__name__}: {e}"
+    # The engine keeps serving after rejected requests.
+    after = llm.generate([code[0]], SamplingParams(**greedy), use_tqdm=False)
+    result["errors"] = errors
+    result["after_errors_token_ids"] = list(after[0].outputs[0].token_ids)
+    return result
 
 
-def test_plain_rows_in_a_mixed_batch_are_untouched(mixed, vanilla):
-    prompts, base = vanilla
+@pytest.fixture(scope="session")
+def mixed(router_engine):
+    return router_engine.run(router_mixed_batch)
+
+
+def test_plain_rows_in_a_mixed_batch_are_untouched(mixed, vanilla_greedy):
+    prompts, base = vanilla_greedy("bench12")
     vanilla_by_prompt = dict(zip(prompts, base["token_ids"]))
     plain = [(p, t) for p, t, k in zip(mixed["prompts"], mixed["token_ids"], mixed["kinds"]) if k == "plain"
              and p in vanilla_by_prompt]
@@ -54,6 +78,7 @@ def test_plain_rows_in_a_mixed_batch_are_untouched(mixed, vanilla):
 def test_momentum_rows_change_and_repeat_less(mixed):
     plain = [t for t, k in zip(mixed["token_ids"], mixed["kinds"]) if k == "plain"][:6]
     mom = [t for t, k in zip(mixed["token_ids"], mixed["kinds"]) if k == "momentum"]
+    assert len(plain) == len(mom) == 6
     assert any(a != b for a, b in zip(plain, mom))
     assert repetition_stats(mom)["rep_4"] < repetition_stats(plain)["rep_4"]
 
@@ -73,6 +98,8 @@ def test_bad_arguments_are_rejected_at_admission_naming_the_parameter(mixed):
     assert mixed["after_errors_token_ids"]  # engine still serving
 
 
-def test_logits_plugin_with_speculative_decoding_fails_loudly():
-    out = run_child("spec_with_logits_plugin", DECLAB_PLUGINS="momentum")
-    assert out["error"] and "speculative decoding" in out["error"] and "momentum" in out["error"]
+def test_logits_plugin_with_speculative_decoding_fails_loudly(engine_startup_error):
+    failure = engine_startup_error(EngineProfile("momentum_ngram", plugins="momentum", engine_kwargs={
+        "speculative_config": {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 3}}))
+    assert failure is not None
+    assert "speculative decoding" in failure.error and "momentum" in failure.error

@@ -1,0 +1,340 @@
+"""Engines shared by the test session: one vLLM engine per configuration profile, in a child "engine host".
+
+Plugin selection is per process (vLLM's entry point reads ``DECLAB_PLUGINS`` once and patches the process), so each
+profile (environment + engine kwargs, listed in ``profiles.py``) lives in a host process of its own
+(``engine_host.py``) holding one ``LLM``. A test sends it a function written next to its assertions:
+``handle.run(fn, *args)`` ships ``fn`` with cloudpickle (test modules by value) and returns ``fn(llm, *args)``.
+
+Memory: ``EnginePool`` keeps at most one host or server alive; asking for another shuts the live one down first, and
+``conftest.py`` orders the tests by profile so that each engine starts once per session. Nothing outlives pytest:
+each host has its own process group (killed by its PID on close or exit), ``PR_SET_PDEATHSIG``, and ends when its
+socket to pytest closes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import glob
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import cloudpickle
+from helpers import child_env, declab_server
+
+from declab.integrations.engine_run import CPU_ENGINE_KWARGS
+from declab.integrations.models import default_model
+
+TESTS_DIR = Path(__file__).resolve().parent
+HOST_SCRIPT = TESTS_DIR / "engine_host.py"
+START_TIMEOUT_S = 900
+RUN_TIMEOUT_S = 1800
+
+# The environment of every host (a profile may override any of it).
+HOST_ENV = {
+    # Engine core and worker inside the host: one process per engine, and scenarios can read scheduler state.
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    # In-process, vLLM cannot give the worker its OpenMP binding (its multiprocessing executor does): two OpenMP
+    # threads spinning on two shared cores generated 8-20x slower than one (measured on this 2-core machine).
+    "OMP_NUM_THREADS": "1",
+    # GiB of KV cache (65k tokens of decoder-29m). An explicit size also skips vLLM's start-up memory profiling.
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+}
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets ``sig`` when pytest (its parent) exits, however it exits."""
+    def preexec() -> None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, int(sig))
+    return preexec
+
+
+def _torch_libgomp() -> str | None:
+    """PyTorch's libgomp, which vLLM preloads into its CPU workers (``platforms/cpu.py``); the host does the same."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        return None
+    torch_dir = Path(spec.origin).parent
+    found = sorted(glob.glob(str(torch_dir.parent / "torch.libs" / "libgomp*.so*")) +
+                   glob.glob(str(torch_dir / "lib" / "libgomp*.so*")))
+    return found[0] if found else None
+
+
+@dataclass(frozen=True)
+class EngineProfile:
+    """One engine configuration: the plugins selected, more environment, engine kwargs over CPU_ENGINE_KWARGS.
+    ``{workdir}`` in an environment value is the session's engine folder (for files the engine writes)."""
+
+    name: str
+    plugins: str | None = None  # DECLAB_PLUGINS; None: unset
+    env: Mapping[str, str | None] = field(default_factory=dict)  # None: unset
+    engine_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def fixture(self) -> str:
+        return f"{self.name}_engine"
+
+    def environment(self, workdir: Path) -> dict[str, str]:
+        preload = _torch_libgomp()
+        env: dict[str, str | None] = {**HOST_ENV, "DECLAB_PLUGINS": self.plugins}
+        if preload and "libgomp" not in os.environ.get("LD_PRELOAD", ""):
+            env["LD_PRELOAD"] = ":".join(p for p in (os.environ.get("LD_PRELOAD"), preload) if p)
+        env.update({k: v.format(workdir=workdir) if v else v for k, v in self.env.items()})
+        return child_env(**env)
+
+    def kwargs(self) -> dict[str, Any]:
+        return {**CPU_ENGINE_KWARGS, **self.engine_kwargs}
+
+
+@dataclass(frozen=True)
+class ServerProfile:
+    """A ``declab serve --plugins PLUGINS`` shared by the server tests that name its fixture ``<name>_server``."""
+
+    name: str
+    plugins: str
+
+    @property
+    def fixture(self) -> str:
+        return f"{self.name}_server"
+
+
+class EngineStartError(RuntimeError):
+    """The engine of a profile refused to start. ``error``: ``Type: message`` of what ``LLM(...)`` raised; ``log``:
+    that error with its causes, its traceback and everything the host printed."""
+
+    def __init__(self, profile: str, failure: dict[str, str], host_log: str):
+        self.error = failure["error"]
+        self.log = f"{failure['chain']}\n{failure['traceback']}\n--- host log ---\n{host_log}"
+        super().__init__(f"engine {profile!r} did not start: {self.log[-6000:]}")
+
+
+class ScenarioError(AssertionError):
+    """A scenario raised inside its host; the message carries the host's traceback."""
+
+
+def _ship_by_value(fn: Callable) -> None:
+    """Test modules are pickled by value: the host runs their functions without importing them."""
+    module = sys.modules.get(fn.__module__)
+    path = getattr(module, "__file__", None)
+    if module is not None and path and Path(path).resolve().parent == TESTS_DIR and module.__name__ != __name__:
+        cloudpickle.register_pickle_by_value(module)
+
+
+class EngineHost:
+    """The host process of one profile: ``start``, any number of ``run``, ``close``."""
+
+    _started = 0  # hosts started in this session: numbers their logs
+
+    def __init__(self, profile: EngineProfile, workdir: Path):
+        EngineHost._started += 1
+        self.profile = profile
+        self.log_path = workdir / f"{EngineHost._started:02d}-{profile.name}.log"
+        self._workdir = workdir
+        self._proc: subprocess.Popen | None = None
+        self._conn: Connection | None = None
+        self.startup_s: float | None = None
+
+    def start(self) -> None:
+        ours, theirs = socket.socketpair()
+        with open(self.log_path, "wb") as log:
+            self._proc = subprocess.Popen(
+                [sys.executable, str(HOST_SCRIPT), str(theirs.fileno())], pass_fds=(theirs.fileno(),),
+                env=self.profile.environment(self._workdir), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent())
+        theirs.close()
+        self._conn = Connection(ours.detach())
+        self._conn.send_bytes(cloudpickle.dumps((default_model(), self.profile.kwargs())))
+        status, payload = self._receive(START_TIMEOUT_S, "start-up")
+        if status != "ready":
+            self.close()
+            raise EngineStartError(self.profile.name, payload, self.log())
+        self.startup_s = payload
+
+    def run(self, fn: Callable, *args: Any, timeout: float = RUN_TIMEOUT_S) -> Any:
+        """``fn(llm, *args)`` in the host; its result (picklable), or ScenarioError with the host's traceback."""
+        _ship_by_value(fn)
+        self._conn.send_bytes(cloudpickle.dumps((fn, args)))
+        status, payload = self._receive(timeout, fn.__name__)
+        if status == "error":
+            raise ScenarioError(f"{fn.__name__} failed on engine {self.profile.name!r}:\n{payload}")
+        return cloudpickle.loads(payload)
+
+    def log(self, tail: int = 20000) -> str:
+        return self.log_path.read_text(errors="replace")[-tail:] if self.log_path.exists() else ""
+
+    def _receive(self, timeout: float, what: str) -> tuple[str, Any]:
+        deadline = time.monotonic() + timeout
+        while not self._conn.poll(1.0):
+            if self._proc.poll() is not None:
+                break
+            if time.monotonic() > deadline:
+                self.close()
+                raise TimeoutError(f"engine {self.profile.name!r}: {what} took over {timeout:.0f}s\n{self.log(4000)}")
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):
+            self.close()
+            raise RuntimeError(f"engine {self.profile.name!r} died during {what} (exit {self._proc.returncode}):\n"
+                               f"{self.log(6000)}") from None
+
+    def close(self) -> None:
+        proc, conn = self._proc, self._conn
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            conn.send_bytes(b"close")
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # its own group: the host and anything it started
+            proc.wait()
+        conn.close()
+        self._proc = self._conn = None
+
+
+# A server runs vLLM's multiprocessing engine (the API server requires it); only the KV cache size is shared.
+HOST_ENV_SERVER = {"VLLM_CPU_KVCACHE_SPACE": HOST_ENV["VLLM_CPU_KVCACHE_SPACE"]}
+
+
+class RunningServer:
+    """A live ``declab serve`` (helpers.declab_server) of one server profile."""
+
+    def __init__(self, profile: ServerProfile, workdir: Path):
+        self.profile = profile
+        self._stack = contextlib.ExitStack()
+        self.url = self._stack.enter_context(declab_server(
+            profile.plugins, workdir / f"server-{profile.name}.log", env=dict(HOST_ENV_SERVER),
+            preexec_fn=die_with_parent(signal.SIGTERM)))
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+class EnginePool:
+    """The session's engines and servers, at most one alive at a time; each started on first use."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self._live: EngineHost | RunningServer | None = None
+        self.starts: list[tuple[str, float]] = []  # (profile, seconds to start), for the session report
+        atexit.register(self.release)
+
+    def host(self, profile: EngineProfile) -> EngineHost:
+        if isinstance(self._live, EngineHost) and self._live.profile == profile:
+            return self._live
+        self.release()
+        host = EngineHost(profile, self.workdir)
+        t0 = time.perf_counter()
+        host.start()
+        self.starts.append((profile.name, time.perf_counter() - t0))
+        self._live = host
+        return host
+
+    def server(self, profile: ServerProfile) -> str:
+        if isinstance(self._live, RunningServer) and self._live.profile == profile:
+            return self._live.url
+        self.release()
+        t0 = time.perf_counter()
+        self._live = RunningServer(profile, self.workdir)
+        self.starts.append((f"server {profile.name}", time.perf_counter() - t0))
+        return self._live.url
+
+    def startup_error(self, profile: EngineProfile) -> EngineStartError | None:
+        """Start ``profile`` in a short-lived host: why it refused to start, or None if it started."""
+        self.release()
+        host = EngineHost(profile, self.workdir)
+        t0 = time.perf_counter()
+        try:
+            host.start()
+        except EngineStartError as e:
+            return e
+        finally:
+            self.starts.append((f"start-up check {profile.name}", time.perf_counter() - t0))
+        host.close()
+        return None
+
+    def release(self) -> None:
+        live, self._live = self._live, None
+        if live is not None:
+            live.close()
+
+
+class EngineHandle:
+    """What a ``<profile>_engine`` fixture gives a test: runs scenarios on that profile's engine, started (and the
+    live one shut down) on first use."""
+
+    def __init__(self, pool: EnginePool, profile: EngineProfile):
+        self._pool = pool
+        self.profile = profile
+
+    def run(self, fn: Callable, *args: Any, timeout: float = RUN_TIMEOUT_S) -> Any:
+        return self._pool.host(self.profile).run(fn, *args, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scenarios several modules share (run in a host: ``fn(llm, *args)``)
+
+
+def spec_counters(llm) -> dict[str, float]:
+    """vLLM's speculative-decoding counters (cumulative), e.g. ``num_accepted_tokens``; {} when stats are off."""
+    if not llm.llm_engine.log_stats:
+        return {}
+    return {m.name.removeprefix("vllm:spec_decode_"): m.value for m in llm.get_metrics()
+            if m.name.startswith("vllm:spec_decode") and hasattr(m, "value")}
+
+
+def greedy_run(llm, prompts: list[str], max_tokens: int, batch1: int = 0) -> dict[str, Any]:
+    """Greedy outputs of ``prompts`` in one concurrent batch, and of the first ``batch1`` prompts one at a time;
+    ``spec``: the speculative-decoding counters over the batch."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+    before = spec_counters(llm)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    after = spec_counters(llm)
+    singles = [list(llm.generate([p], params, use_tqdm=False)[0].outputs[0].token_ids) for p in prompts[:batch1]]
+    return {"token_ids": [list(o.outputs[0].token_ids) for o in outs], "texts": [o.outputs[0].text for o in outs],
+            "single_token_ids": singles, "spec": {k: v - before.get(k, 0) for k, v in after.items()}}
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """A prompt set whose vanilla greedy outputs several tests compare against."""
+
+    prompts: Callable[[], list[str]]
+    max_tokens: int
+    batch1: int = 0  # also decode the first ``batch1`` prompts one at a time
+
+
+class VanillaGreedy:
+    """Vanilla greedy outputs of the shared prompt sets, computed once per session on the vanilla engine: the first
+    request computes every set, so the vanilla engine starts once whatever the test order."""
+
+    def __init__(self, engine: EngineHandle, sets: Mapping[str, PromptSet]):
+        self._engine = engine
+        self._sets = sets
+        self._cache: dict[str, tuple[list[str], dict[str, Any]]] = {}
+
+    def __call__(self, name: str) -> tuple[list[str], dict[str, Any]]:
+        """``(prompts, greedy_run result)`` of set ``name``."""
+        if name not in self._cache:
+            for key, ps in self._sets.items():
+                if key not in self._cache:
+                    prompts = ps.prompts()
+                    self._cache[key] = prompts, self._engine.run(greedy_run, prompts, ps.max_tokens, ps.batch1)
+        return self._cache[name]

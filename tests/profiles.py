@@ -1,0 +1,65 @@
+"""Every engine and server configuration the test suite runs, in the order the session starts them.
+
+A test uses a profile by naming its fixture: ``<name>_engine`` (an ``engines.EngineHandle``) or ``<name>_server``
+(the base URL). ``conftest.py`` makes the fixtures, marks the tests ``engine`` / ``server`` and orders them by
+profile, this table's order, so each engine starts once per session. A new plugin's engine tests add a profile
+here only when no existing one has the environment and engine kwargs they need.
+"""
+
+from __future__ import annotations
+
+from engines import EngineProfile, PromptSet, ServerProfile
+
+from declab.integrations.prompts import CODE_PROMPTS, default_bench_prompts, spec_bench_prompts
+from declab.plugins.token_recycling.spec import PROPOSER_PATH
+
+
+def token_recycling(k: int) -> dict:
+    """A speculative_config with Token Recycling as the proposer, drafting ``k`` tokens (a chain, or a tree's nodes)."""
+    return {"method": "custom_class", "model": PROPOSER_PATH, "num_speculative_tokens": k}
+
+
+TR_TREE = '{"mode": "tree"}'  # DECLAB_TOKEN_RECYCLING: the paper's 80-node tree, verified inside the engine
+
+PROFILES: tuple[EngineProfile, ...] = (
+    # vLLM with plugin loading off: the reference every lossless check compares against (VanillaGreedy).
+    EngineProfile("vanilla", env={"VLLM_PLUGINS": ""}),
+    # declab installed, nothing selected; also the engine of search loops that need no plugin (diverse beam).
+    EngineProfile("installed"),
+    EngineProfile("router", plugins="momentum,extractive"),
+    # exact mode scores up to the whole vocabulary (declab.plugins.extractive.search.ENGINE_KWARGS); block_size 32
+    # lets prefix caching reuse these short prompts between the search's requests.
+    EngineProfile("extractive", plugins="extractive", engine_kwargs={"max_logprobs": -1, "block_size": 32}),
+    EngineProfile("asap", plugins="asap,gcd"),
+    EngineProfile("tr_chain", plugins="token_recycling",
+                  engine_kwargs={"speculative_config": token_recycling(6), "disable_log_stats": False}),
+    EngineProfile("tr_tree", plugins="token_recycling",
+                  env={"DECLAB_TOKEN_RECYCLING": TR_TREE, "DECLAB_TOKEN_RECYCLING_STATS": "{workdir}/tr_tree.json"},
+                  engine_kwargs={"speculative_config": token_recycling(80), "disable_log_stats": False}),
+    EngineProfile("contrastive", plugins="cad,lqcd,m3id", engine_kwargs={"block_size": 32}),
+    # 20 blocks of 32 tokens for dozens of pairs: the scheduler must preempt.
+    EngineProfile("contrastive_preempt", plugins="cad,lqcd",
+                  engine_kwargs={"block_size": 32, "num_gpu_blocks_override": 20, "max_model_len": 256,
+                                 "max_num_seqs": 64}),
+)
+
+SERVERS: tuple[ServerProfile, ...] = (
+    ServerProfile("momentum", "momentum"),
+    ServerProfile("contrastive", "cad,lqcd"),
+)
+
+
+def spec_bench_reduced() -> list[str]:
+    """Two first turns per Spec-Bench category (when ../shared is present) plus code prompts."""
+    per_cat: dict[str, list[str]] = {}
+    for cat, text in spec_bench_prompts(max_chars=3000):
+        if len(per_cat.setdefault(cat, [])) < 2:
+            per_cat[cat].append(text)
+    return [p for ps in per_cat.values() for p in ps] + list(CODE_PROMPTS[:8])
+
+
+# Prompt sets whose vanilla greedy outputs are computed once per session (the ``vanilla_greedy`` fixture).
+PROMPT_SETS: dict[str, PromptSet] = {
+    "bench12": PromptSet(lambda: default_bench_prompts(12), max_tokens=48),
+    "spec_bench_reduced": PromptSet(spec_bench_reduced, max_tokens=64, batch1=6),
+}
