@@ -1,6 +1,6 @@
 """Exact grammar-conditioned distributions on finite grammars, and sampling them through vLLM (paper 65, ASAp).
 
-Shared by the ASAp engine tests (``tests/asap_child.py``) and ``declab bench grammar``. For a finite grammar the
+Shared by the ASAp engine tests (``tests/test_asap_engine.py``) and ``declab bench grammar``. For a finite grammar the
 reference enumerates, with the xgrammar matcher, every token sequence the grammar allows (EOS included), scores each
 prefix with the model in transformers (float32) and sums the probabilities of the tokenizations of one string: the
 exact grammar-conditioned distribution ``P(s | s in G)`` that ASAp converges to, and plain GCD's exact (distorted)

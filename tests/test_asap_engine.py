@@ -1,37 +1,99 @@
-"""ASAp through a real vLLM engine on decoder-29m (CPU), ``tests/asap_child.py`` in child processes.
+"""ASAp through a real vLLM engine on decoder-29m (CPU), one engine (the ``asap`` profile: ``asap,gcd`` selected).
 
 * Exactness (the paper's central claim): on finite grammars, sampling with ``asap`` converges to the LLM's
-  distribution conditioned on the grammar, while plain grammar-constrained decoding (``gcd``) stays distorted. One
-  engine start serves both methods and both grammars.
-* Engine behaviour (issue #5, acceptance 4), one more engine start: a mixed batch of asap, gcd and plain rows;
-  concurrent requests sharing one (prompt, grammar) update one trie consistently; the trie survives aborts."""
+  distribution conditioned on the grammar, while plain grammar-constrained decoding (``gcd``) stays distorted. For
+  each finite grammar of ``EXPERIMENTS`` the exact grammar-conditioned distribution over strings and plain GCD's
+  exact distribution are computed in transformers (float32, ``declab.integrations.grammar_reference``, shared with
+  ``declab bench grammar``), then ``N`` outputs are sampled through the engine with each method at temperature 1.
+* Engine behaviour (issue #5, acceptance 4): a mixed batch of asap, gcd and plain rows; concurrent requests sharing
+  one (prompt, grammar) update one trie consistently; the trie survives aborts. The engine runs inside its host, so
+  the scenarios read the worker's trie store directly."""
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+import time
 
 import pytest
-from helpers import run_child
 
-from declab.integrations.grammar_reference import EXPERIMENTS, empirical
+from declab.integrations import registry
+from declab.integrations.grammar_reference import (
+    ASAP_CHUNK,
+    EXPERIMENTS,
+    GCD_CHUNK,
+    empirical,
+    exact_reference,
+    public,
+    sample_strings,
+    tokenizer_and_model,
+)
 from declab.integrations.metrics import kl_divergence
+from declab.integrations.models import default_model
+from declab.integrations.request_args import parse_request_args
+from declab.plugins.asap.core import AsapTrie, GrammarCache, GrammarSource, _logsumexp
 
 pytestmark = pytest.mark.engine
-CHILD = Path(__file__).with_name("asap_child.py")
 N = 1000
 CHECKPOINTS = (100, 300, 1000)
+JSON_SCHEMA = json.dumps({"type": "object", "properties": {"name": {"type": "string", "maxLength": 6},
+                                                           "n": {"type": "integer"}}, "required": ["name", "n"]})
+CODE = ("def fibonacci(n):\n    ", "import os\nimport sys\n\n\ndef main():\n    ",
+        "class Stack:\n    def __init__(self):\n        ", "def read_file(path):\n    with open(path) as f:\n        ")
 
 
-@pytest.fixture(scope="module")
-def experiment():
-    from declab.integrations import registry
+def kl_sampling(llm, prompt_ids: dict[str, list[int]], n: int) -> dict:
+    """``n`` samples of gcd, then of asap, per grammar; then an invalid grammar at admission."""
+    from transformers import AutoTokenizer
+    from vllm import SamplingParams
 
+    tok = AutoTokenizer.from_pretrained(default_model())
+    result: dict = {"experiments": {}}
+    for name, _, grammar in EXPERIMENTS:
+        t = time.perf_counter()
+        gcd = sample_strings(llm, tok, prompt_ids[name], grammar, "gcd", n, chunk=GCD_CHUNK)
+        gcd_s = time.perf_counter() - t
+        t = time.perf_counter()
+        asap = sample_strings(llm, tok, prompt_ids[name], grammar, "asap", n, chunk=ASAP_CHUNK,
+                              namespace=f"test-{name}")
+        asap_s = time.perf_counter() - t
+        result["experiments"][name] = {"gcd_samples": gcd, "asap_samples": asap, "gcd_s": gcd_s, "asap_s": asap_s}
+    # Admission: an invalid grammar is rejected naming the parameter once request_args calls the spec's validate
+    # hook. Without it the worker would raise on the request, so it is only sent when the front-end rejects it.
+    bad = {"declab": {"method": "asap", "grammar": "root ::= ("}}
+    try:
+        parse_request_args(bad)
+        wired = False
+    except ValueError:
+        wired = True
+    if not wired:
+        result["bad_grammar_error"] = "not-wired"
+    else:
+        try:
+            llm.generate(["x"], SamplingParams(max_tokens=2, extra_args=bad), use_tqdm=False)
+            result["bad_grammar_error"] = None
+        except Exception as e:  # noqa: BLE001
+            result["bad_grammar_error"] = f"{type(e).__name__}: {e}"
+    after = llm.generate(["x"], SamplingParams(max_tokens=2), use_tqdm=False)
+    result["after_error_tokens"] = len(after[0].outputs[0].token_ids)
+    return result
+
+
+@pytest.fixture(scope="session")
+def experiment(asap_engine, model_path):
     missing = {"asap", "gcd"} - set(registry.all_specs())
     if missing:
         pytest.skip(f"plugins {sorted(missing)} are not in the registry yet")
-    result = run_child(CHILD, "kl_experiment", str(N), env={"DECLAB_PLUGINS": "asap,gcd"}, timeout=1500)
+    tok, model = tokenizer_and_model(model_path)
+    t0 = time.perf_counter()
+    refs = {name: public(exact_reference(model_path, prompt, grammar, tok=tok, model=model))
+            for name, prompt, grammar in EXPERIMENTS}
+    exact_s = time.perf_counter() - t0
+    del model
+    result = asap_engine.run(kl_sampling, {name: ref["prompt_ids"] for name, ref in refs.items()}, N)
+    result.update(n=N, exact_s=exact_s)
+    for name, e in result["experiments"].items():
+        e.update(refs[name])
     # The numbers, for the report / README (pytest -s shows them).
     for name, e in result["experiments"].items():
         print(f"\n{name}: " + json.dumps(_kls(e)))
@@ -87,23 +149,88 @@ def test_invalid_grammar_is_rejected_at_admission(experiment):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Mixed batch, shared trie, aborts (one engine, in-process so the child reads the worker's trie store)
+# Mixed batch, shared trie, aborts
 
 
-@pytest.fixture(scope="module")
-def checks():
-    return run_child(CHILD, "engine_checks", env={"DECLAB_PLUGINS": "asap,gcd",
-                                                  "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}, timeout=1200)
+def _trie(namespace: str):
+    from declab.plugins.asap.core import LOCK, STORE  # the host's store (imported there, not pickled from here)
+
+    with LOCK:
+        found = [STORE.get(k) for k in STORE.keys() if STORE.get(k).meta.get("namespace") == namespace]
+        assert len(found) == 1, (namespace, len(found))
+        return found[0].to_dict()
 
 
-@pytest.fixture(scope="module")
+def _outs(res) -> list[dict]:
+    return [{"token_ids": list(o.outputs[0].token_ids), "text": o.outputs[0].text,
+             "finish_reason": o.outputs[0].finish_reason} for o in res]
+
+
+def engine_checks(llm) -> dict:
+    """Mixed batch, one trie shared by concurrent requests, aborts: one engine, three experiments."""
+    from vllm import SamplingParams
+
+    from declab.plugins.asap.core import store_stats  # reads the host's store
+    bits, pets = EXPERIMENTS[0][2], EXPERIMENTS[1][2]
+    result: dict = {"eos": llm.get_tokenizer().eos_token_id}
+    greedy = SamplingParams(temperature=0.0, max_tokens=24)
+
+    def sp(method, **grammar):
+        extra = {"method": method, **grammar}
+        return SamplingParams(temperature=1.0, max_tokens=48, extra_args={"declab": extra})
+
+    # 1. Mixed batch: plain greedy rows beside asap and gcd rows (EBNF and JSON Schema), against the plain rows alone.
+    result["plain_alone"] = _outs(llm.generate(list(CODE), [greedy] * len(CODE), use_tqdm=False))
+    prompts, params, kinds = [], [], []
+    for i, code in enumerate(CODE):
+        grammar = [{"grammar": bits}, {"grammar": pets}, {"json_schema": JSON_SCHEMA}][i % 3]
+        for kind, p in (("plain", greedy), ("asap", sp("asap", namespace="mixed", **grammar)),
+                        ("gcd", sp("gcd", **grammar))):
+            prompts.append(code if kind == "plain" else f"Answer: {i}")
+            params.append(p)
+            kinds.append((kind, next(iter(grammar))))
+    result["mixed"] = [{**o, "kind": k, "grammar": g}
+                       for o, (k, g) in zip(_outs(llm.generate(prompts, params, use_tqdm=False)), kinds)]
+
+    # 2. Concurrent requests sharing one (prompt, grammar): one batch, one trie.
+    shared = llm.generate(["I saw a"] * 24, [sp("asap", grammar=pets, namespace="shared")] * 24, use_tqdm=False)
+    result["shared"] = {"outputs": _outs(shared), "trie": _trie("shared")}
+
+    # 3. Aborts: 16 requests on one trie through the engine loop, half of them aborted after two steps; then 8 more.
+    engine = llm.llm_engine
+    abort_params = sp("asap", json_schema=JSON_SCHEMA, namespace="abort")
+    ids = [f"abort-{i}" for i in range(16)]
+    for rid in ids:
+        engine.add_request(rid, "Write a JSON value:\n", abort_params)
+    seen: dict[str, dict] = {}
+    steps = 0
+    aborted = ids[::2]
+    while engine.has_unfinished_requests():
+        for o in engine.step():
+            seen[o.request_id] = {"token_ids": list(o.outputs[0].token_ids), "text": o.outputs[0].text,
+                                  "finish_reason": o.outputs[0].finish_reason, "finished": o.finished}
+        steps += 1
+        if steps == 2:
+            engine.abort_request(aborted)
+    result["abort"] = {"aborted": aborted, "outputs": seen, "trie_after_aborts": _trie("abort")}
+    later = llm.generate(["Write a JSON value:\n"] * 8, [abort_params] * 8, use_tqdm=False)
+    other = llm.generate(["I saw a"] * 4, [sp("gcd", grammar=pets)] * 4, use_tqdm=False)
+    result["abort"].update({"later": _outs(later), "trie_after_later": _trie("abort"), "other": _outs(other)})
+    result["store"] = store_stats()
+    return result
+
+
+@pytest.fixture(scope="session")
+def checks(asap_engine):
+    return asap_engine.run(engine_checks)
+
+
+@pytest.fixture(scope="session")
 def grammar_check(model_path):
     """``(grammar param, text) -> callable(token_ids, finished) -> bool``: the xgrammar matcher accepts every token,
     and a finished output is a complete sentence (the stop token accepted)."""
     import xgrammar as xgr
     from transformers import AutoTokenizer
-
-    from declab.plugins.asap.core import GrammarCache, GrammarSource
 
     tok = AutoTokenizer.from_pretrained(model_path)
     cache = GrammarCache.from_tokenizer(tok, vocab_size=8192, stop_token_ids=[tok.eos_token_id])
@@ -125,9 +252,7 @@ def test_plain_rows_of_a_mixed_batch_are_token_identical_to_a_plain_run(checks):
 
 
 def test_asap_and_gcd_rows_of_a_mixed_batch_are_grammatical(checks, grammar_check):
-    import asap_child
-
-    grammars = [("grammar", EXPERIMENTS[0][2]), ("grammar", EXPERIMENTS[1][2]), ("json_schema", asap_child.JSON_SCHEMA)]
+    grammars = [("grammar", EXPERIMENTS[0][2]), ("grammar", EXPERIMENTS[1][2]), ("json_schema", JSON_SCHEMA)]
     rows = [o for o in checks["mixed"] if o["kind"] != "plain"]
     assert {o["kind"] for o in rows} == {"asap", "gcd"}
     for i, o in enumerate(rows):
@@ -147,8 +272,6 @@ def _check_trie(d: dict) -> dict[tuple, dict]:
     """Structural consistency of an exported trie; returns ``prefix -> node``. Every node below the root was
     reached by a request; a node's visits are at least its children's; A recomputed from (logp, rest) is at most 1,
     matches the exported root value, and the trie loads back to the same A."""
-    from declab.plugins.asap.core import AsapTrie, _logsumexp
-
     n = d["nodes"]
     count = len(n["parent"])
     prefix = {0: ()}
@@ -194,11 +317,9 @@ def test_concurrent_requests_sharing_a_prompt_and_grammar_update_one_trie_consis
 
 
 def test_the_trie_survives_request_aborts(checks, grammar_check):
-    import asap_child
-
     eos = checks["eos"]
     ab = checks["abort"]
-    schema = asap_child.JSON_SCHEMA
+    schema = JSON_SCHEMA
     aborted = set(ab["aborted"])
     finished = {rid: o for rid, o in ab["outputs"].items() if rid not in aborted}
     assert len(finished) == 8 and all(o["finished"] for o in finished.values())
