@@ -11,13 +11,12 @@
 from __future__ import annotations
 
 import pytest
-from engines import EngineHandle, EnginePool, EngineProfile, VanillaGreedy
-from profiles import PROFILES, PROMPT_SETS, SERVERS
+from engines import EngineHandle, EnginePool, EngineProfile, VanillaReferences
+from profiles import PROFILES, SERVERS, VANILLA_REFERENCES
 
 from declab.integrations.models import default_model, fixture_model
 
 STARTUP_FIXTURE = "engine_startup_error"
-VANILLA_FIXTURE = "vanilla_greedy"
 
 
 @pytest.fixture(scope="session")
@@ -75,29 +74,33 @@ for _profile in SERVERS:
     globals()[_profile.fixture] = _server_fixture(_profile)
 
 
-@pytest.fixture(scope="session", name=VANILLA_FIXTURE)
-def vanilla_greedy(vanilla_engine) -> VanillaGreedy:
-    """``vanilla_greedy(set_name) -> (prompts, greedy_run result)`` for the sets of ``profiles.PROMPT_SETS``."""
-    return VanillaGreedy(vanilla_engine, PROMPT_SETS)
+@pytest.fixture(scope="session")
+def vanilla(request, vanilla_engine) -> VanillaReferences:
+    """``vanilla(name) -> result`` of the reference ``name`` of ``profiles.VANILLA_REFERENCES``."""
+
+    def declared() -> set[str]:
+        marks = (m for item in request.session.items for m in item.iter_markers("vanilla"))
+        return {name for m in marks for name in m.args}
+
+    return VanillaReferences(vanilla_engine, VANILLA_REFERENCES, declared)
 
 
 @pytest.fixture(name=STARTUP_FIXTURE)
 def engine_startup_error(engine_pool):
-    """``(profile) -> traceback and log of its failed start, or None``: a short-lived host that only starts."""
+    """``(profile) -> EngineStartError | None``: why the profile's engine refused to start (``.error``: what
+    ``LLM(...)`` raised; ``.log``: its causes, traceback and the host's output), from a short-lived host."""
     return engine_pool.startup_error
 
 
 # -- markers and order --------------------------------------------------------------------------------------------
 
 _ENGINE_RANK = {p.fixture: i + 1 for i, p in enumerate(PROFILES)}
-_ENGINE_RANK[VANILLA_FIXTURE] = _ENGINE_RANK["vanilla_engine"]
 _STARTUP_RANK = len(PROFILES) + 1
 _SERVER_RANK = {p.fixture: _STARTUP_RANK + 1 + i for i, p in enumerate(SERVERS)}
 
 
 def _rank(item) -> tuple[int, str]:
-    """(group, kind): 0 for core; an engine test goes with the last profile it uses, so the engines it needs
-    earlier (the vanilla reference) have run before it."""
+    """(group, kind): 0 for core; an engine test goes with the last profile (in profiles.py order) it uses."""
     names = set(getattr(item, "fixturenames", ()))
     servers = [_SERVER_RANK[n] for n in names if n in _SERVER_RANK]
     if servers:

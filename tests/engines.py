@@ -93,7 +93,7 @@ class EngineProfile:
         env: dict[str, str | None] = {**HOST_ENV, "DECLAB_PLUGINS": self.plugins}
         if preload and "libgomp" not in os.environ.get("LD_PRELOAD", ""):
             env["LD_PRELOAD"] = ":".join(p for p in (os.environ.get("LD_PRELOAD"), preload) if p)
-        env.update({k: v.format(workdir=workdir) if v else v for k, v in self.env.items()})
+        env.update({k: v.replace("{workdir}", str(workdir)) if v else v for k, v in self.env.items()})
         return child_env(**env)
 
     def kwargs(self) -> dict[str, Any]:
@@ -308,33 +308,51 @@ def greedy_run(llm, prompts: list[str], max_tokens: int, batch1: int = 0) -> dic
     outs = llm.generate(prompts, params, use_tqdm=False)
     after = spec_counters(llm)
     singles = [list(llm.generate([p], params, use_tqdm=False)[0].outputs[0].token_ids) for p in prompts[:batch1]]
-    return {"token_ids": [list(o.outputs[0].token_ids) for o in outs], "texts": [o.outputs[0].text for o in outs],
-            "single_token_ids": singles, "spec": {k: v - before.get(k, 0) for k, v in after.items()}}
+    return {"prompts": list(prompts), "token_ids": [list(o.outputs[0].token_ids) for o in outs],
+            "texts": [o.outputs[0].text for o in outs], "single_token_ids": singles,
+            "spec": {k: v - before.get(k, 0) for k, v in after.items()}}
+
+
+def sample_run(llm, prompt: str, n: int, temperature: float, max_tokens: int) -> dict[str, Any]:
+    """``n`` samples of ``prompt`` in one batch (``ignore_eos``), and the speculative-decoding counters over them.
+
+    No per-request seeds: on the CPU build a seeded request whose prefill is chunked kills the engine ("CPU
+    Generator does not use offset": gpu_model_runner.py rewinds torch.Generator offsets, CUDA-only). The engine-wide
+    seed (CPU_ENGINE_KWARGS) and the session's fixed test order keep the draws reproducible."""
+    from vllm import SamplingParams
+
+    params = [SamplingParams(temperature=temperature, max_tokens=max_tokens, ignore_eos=True) for _ in range(n)]
+    before = spec_counters(llm)
+    outs = llm.generate([prompt] * n, params, use_tqdm=False)
+    after = spec_counters(llm)
+    return {"prompt": prompt, "n": n, "temperature": temperature, "max_tokens": max_tokens,
+            "token_ids": [list(o.outputs[0].token_ids) for o in outs],
+            "spec": {k: v - before.get(k, 0) for k, v in after.items()}}
 
 
 @dataclass(frozen=True)
-class PromptSet:
-    """A prompt set whose vanilla greedy outputs several tests compare against."""
+class Reference:
+    """A vanilla computation several tests compare against: ``scenario(llm, *args())`` on the vanilla engine."""
 
-    prompts: Callable[[], list[str]]
-    max_tokens: int
-    batch1: int = 0  # also decode the first ``batch1`` prompts one at a time
+    scenario: Callable[..., dict[str, Any]]
+    args: Callable[[], tuple]
 
 
-class VanillaGreedy:
-    """Vanilla greedy outputs of the shared prompt sets, computed once per session on the vanilla engine: the first
-    request computes every set, so the vanilla engine starts once whatever the test order."""
+class VanillaReferences:
+    """The references of ``profiles.VANILLA_REFERENCES``, computed once per session on the vanilla engine. The first
+    request computes every reference the session's tests declare (``@pytest.mark.vanilla(name, ...)``), so the
+    vanilla engine starts once whatever the test order."""
 
-    def __init__(self, engine: EngineHandle, sets: Mapping[str, PromptSet]):
+    def __init__(self, engine: EngineHandle, references: Mapping[str, Reference], declared: Callable[[], set[str]]):
         self._engine = engine
-        self._sets = sets
-        self._cache: dict[str, tuple[list[str], dict[str, Any]]] = {}
+        self._references = references
+        self._declared = declared
+        self._cache: dict[str, dict[str, Any]] = {}
 
-    def __call__(self, name: str) -> tuple[list[str], dict[str, Any]]:
-        """``(prompts, greedy_run result)`` of set ``name``."""
+    def __call__(self, name: str) -> dict[str, Any]:
         if name not in self._cache:
-            for key, ps in self._sets.items():
+            for key in sorted({name} | self._declared()):
                 if key not in self._cache:
-                    prompts = ps.prompts()
-                    self._cache[key] = prompts, self._engine.run(greedy_run, prompts, ps.max_tokens, ps.batch1)
+                    ref = self._references[key]
+                    self._cache[key] = self._engine.run(ref.scenario, *ref.args())
         return self._cache[name]

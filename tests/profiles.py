@@ -8,7 +8,7 @@ here only when no existing one has the environment and engine kwargs they need.
 
 from __future__ import annotations
 
-from engines import EngineProfile, PromptSet, ServerProfile
+from engines import EngineProfile, Reference, ServerProfile, greedy_run, sample_run
 
 from declab.integrations.prompts import CODE_PROMPTS, default_bench_prompts, spec_bench_prompts
 from declab.plugins.token_recycling.spec import PROPOSER_PATH
@@ -58,8 +58,14 @@ def spec_bench_reduced() -> list[str]:
     return [p for ps in per_cat.values() for p in ps] + list(CODE_PROMPTS[:8])
 
 
-# Prompt sets whose vanilla greedy outputs are computed once per session (the ``vanilla_greedy`` fixture).
-PROMPT_SETS: dict[str, PromptSet] = {
-    "bench12": PromptSet(lambda: default_bench_prompts(12), max_tokens=48),
-    "spec_bench_reduced": PromptSet(spec_bench_reduced, max_tokens=64, batch1=6),
+# A prompt whose continuation loops, so recycled drafts are often right and the verifier is exercised.
+STACK_PROMPT = "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n"
+
+# Vanilla outputs several tests compare against, computed once per session (the ``vanilla`` fixture); a test module
+# declares the ones it reads with ``@pytest.mark.vanilla(name, ...)`` so that they are computed together.
+VANILLA_REFERENCES: dict[str, Reference] = {
+    "bench12": Reference(greedy_run, lambda: (default_bench_prompts(12), 48)),
+    "spec_bench_reduced": Reference(greedy_run, lambda: (spec_bench_reduced(), 64, 6)),  # + 6 at batch 1
+    "stack_t1": Reference(sample_run, lambda: (STACK_PROMPT, 1500, 1.0, 5)),
+    "stack_t07": Reference(sample_run, lambda: (STACK_PROMPT, 1500, 0.7, 5)),  # a wrong distribution (control)
 }

@@ -8,12 +8,12 @@ from engines import EngineProfile, greedy_run
 from declab.integrations.metrics import repetition_stats
 from declab.integrations.prompts import CODE_PROMPTS
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.vanilla("bench12")]
 
 
-def test_installed_but_unselected_is_token_identical(vanilla_greedy, installed_engine):
-    prompts, base = vanilla_greedy("bench12")  # plugin loading disabled altogether (VLLM_PLUGINS="")
-    installed = installed_engine.run(greedy_run, prompts, 48)
+def test_installed_but_unselected_is_token_identical(vanilla, installed_engine):
+    base = vanilla("bench12")  # plugin loading disabled altogether (VLLM_PLUGINS="")
+    installed = installed_engine.run(greedy_run, base["prompts"], 48)
     assert installed["token_ids"] == base["token_ids"]
 
 
@@ -65,9 +65,9 @@ def mixed(router_engine):
     return router_engine.run(router_mixed_batch)
 
 
-def test_plain_rows_in_a_mixed_batch_are_untouched(mixed, vanilla_greedy):
-    prompts, base = vanilla_greedy("bench12")
-    vanilla_by_prompt = dict(zip(prompts, base["token_ids"]))
+def test_plain_rows_in_a_mixed_batch_are_untouched(mixed, vanilla):
+    base = vanilla("bench12")
+    vanilla_by_prompt = dict(zip(base["prompts"], base["token_ids"]))
     plain = [(p, t) for p, t, k in zip(mixed["prompts"], mixed["token_ids"], mixed["kinds"]) if k == "plain"
              and p in vanilla_by_prompt]
     assert len(plain) >= 5

@@ -1,55 +1,40 @@
 """Token Recycling through a real vLLM engine (CPU, decoder-29m): lossless greedy, distribution-preserving sampling,
 loud configuration errors. The bench (`declab bench spec`) runs all 480 Spec-Bench prompts; CI runs a reduced set.
+
+Engines: ``tr_chain`` (K=6) and ``tr_tree`` (the paper's 80-node tree, verified inside the engine), compared with
+the session's vanilla references; start-up checks in short-lived hosts.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import run_child
+from engines import EngineProfile, greedy_run, sample_run
+from profiles import TR_TREE, token_recycling
 
-from declab.integrations.engine_run import RunSpec, run_in_child
-from declab.integrations.prompts import CODE_PROMPTS, spec_bench_prompts
-from declab.plugins.token_recycling.spec import PROPOSER_PATH
-
-pytestmark = pytest.mark.engine
-CHILD = Path(__file__).with_name("token_recycling_child.py")
+pytestmark = [pytest.mark.engine, pytest.mark.vanilla("spec_bench_reduced", "stack_t1", "stack_t07")]
 TR_ENV = {"DECLAB_PLUGINS": "token_recycling"}
-TREE_ENV = {**TR_ENV, "DECLAB_TOKEN_RECYCLING": '{"mode": "tree"}'}
+TREE_ENV = {**TR_ENV, "DECLAB_TOKEN_RECYCLING": TR_TREE}
+STATS_ENV = "DECLAB_TOKEN_RECYCLING_STATS"  # where the proposer writes its statistics (tree / chain drafts, ...)
 
 
-def _reduced_prompts() -> list[str]:
-    """Two first turns per Spec-Bench category (when ../shared is present) plus code prompts."""
-    per_cat: dict[str, list[str]] = {}
-    for cat, text in spec_bench_prompts(max_chars=3000):
-        if len(per_cat.setdefault(cat, [])) < 2:
-            per_cat[cat].append(text)
-    return [p for ps in per_cat.values() for p in ps] + list(CODE_PROMPTS[:8])
-
-
-def run_tr_child(name: str, *args: str, env: dict[str, str] | None = None) -> tuple[dict, str]:
-    return run_child(CHILD, name, *args, env=env, timeout=900, with_log=True)
-
-
-@pytest.fixture(scope="module")
-def greedy_runs(model_path):
-    prompts = _reduced_prompts()
-    common = dict(model=model_path, prompts=prompts, sampling={"temperature": 0.0, "max_tokens": 64},
-                  latency_prompts=6, collect_metrics=True)
-    vanilla = run_in_child(RunSpec(name="vanilla", env={"DECLAB_PLUGINS": None}, **common))
-    tr = run_in_child(RunSpec(name="tr", env=TR_ENV, engine_kwargs={"speculative_config": {
-        "method": "custom_class", "model": PROPOSER_PATH, "num_speculative_tokens": 6}}, **common))
-    return prompts, vanilla, tr
+@pytest.fixture(scope="session")
+def greedy_runs(vanilla, tr_chain_engine):
+    base = vanilla("spec_bench_reduced")
+    tr = tr_chain_engine.run(greedy_run, base["prompts"], 64, 6)
+    return base["prompts"], base, tr
 
 
 def test_greedy_is_token_identical_in_a_concurrent_batch(greedy_runs):
     prompts, vanilla, tr = greedy_runs
+    assert len(tr["token_ids"]) == len(vanilla["token_ids"]) == len(prompts)
     mismatches = [p[:40] for p, a, b in zip(prompts, vanilla["token_ids"], tr["token_ids"]) if a != b]
     assert not mismatches, mismatches
-    assert tr["spec_metrics"]["num_accepted_tokens"] > 0  # drafts were really proposed and accepted
+    assert tr["spec"]["num_accepted_tokens"] > 0  # drafts were really proposed and accepted
 
 
 def test_greedy_is_token_identical_at_batch_1(greedy_runs):
@@ -58,21 +43,40 @@ def test_greedy_is_token_identical_at_batch_1(greedy_runs):
     assert tr["single_token_ids"] == vanilla["single_token_ids"]
 
 
-@pytest.fixture(scope="module")
-def tree_runs(greedy_runs, model_path, tmp_path_factory):
+def _write_stats(worker) -> None:
+    worker.model_runner.drafter.write_stats()  # the Token Recycling proposer (vLLM's name for a runner's proposer)
+
+
+def proposer_stats(llm) -> dict:
+    """The proposer's statistics as the stats file receives them, written now (it writes every 16 steps)."""
+    llm.collective_rpc(_write_stats)
+    return json.loads(Path(os.environ[STATS_ENV]).read_text())
+
+
+def _delta(after: dict, before: dict) -> dict:
+    return {k: v - before.get(k, 0) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+            for k, v in after.items()}
+
+
+def tree_greedy(llm, prompts: list[str]) -> dict:
+    """The vanilla reference's greedy run in tree mode, with the proposer's statistics over it."""
+    before = proposer_stats(llm)
+    out = greedy_run(llm, prompts, 64, 6)
+    out["stats"] = _delta(proposer_stats(llm), before)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tree_runs(greedy_runs, tr_tree_engine):
     """Stage 2: the paper's whole 80-node tree verified inside the engine, on the same prompts."""
     prompts, vanilla, _ = greedy_runs
-    stats = tmp_path_factory.mktemp("tree") / "stats.json"
-    tree = run_in_child(RunSpec(
-        name="tr_tree", model=model_path, prompts=prompts, sampling={"temperature": 0.0, "max_tokens": 64},
-        latency_prompts=6, collect_metrics=True, env={**TREE_ENV, "DECLAB_TOKEN_RECYCLING_STATS": str(stats)},
-        engine_kwargs={"speculative_config": {"method": "custom_class", "model": PROPOSER_PATH,
-                                              "num_speculative_tokens": 80}}))
-    return prompts, vanilla, tree, json.loads(stats.read_text())
+    tree = tr_tree_engine.run(tree_greedy, prompts)
+    return prompts, vanilla, tree, tree["stats"]
 
 
 def test_tree_mode_is_token_identical_in_a_concurrent_batch(tree_runs):
     prompts, vanilla, tree, stats = tree_runs
+    assert len(tree["token_ids"]) == len(vanilla["token_ids"]) == len(prompts)
     mismatches = [p[:40] for p, a, b in zip(prompts, vanilla["token_ids"], tree["token_ids"]) if a != b]
     assert not mismatches, mismatches
     assert tree["single_token_ids"] == vanilla["single_token_ids"]  # and one request at a time
@@ -80,14 +84,26 @@ def test_tree_mode_is_token_identical_in_a_concurrent_batch(tree_runs):
     # relocation the next steps would attend to the wrong keys and the outputs above would differ.
     assert stats["tree_drafts"] > 0 and stats["chain_drafts"] == 0
     assert stats["relocated_paths"] > 10, stats
-    assert tree["spec_metrics"]["num_accepted_tokens"] > 0
+    assert tree["spec"]["num_accepted_tokens"] > 0
 
 
-def test_tree_mode_drafts_chains_for_requests_a_tree_cannot_serve(greedy_runs, tmp_path):
+def tree_mixed(llm, prompts: list[str]) -> dict:
+    """Tree mode with a mixed batch: greedy rows (trees), a temperature-1 row and a greedy row asking for logprobs
+    (both drafted as chains, verified by vLLM's rejection sampler)."""
+    from vllm import SamplingParams
+
+    before = proposer_stats(llm)
+    params = [SamplingParams(temperature=0.0, max_tokens=64) for _ in prompts]
+    params[1] = SamplingParams(temperature=1.0, max_tokens=64)
+    params[2] = SamplingParams(temperature=0.0, max_tokens=64, logprobs=1)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    return {"token_ids": [list(o.outputs[0].token_ids) for o in outs],
+            "logprobs_steps": len(outs[2].outputs[0].logprobs or []), "stats": _delta(proposer_stats(llm), before)}
+
+
+def test_tree_mode_drafts_chains_for_requests_a_tree_cannot_serve(greedy_runs, tr_tree_engine):
     prompts, vanilla, _ = greedy_runs
-    (tmp_path / "prompts.json").write_text(json.dumps(prompts[:4]))
-    out, _ = run_tr_child("tree_mixed", str(tmp_path / "prompts.json"),
-                          env={**TREE_ENV, "DECLAB_TOKEN_RECYCLING_STATS": str(tmp_path / "stats.json")})
+    out = tr_tree_engine.run(tree_mixed, prompts[:4])
     for i in (0, 2, 3):  # greedy rows: a tree for 0 and 3, a chain for 2 (it asks for logprobs)
         assert out["token_ids"][i] == vanilla["token_ids"][i], i
     assert out["logprobs_steps"] == len(out["token_ids"][2])
@@ -115,12 +131,12 @@ def _chi2(a: list[list[int]], b: list[list[int]], pos: int) -> float:
     return stat
 
 
-def test_temperature_1_sampling_preserves_the_distribution():
-    vanilla, _ = run_tr_child("sample_continuations", "vanilla")
-    tr, _ = run_tr_child("sample_continuations", "tr", env=TR_ENV)
-    control, _ = run_tr_child("sample_continuations", "vanilla_t07")
-    assert tr["metrics"]["vllm:spec_decode_num_accepted_tokens"] > 200  # the verifier decided many drafts
-    v, t, c = vanilla["token_ids"], tr["token_ids"], control["token_ids"]
+def test_temperature_1_sampling_preserves_the_distribution(vanilla, tr_chain_engine):
+    base, control = vanilla("stack_t1"), vanilla("stack_t07")
+    tr = tr_chain_engine.run(sample_run, base["prompt"], base["n"], base["temperature"], base["max_tokens"])
+    assert tr["spec"]["num_accepted_tokens"] > 200  # the verifier decided many drafts
+    v, t, c = base["token_ids"], tr["token_ids"], control["token_ids"]
+    assert len(v) == len(t) == len(c) == 1500
     for pos in (1, 2, 3, 4):  # positions decided by the verifier (token 0 is sampled before any draft)
         chi_tr, chi_control = _chi2(v, t, pos), _chi2(v, c, pos)
         print(f"position {pos}: chi2(vanilla, TR) {chi_tr:.1f}  chi2(vanilla, T=0.7) {chi_control:.1f}"
@@ -138,7 +154,9 @@ def test_temperature_1_sampling_preserves_the_distribution():
      "template must be one of ['paper']"),
     ("80", {**TR_ENV, "DECLAB_TOKEN_RECYCLING": '{"mode": "tree", "successors": 4}'}, "needs successors >= 8"),
 ])
-def test_bad_configuration_fails_at_start_up_with_a_clear_message(k, env, message):
-    out, log = run_tr_child("start_only", k, env=env)
-    assert out["error"] is not None
-    assert message in log, log[-3000:]
+def test_bad_configuration_fails_at_start_up_with_a_clear_message(engine_startup_error, k, env, message):
+    failure = engine_startup_error(EngineProfile(
+        f"tr_bad_k{k}", plugins=env.get("DECLAB_PLUGINS"), env={"DECLAB_TOKEN_RECYCLING": env.get("DECLAB_TOKEN_RECYCLING")},
+        engine_kwargs={"speculative_config": token_recycling(int(k))}))
+    assert failure is not None
+    assert message in failure.log, failure.log[-3000:]
