@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from helpers import declab_server, prometheus_value
+from helpers import prometheus_value
 
 from declab.integrations.models import eval_file
 
@@ -19,12 +19,16 @@ pytestmark = pytest.mark.server
 N_CONCURRENT = 64
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture
+def server(contrastive_server):
+    """``declab serve --plugins cad,lqcd``, shared by this module's tests (profiles.SERVERS)."""
+    return contrastive_server
+
+
+@pytest.fixture(autouse=True)
+def _needs_eval_data():
     if eval_file("conflict_dev.jsonl") is None:
         pytest.skip("../shared/eval is not present")
-    with declab_server("cad,lqcd", tmp_path_factory.mktemp("server") / "server.log") as base:
-        yield base
 
 
 def _items():

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pytest
 import requests
-from helpers import declab_server
 
 pytestmark = pytest.mark.server
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with declab_server("momentum", tmp_path_factory.mktemp("server") / "server.log") as base:
-        yield base
+@pytest.fixture
+def server(momentum_server):
+    """``declab serve --plugins momentum``, shared by this module's tests (profiles.SERVERS)."""
+    return momentum_server
 
 
 def _complete(base, **extra):
