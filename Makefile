@@ -1,10 +1,11 @@
 # Two commands for a fresh machine: `make demo` (main job) and `make test` (test suite). Both install first.
+# `make test-fast`: only the tests that start no engine (marker `core`, set by tests/conftest.py).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.declab-installed
 
-.PHONY: install demo test bench-smoke list clean
+.PHONY: install demo test test-fast bench-smoke list clean
 
 install: $(STAMP)
 
@@ -21,8 +22,12 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/declab demo
 
+# Every test: engines are shared per configuration profile (tests/profiles.py), one alive at a time.
 test: install
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -ra --durations=30 tests
+
+test-fast: install
+	$(PY) -m pytest -q -ra -m core --durations=10 tests
 
 list: install
 	$(VENV)/bin/declab list

@@ -29,7 +29,8 @@ def requests_for(conflict, leading, alpha: float):
     """(name, prompt, params) of every contrastive request of the dev items."""
     out = []
     for i, it in enumerate(conflict):
-        out.append((f"cad{i}", it["prompt_with_context"], contrastive("cad", it["prompt_without_context"], alpha=alpha)))
+        out.append((f"cad{i}", it["prompt_with_context"],
+                    contrastive("cad", it["prompt_without_context"], alpha=alpha)))
     for i, it in enumerate(leading):
         out.append((f"lqcd{i}", it["leading_prompt"], contrastive("lqcd", it["neutral_prompt"], alpha=alpha)))
     for i, it in enumerate(conflict):

@@ -5,7 +5,8 @@
 ``FD`` is this process's end of a socket pair with pytest. Protocol (``multiprocessing.connection`` messages):
 
 1. pytest sends the cloudpickled ``(model, engine_kwargs)``; the host creates the ``LLM`` (its environment, set by
-   pytest, selects the plugins) and answers ``("ready", start-up seconds)`` or ``("start_failed", {"error", "chain", "traceback"})``.
+   pytest, selects the plugins) and answers ``("ready", start-up seconds)`` or
+   ``("start_failed", {"error", "chain", "traceback"})``.
 2. Each further message is a cloudpickled ``(fn, args)``; the host answers ``("ok", cloudpickle.dumps(fn(llm, *args)))``
    or ``("error", traceback)`` and keeps serving (a failing scenario fails its test, not the engine).
 3. ``b"close"``, or the end of the socket (pytest is gone), ends the host at once.

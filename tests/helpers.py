@@ -1,9 +1,8 @@
-"""Helpers shared by the engine and server tests: child-process programs and a running ``declab serve``."""
+"""Helpers shared by the engine and server tests: a child process's environment and a running ``declab serve``."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -27,19 +26,6 @@ def child_env(**env: str | None) -> dict[str, str]:
         else:
             full[key] = value
     return full
-
-
-def run_child(script: Path, *args: str, env: dict[str, str | None] | None = None, timeout: float = 1200,
-              with_log: bool = False):
-    """Run ``python script *args``; return the JSON of its last ``RESULT <json>`` line (fail with its output), and
-    with ``with_log`` also its stdout + stderr (for tests that check what the engine logged)."""
-    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
-                          env=child_env(**(env or {})), timeout=timeout)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, (f"{script.name} {' '.join(args)} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                   f"{proc.stderr[-5000:]}")
-    result = json.loads(lines[-1][len("RESULT "):])
-    return (result, proc.stdout + proc.stderr) if with_log else result
 
 
 def free_port() -> int:

@@ -70,8 +70,8 @@ def mixed_batches(llm, n: int) -> dict:
                             extra_args={"declab": {"method": "cad", "alpha": 0.5,
                                                    "contrast_prompt": it["prompt_without_context"]}})
         others = [contrastive("cad", c["prompt_without_context"]) for c in conflict[1:1 + batch_with]]
-        res = generate(llm, [it["prompt_with_context"]] + [c["prompt_with_context"] for c in conflict[1:1 + batch_with]],
-                       [sp] + others)
+        batch = [it["prompt_with_context"]] + [c["prompt_with_context"] for c in conflict[1:1 + batch_with]]
+        res = generate(llm, batch, [sp] + others)
         seeded.append(res[0]["token_ids"])
     return {
         "n": n,

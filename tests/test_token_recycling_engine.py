@@ -155,8 +155,8 @@ def test_temperature_1_sampling_preserves_the_distribution(vanilla, tr_chain_eng
     ("80", {**TR_ENV, "DECLAB_TOKEN_RECYCLING": '{"mode": "tree", "successors": 4}'}, "needs successors >= 8"),
 ])
 def test_bad_configuration_fails_at_start_up_with_a_clear_message(engine_startup_error, k, env, message):
-    failure = engine_startup_error(EngineProfile(
-        f"tr_bad_k{k}", plugins=env.get("DECLAB_PLUGINS"), env={"DECLAB_TOKEN_RECYCLING": env.get("DECLAB_TOKEN_RECYCLING")},
-        engine_kwargs={"speculative_config": token_recycling(int(k))}))
+    config = {"DECLAB_TOKEN_RECYCLING": env.get("DECLAB_TOKEN_RECYCLING")}
+    failure = engine_startup_error(EngineProfile(f"tr_bad_k{k}", plugins=env.get("DECLAB_PLUGINS"), env=config,
+                                                 engine_kwargs={"speculative_config": token_recycling(int(k))}))
     assert failure is not None
     assert message in failure.log, failure.log[-3000:]
