@@ -99,18 +99,20 @@ _STARTUP_RANK = len(PROFILES) + 1
 _SERVER_RANK = {p.fixture: _STARTUP_RANK + 1 + i for i, p in enumerate(SERVERS)}
 
 
-def _rank(item) -> tuple[int, str]:
-    """(group, kind): 0 for core; an engine test goes with the last profile (in profiles.py order) it uses."""
+def _rank(item) -> tuple[tuple[int, int], str]:
+    """((group, first), kind). Group 0 is core; an engine test goes with the last profile (profiles.py order) it
+    uses, and within a group the tests that also use an earlier profile (the vanilla references) come first, while
+    that engine may still be alive."""
     names = set(getattr(item, "fixturenames", ()))
     servers = [_SERVER_RANK[n] for n in names if n in _SERVER_RANK]
     if servers:
-        return max(servers), "server"
+        return (max(servers), min(servers)), "server"
     engines = [_ENGINE_RANK[n] for n in names if n in _ENGINE_RANK]
     if STARTUP_FIXTURE in names:
         engines.append(_STARTUP_RANK)
     if engines:
-        return max(engines), "engine"
-    return 0, "core"
+        return (max(engines), min(engines)), "engine"
+    return (0, 0), "core"
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects, so the markers set here count
@@ -122,7 +124,7 @@ def pytest_collection_modifyitems(config, items):
             kind = "engine"
         item.add_marker(kind)
         ranks[item.nodeid] = rank
-    items.sort(key=lambda it: ranks[it.nodeid])
+    items.sort(key=lambda it: ranks[it.nodeid])  # stable: file order within a rank
 
 
 def pytest_terminal_summary(terminalreporter):

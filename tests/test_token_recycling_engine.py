@@ -16,7 +16,7 @@ import pytest
 from engines import EngineProfile, greedy_run, sample_run
 from profiles import TR_TREE, token_recycling
 
-pytestmark = [pytest.mark.engine, pytest.mark.vanilla("spec_bench_reduced", "stack_t1", "stack_t07")]
+pytestmark = [pytest.mark.engine, pytest.mark.vanilla("spec_bench_reduced")]
 TR_ENV = {"DECLAB_PLUGINS": "token_recycling"}
 TREE_ENV = {**TR_ENV, "DECLAB_TOKEN_RECYCLING": TR_TREE}
 STATS_ENV = "DECLAB_TOKEN_RECYCLING_STATS"  # where the proposer writes its statistics (tree / chain drafts, ...)
@@ -67,11 +67,11 @@ def tree_greedy(llm, prompts: list[str]) -> dict:
 
 
 @pytest.fixture(scope="session")
-def tree_runs(greedy_runs, tr_tree_engine):
+def tree_runs(vanilla, tr_tree_engine):
     """Stage 2: the paper's whole 80-node tree verified inside the engine, on the same prompts."""
-    prompts, vanilla, _ = greedy_runs
-    tree = tr_tree_engine.run(tree_greedy, prompts)
-    return prompts, vanilla, tree, tree["stats"]
+    base = vanilla("spec_bench_reduced")
+    tree = tr_tree_engine.run(tree_greedy, base["prompts"])
+    return base["prompts"], base, tree, tree["stats"]
 
 
 def test_tree_mode_is_token_identical_in_a_concurrent_batch(tree_runs):
@@ -101,11 +101,11 @@ def tree_mixed(llm, prompts: list[str]) -> dict:
             "logprobs_steps": len(outs[2].outputs[0].logprobs or []), "stats": _delta(proposer_stats(llm), before)}
 
 
-def test_tree_mode_drafts_chains_for_requests_a_tree_cannot_serve(greedy_runs, tr_tree_engine):
-    prompts, vanilla, _ = greedy_runs
-    out = tr_tree_engine.run(tree_mixed, prompts[:4])
+def test_tree_mode_drafts_chains_for_requests_a_tree_cannot_serve(vanilla, tr_tree_engine):
+    base = vanilla("spec_bench_reduced")
+    out = tr_tree_engine.run(tree_mixed, base["prompts"][:4])
     for i in (0, 2, 3):  # greedy rows: a tree for 0 and 3, a chain for 2 (it asks for logprobs)
-        assert out["token_ids"][i] == vanilla["token_ids"][i], i
+        assert out["token_ids"][i] == base["token_ids"][i], i
     assert out["logprobs_steps"] == len(out["token_ids"][2])
     assert len(out["token_ids"][1]) > 0  # the sampled row finished
     assert out["stats"]["tree_drafts"] > 0 and out["stats"]["chain_drafts"] > 0
@@ -131,6 +131,7 @@ def _chi2(a: list[list[int]], b: list[list[int]], pos: int) -> float:
     return stat
 
 
+@pytest.mark.vanilla("stack_t1", "stack_t07")
 def test_temperature_1_sampling_preserves_the_distribution(vanilla, tr_chain_engine):
     base, control = vanilla("stack_t1"), vanilla("stack_t07")
     tr = tr_chain_engine.run(sample_run, base["prompt"], base["n"], base["temperature"], base["max_tokens"])
