@@ -4,6 +4,8 @@ Plugin selection is per process (vLLM's entry point reads ``DECLAB_PLUGINS`` onc
 profile (environment + engine kwargs, listed in ``profiles.py``) lives in a host process of its own
 (``engine_host.py``) holding one ``LLM``. A test sends it a function written next to its assertions:
 ``handle.run(fn, *args)`` ships ``fn`` with cloudpickle (test modules by value) and returns ``fn(llm, *args)``.
+Because a test module travels by value, a scenario imports process state it reads (a plugin's store, the scheduler)
+inside its body: a module-level object of the test module would arrive as a copy of the test process's one.
 
 Memory: ``EnginePool`` keeps at most one host or server alive; asking for another shuts the live one down first, and
 ``conftest.py`` orders the tests by profile so that each engine starts once per session. Nothing outlives pytest:
