@@ -94,6 +94,15 @@ def engine_startup_error(engine_pool):
 
 # -- markers and order --------------------------------------------------------------------------------------------
 
+
+def pytest_configure(config):
+    # `engine` and `server` are also declared in pyproject.toml.
+    for line in ("core: no engine (pure cores, specs, CLI, references in transformers); `make test-fast`",
+                 "engine: runs on a real vLLM engine (a shared profile engine or a start-up check)",
+                 "server: talks to a real OpenAI-compatible vLLM server (declab serve)",
+                 "vanilla(*names): the vanilla references (profiles.VANILLA_REFERENCES) the test reads"):
+        config.addinivalue_line("markers", line)
+
 _ENGINE_RANK = {p.fixture: i + 1 for i, p in enumerate(PROFILES)}
 _STARTUP_RANK = len(PROFILES) + 1
 _SERVER_RANK = {p.fixture: _STARTUP_RANK + 1 + i for i, p in enumerate(SERVERS)}
