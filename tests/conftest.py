@@ -96,10 +96,8 @@ def engine_startup_error(engine_pool):
 
 
 def pytest_configure(config):
-    # `engine` and `server` are also declared in pyproject.toml.
+    # `engine` and `server` are declared in pyproject.toml.
     for line in ("core: no engine (pure cores, specs, CLI, references in transformers); `make test-fast`",
-                 "engine: runs on a real vLLM engine (a shared profile engine or a start-up check)",
-                 "server: talks to a real OpenAI-compatible vLLM server (declab serve)",
                  "vanilla(*names): the vanilla references (profiles.VANILLA_REFERENCES) the test reads"):
         config.addinivalue_line("markers", line)
 
