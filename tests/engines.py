@@ -175,6 +175,10 @@ class EngineHost:
             raise ScenarioError(f"{fn.__name__} failed on engine {self.profile.name!r}:\n{payload}")
         return cloudpickle.loads(payload)
 
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def log(self, tail: int = 20000) -> str:
         return self.log_path.read_text(errors="replace")[-tail:] if self.log_path.exists() else ""
 
@@ -237,7 +241,7 @@ class EnginePool:
         atexit.register(self.release)
 
     def host(self, profile: EngineProfile) -> EngineHost:
-        if isinstance(self._live, EngineHost) and self._live.profile == profile:
+        if isinstance(self._live, EngineHost) and self._live.profile == profile and self._live.alive:
             return self._live
         self.release()
         host = EngineHost(profile, self.workdir)
