@@ -193,8 +193,9 @@ class EngineHost:
         try:
             return self._conn.recv()
         except (EOFError, OSError):
+            proc = self._proc
             self.close()
-            raise RuntimeError(f"engine {self.profile.name!r} died during {what} (exit {self._proc.returncode}):\n"
+            raise RuntimeError(f"engine {self.profile.name!r} died during {what} (exit {proc.returncode}):\n"
                                f"{self.log(6000)}") from None
 
     def close(self) -> None:
