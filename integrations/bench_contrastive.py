@@ -98,7 +98,7 @@ def naive_cad(llm, items: list[dict], alpha: float, max_tokens: int) -> dict[str
     from vllm.inputs import TokensPrompt
 
     from declab.integrations import registry
-    from declab.plugins.common import RowContext
+    from declab.integrations.sdk.rows import RowContext
 
     tok = llm.get_tokenizer()
     vocab = llm.llm_engine.model_config.get_vocab_size()

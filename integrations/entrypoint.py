@@ -27,7 +27,7 @@ def register() -> None:
 
     from declab.integrations import registry
     from declab.integrations.version import check_vllm_version
-    from declab.patches import apply_patches
+    from declab.integrations.sdk import apply_patches
 
     names = registry.parse_selection(value)
     check_vllm_version()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from declab.integrations import registry
-from declab.integrations.params import resolve_params
+from declab.integrations.sdk.params import resolve_params
 
 KEY = "declab"
 _PREFIX = KEY + "."

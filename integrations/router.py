@@ -19,15 +19,11 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 from declab.integrations.request_args import parse_request_args
-from declab.plugins.common import RowContext, RowProcessor
-from declab.plugins.contrastive import draw_token, force_token
-from declab.plugins.contrastive_args import (
-    PAIR_KEY,
-    ROLE_MAIN,
-    SamplingSettings,
-    check_sampling_options,
-    is_contrastive,
-)
+from declab.integrations.sdk.runtime import eos_token_id
+from declab.integrations.sdk.rows import RowContext, RowProcessor
+from declab.plugins.shared.contrastive import draw_token, force_token
+from declab.integrations.sdk.spec import load_object
+from declab.plugins.shared.contrastive_args import PAIR_KEY, ROLE_MAIN, SamplingSettings
 
 logger = logging.getLogger(__name__)
 
@@ -38,26 +34,20 @@ class DeclabLogitsRouter(LogitsProcessor):
     @classmethod
     def validate_params(cls, sampling_params) -> None:  # front-end, at admission
         request = parse_request_args(sampling_params.extra_args)
-        if request is not None and is_contrastive(request.spec):
-            check_sampling_options(sampling_params, request.spec.name)
+        if request is not None and request.spec.logits.check_sampling:
+            load_object(request.spec.logits.check_sampling)(sampling_params, request.spec.name)
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
         model_config = vllm_config.model_config
         self._model_config = model_config
         self.ctx = RowContext(
             vocab_size=model_config.get_vocab_size(),
-            eos_token_id=self._eos_token_id(model_config),
+            eos_token_id=eos_token_id(model_config),
             tokenize=self._tokenize,
             tokenizer=lambda: self._tokenizer,
         )
         self.rows: dict[int, RowProcessor] = {}
 
-    @staticmethod
-    def _eos_token_id(model_config) -> int | None:
-        eos = getattr(model_config.hf_config, "eos_token_id", None)
-        if isinstance(eos, (list, tuple)):
-            eos = eos[0] if eos else None
-        return eos
 
     @functools.cached_property
     def _tokenizer(self):

@@ -52,7 +52,7 @@ class ContrastPromptTokensPatch(DeclabPatch):
 
 def attach_contrast_prompt(input_processor: Any, request: Any) -> None:
     from declab.integrations.request_args import KEY, parse_request_args
-    from declab.plugins.contrastive_args import CONTRAST_IDS_KEY, check_sampling_options, is_contrastive
+    from declab.plugins.shared.contrastive_args import CONTRAST_IDS_KEY, check_sampling_options, is_contrastive
 
     sp = request.sampling_params
     parsed = parse_request_args(sp.extra_args)

@@ -86,7 +86,7 @@ def _contrastive_request(request: Any):
     if sp is None or not sp.extra_args:
         return None
     from declab.integrations.request_args import parse_request_args
-    from declab.plugins.contrastive_args import PAIR_KEY, is_contrastive
+    from declab.plugins.shared.contrastive_args import PAIR_KEY, is_contrastive
 
     if PAIR_KEY in sp.extra_args:  # already paired (a companion, or a re-added request)
         return None
@@ -99,7 +99,7 @@ def _contrastive_request(request: Any):
 def _contrast_ids(scheduler: Any, request: Any, parsed: Any) -> list[int]:
     """Token ids of the contrast prompt: tokenized at admission by ``contrast_prompt_tokens``; requests that reach
     the engine core without passing vLLM's input processor are tokenized here, the same way."""
-    from declab.plugins.contrastive_args import CONTRAST_IDS_KEY
+    from declab.plugins.shared.contrastive_args import CONTRAST_IDS_KEY
 
     ids = request.sampling_params.extra_args.get(CONTRAST_IDS_KEY)
     if ids is not None:
@@ -133,7 +133,7 @@ def _make_pair(request: Any, contrast_ids: list[int]) -> Any:
     """Turn ``request`` into the main member of a pair and return its companion ``Request``."""
     from vllm.v1.request import Request
 
-    from declab.plugins.contrastive_args import CONTRAST_IDS_KEY, PAIR_KEY, ROLE_CONTRAST, ROLE_MAIN, SamplingSettings
+    from declab.plugins.shared.contrastive_args import CONTRAST_IDS_KEY, PAIR_KEY, ROLE_CONTRAST, ROLE_MAIN, SamplingSettings
 
     sp = request.sampling_params
     extra = dict(sp.extra_args)

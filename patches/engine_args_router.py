@@ -50,7 +50,7 @@ def prepare_engine_args(engine_args) -> None:
     """Contrastive plugins keep request pairs in lockstep with a synchronous scheduler (``contrastive_pairs``):
     turn vLLM's automatic async scheduling off for them; refuse an explicit ``--async-scheduling``."""
     from declab.integrations import registry
-    from declab.plugins.contrastive_args import is_contrastive
+    from declab.plugins.shared.contrastive_args import is_contrastive
 
     contrastive = [n for n in registry.selected_plugins() if is_contrastive(registry.get_spec(n))]
     if not contrastive:

@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from declab.integrations.params import resolve_params
+from declab.integrations.sdk.params import resolve_params
 from declab.plugins.asap import core
 from declab.plugins.asap.core import (
     AsapProcessor,
@@ -30,7 +30,7 @@ from declab.plugins.asap.core import (
 from declab.plugins.asap.gcd_spec import SPEC as GCD_SPEC
 from declab.plugins.asap.gcd_spec import validate_request as gcd_validate
 from declab.plugins.asap.spec import SPEC, validate_request
-from declab.plugins.common import RowContext
+from declab.integrations.sdk.rows import RowContext
 
 NEG = float("-inf")
 EOS = 0
@@ -520,7 +520,7 @@ def test_exactly_one_grammar_parameter_and_syntax_errors_name_the_parameter(toy_
 
 def test_specs():
     assert SPEC.name == "asap" and SPEC.paper == 65 and SPEC.status == "working" and SPEC.reason
-    assert GCD_SPEC.name == "gcd" and GCD_SPEC.extra["baseline_of"] == "asap"
+    assert GCD_SPEC.name == "gcd" and GCD_SPEC.baseline_of == "asap"
     assert SPEC.load_row_processor() is AsapProcessor and GCD_SPEC.load_row_processor() is GcdProcessor
     assert {p.name for p in GCD_SPEC.params} == {"grammar", "json_schema", "regex"}
     with pytest.raises(ValueError, match=r"declab\.bogus"):

@@ -1,7 +1,7 @@
 import json
+import runpy
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -55,13 +55,14 @@ def test_declab_list_table_cli():
 
 
 def test_every_plugin_folder_is_packaged():
-    conf = tomllib.loads((REPO / "pyproject.toml").read_text())
-    packages = set(conf["tool"]["setuptools"]["packages"])
+    setup_py = runpy.run_path(str(REPO / "setup.py"), run_name="declab_setup")
+    packages, package_dir = setup_py["discover_packages"]()
     folders = {p.name for p in (REPO / "plugins").iterdir() if (p / "__init__.py").exists()}
-    assert {f"declab.plugins.{f}" for f in folders} <= packages
-    assert {m for m in registry.PLUGIN_MODULES} <= packages
+    assert {f"declab.plugins.{f}" for f in folders} <= set(packages)
+    assert set(registry.plugin_packages()) <= set(packages)
     # Nothing generic lands at the top of site-packages.
     assert all(p.startswith("declab.") for p in packages)
+    assert package_dir["declab.plugins"] == "plugins"
 
 
 def test_serve_command_selects_plugins_and_uses_api_server():

@@ -1,5 +1,5 @@
 """Pure tests of the contrastive methods (CAD, LQCD, M3ID) and of the shared sampling helpers of
-``declab.plugins.contrastive`` (no engine). The last tests run the plain-transformers two-pass reference
+``declab.plugins.shared.contrastive`` (no engine). The last tests run the plain-transformers two-pass reference
 (``tests/contrastive_reference.py``) on a few items of the fact-world dev sets."""
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from declab.integrations import registry
-from declab.integrations.params import resolve_params
+from declab.integrations.sdk.params import resolve_params
 from declab.plugins.cad.core import LOGP_FLOOR, CADProcessor, cad_logits, log_probs, mix_logprobs
-from declab.plugins.common import RowContext
-from declab.plugins.contrastive import (
+from declab.integrations.sdk.rows import RowContext
+from declab.plugins.shared.contrastive import (
     ContrastiveProcessor,
     draw_token,
     force_token,
     sampling_probs,
     step_generator,
 )
-from declab.plugins.contrastive_args import CONTRAST_PROMPT_PARAM, CONTRASTIVE_PATCHES, SamplingSettings, is_contrastive
+from declab.plugins.shared.contrastive_args import CONTRAST_PROMPT_PARAM, CONTRASTIVE_PATCHES, SamplingSettings, is_contrastive
 from declab.plugins.lqcd.core import LQCDProcessor, lqcd_logits, plausibility_mask
 from declab.plugins.m3id.core import MAX_WEIGHT, M3IDProcessor, m3id_gate, m3id_logits, m3id_weight
 
@@ -299,7 +299,7 @@ def test_specs_registered():
         resolve_params(registry.get_spec("m3id").params, {"contrast_prompt": "x", "threshold": 1.5})
 
 
-# -- sampling helpers of declab.plugins.contrastive ---------------------------------------------------------------
+# -- sampling helpers of declab.plugins.shared.contrastive ---------------------------------------------------------------
 random_rows = st.integers(2, 64).flatmap(
     lambda n: st.lists(st.floats(-20, 20, allow_nan=False, width=32), min_size=n, max_size=n))
 

@@ -3,7 +3,7 @@ import math
 import pytest
 from hypothesis import given, strategies as st
 
-from declab.integrations.params import ParamSpec, resolve_params
+from declab.integrations.sdk.params import ParamSpec, resolve_params
 
 ALPHA = ParamSpec("alpha", float, 0.5, low=0.0, high=10.0)
 K = ParamSpec("k", int, 4, low=1, high=16)

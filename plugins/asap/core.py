@@ -88,7 +88,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 import xgrammar as xgr
 
-from declab.plugins.common import RowContext, RowProcessor
+from declab.integrations.sdk.rows import RowContext, RowProcessor
 
 NEG_INF = float("-inf")
 

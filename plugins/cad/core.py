@@ -48,8 +48,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from declab.plugins.common import RowContext
-from declab.plugins.contrastive import ContrastiveProcessor
+from declab.integrations.sdk.rows import RowContext
+from declab.plugins.shared.contrastive import ContrastiveProcessor
 
 DEFAULT_ALPHA = 0.5  # the paper's summarization setting (cnndm_1.5_-0.5); it uses 1.0 for knowledge conflicts
 LOGP_FLOOR = -1.0e4

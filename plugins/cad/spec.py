@@ -1,19 +1,17 @@
 """Declaration of the CAD plugin (plain data: no torch, no vLLM)."""
 
-from declab.integrations.params import ParamSpec
-from declab.integrations.registry import HOOK_LOGITS, PluginSpec
-from declab.plugins.contrastive_args import CONTRAST_PROMPT_PARAM, CONTRASTIVE_PATCHES
+from declab.integrations.sdk import ParamSpec, PluginSpec
+from declab.plugins.shared.contrastive_args import CONTRAST_PROMPT_PARAM, contrastive_hook, CONTRASTIVE_PATCHES
 
 SPEC = PluginSpec(
     name="cad",
     paper=53,
-    hook=HOOK_LOGITS,
     status="working",
     summary=(
         "Context-aware decoding: each token from softmax[(1+alpha)*logit(y|context,x) - alpha*logit(y|x)], the main "
         "prompt (with the context) contrasted with a companion row on contrast_prompt (without it), in the same batch"
     ),
-    row_processor="declab.plugins.cad.core:CADProcessor",
+    logits=contrastive_hook(row_processor="declab.plugins.cad.core:CADProcessor"),
     params=(
         CONTRAST_PROMPT_PARAM,
         ParamSpec(

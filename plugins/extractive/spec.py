@@ -1,12 +1,10 @@
 """Declaration of the exact-extract plugin (paper 55). Plain data: imports only ``declab.integrations``."""
 
-from declab.integrations.params import ParamSpec
-from declab.integrations.registry import HOOK_LOGITS, PluginSpec
+from declab.integrations.sdk import LogitsHook, ParamSpec, PluginSpec
 
 SPEC = PluginSpec(
     name="extractive",
     paper=55,
-    hook=HOOK_LOGITS,
     status="partial",
     summary=(
         "Extractive QA decoding: the answer is forced to be a contiguous span of the passage's tokens "
@@ -48,5 +46,5 @@ SPEC = PluginSpec(
             doc="Its first token may also end the span (use with SamplingParams(stop=[...])); '' = EOS only.",
         ),
     ),
-    row_processor="declab.plugins.extractive.core:ExtractiveProcessor",
+    logits=LogitsHook(row_processor="declab.plugins.extractive.core:ExtractiveProcessor"),
 )

@@ -44,8 +44,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from declab.plugins.cad.core import log_probs, mix_logprobs
-from declab.plugins.common import RowContext
-from declab.plugins.contrastive import ContrastiveProcessor
+from declab.integrations.sdk.rows import RowContext
+from declab.plugins.shared.contrastive import ContrastiveProcessor
 
 DEFAULT_LAM = 0.02  # forgetting rate lambda (paper default as reported by re-implementations)
 DEFAULT_THRESHOLD = 0.3  # confidence threshold alpha on max_y p_c(y) (idem)

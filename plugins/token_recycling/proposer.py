@@ -39,11 +39,9 @@ import time
 import numpy as np
 import torch
 
-from declab.integrations import registry
-from declab.integrations.params import resolve_params
-from declab.patches import apply_patches
+from declab.integrations.sdk import apply_patches, runtime
 from declab.plugins.token_recycling.core import AdjacencyMatrix, best_chains, build_draft_tree, PAPER_TREE
-from declab.plugins.token_recycling.spec import CONFIG_ENV, SPEC
+from declab.plugins.token_recycling.spec import SPEC, TREE_PATCHES
 
 TREE_TEMPLATES = {"paper": PAPER_TREE}  # names as in spec.TREE_TEMPLATES
 
@@ -83,26 +81,16 @@ def _check_tree_engine(vllm_config) -> None:
     check_cpu_cache_layout(isa, head_size=model.get_head_size(), block_size=cache.block_size)
 
 
-def engine_config() -> dict:
-    """Validated engine-wide parameters from ``DECLAB_TOKEN_RECYCLING`` (JSON object), defaults filled."""
-    raw = os.environ.get(CONFIG_ENV, "").strip()
-    try:
-        given = json.loads(raw) if raw else {}
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{CONFIG_ENV} must be a JSON object: {e}") from e
-    if not isinstance(given, dict):
-        raise ValueError(f"{CONFIG_ENV} must be a JSON object, got {type(given).__name__}")
-    return resolve_params(SPEC.params, given, prefix=CONFIG_ENV)
+def engine_config(vllm_config=None) -> dict:
+    """Validated engine-wide settings (``additional_config["declab"]["token_recycling"]``, or the deprecated
+    ``DECLAB_TOKEN_RECYCLING`` JSON), defaults filled."""
+    return runtime.engine_settings(SPEC, getattr(vllm_config, "additional_config", None))
 
 
 class TokenRecyclingProposer:
     def __init__(self, vllm_config) -> None:
-        if SPEC.name not in registry.selected_plugins():
-            raise ValueError(
-                f"Token Recycling is configured as the speculative proposer but the plugin is not selected: set "
-                f"{registry.PLUGINS_ENV}={SPEC.name} (it applies the patches the proposer needs)"
-            )
-        config = engine_config()
+        runtime.require_selected(SPEC.name, "Token Recycling as the speculative proposer")
+        config = engine_config(vllm_config)
         self.k = int(vllm_config.speculative_config.num_speculative_tokens)
         self.tree = config["mode"] == "tree"
         self.template = TREE_TEMPLATES[config["template"]] if self.tree else None
@@ -114,7 +102,7 @@ class TokenRecyclingProposer:
                 )
             _check_tree_engine(vllm_config)
         else:
-            max_k = SPEC.extra["max_speculative_tokens"]
+            max_k = SPEC.proposer.max_speculative_tokens
             if not 1 <= self.k <= max_k:
                 raise ValueError(f"num_speculative_tokens must be in 1..{max_k} for token_recycling, got {self.k}")
         self.stop_at_unseen = config["stop_at_unseen"]
@@ -122,7 +110,7 @@ class TokenRecyclingProposer:
         if self.tree and self.template.max_rank >= self.matrix.k:
             raise ValueError(f"template {config['template']!r} needs successors >= {self.template.max_rank + 1}, "
                              f"got {self.matrix.k}")
-        apply_patches(SPEC.worker_patches + (SPEC.extra["tree_patches"] if self.tree else ()))
+        apply_patches(SPEC.worker_patches + (TREE_PATCHES if self.tree else ()))
         self._logits: torch.Tensor | None = None  # target logits of the current step
         self._verified_drafts: list[list[int]] | None = None  # per row, the drafts verified this step
         self._runner = None  # set by the runner_feeds_proposer patch each step

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from declab.plugins.common import RowProcessor
-from declab.plugins.contrastive_args import SamplingSettings
+from declab.integrations.sdk.rows import RowProcessor
+from declab.plugins.shared.contrastive_args import SamplingSettings
 
 
 class ContrastiveProcessor(RowProcessor):

@@ -1,6 +1,6 @@
 """Plain data shared by the contrastive plugins (CAD, LQCD, M3ID): their common parameter, the ``extra_args`` keys
 the engine writes, the sampling settings of a pair, and the admission checks. No torch, no vLLM import: plugin
-specs, the front-end validation and the pair scheduler read it; the torch side is ``declab.plugins.contrastive``.
+specs, the front-end validation and the pair scheduler read it; the torch side is ``declab.plugins.shared.contrastive``.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from declab.integrations.params import ParamSpec
+from declab.integrations.sdk.params import ParamSpec
 
 # Keys of SamplingParams.extra_args written by the engine (never by users).
 PAIR_KEY = "declab_pair"  # {"id": main request id, "role": "main"|"contrast", "sampling": {...}}
@@ -59,7 +59,7 @@ class SamplingSettings:
 
 def is_contrastive(spec: Any) -> bool:
     """Whether a plugin spec is a contrastive method (it needs the pair machinery)."""
-    return set(CONTRASTIVE_PATCHES) <= set(getattr(spec, "patches", ()))
+    return bool(spec.logits is not None and spec.logits.companions)
 
 
 # SamplingParams options the pair machinery cannot honour: the engine's own penalties, biases and masks would act
@@ -83,3 +83,16 @@ def check_sampling_options(sampling_params: Any, method: str) -> None:
         value = getattr(sampling_params, name, neutral)
         if value is not None and value != neutral and not (neutral is None and not value):
             raise ValueError(f"{name} is not supported together with declab.method={method!r} (got {value!r})")
+
+
+def contrastive_hook(row_processor: str) -> Any:
+    """The logits hook of a contrastive method: its ``contrast_prompt`` is a companion row decoded in lockstep
+    (synchronous scheduling), and vLLM options the pair cannot honour are refused at admission."""
+    from declab.integrations.sdk import LogitsHook
+
+    return LogitsHook(
+        row_processor=row_processor,
+        check_sampling="declab.plugins.shared.contrastive_args:check_sampling_options",
+        companions=("contrast_prompt",),
+        synchronous_scheduling=True,
+    )
