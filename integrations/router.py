@@ -5,7 +5,7 @@ batch. Instead one router holds, per persistent-batch row, the ``RowProcessor`` 
 ``extra_args["declab"]`` and leaves every other row untouched (an empty dict: ``apply`` returns at once).
 
 It is attached to the engine config only when a logits-level plugin is selected
-(``declab.patches.engine_args_router``); it is never an entry-point logits processor, so an installed but unselected
+(``declab.patches.engine_args``); it is never an entry-point logits processor, so an installed but unselected
 suite adds nothing to the sampler.
 """
 
@@ -20,10 +20,10 @@ from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 from declab.integrations.request_args import parse_request_args
 from declab.integrations.sdk.runtime import eos_token_id
+from declab.integrations.sdk.groups import GROUP_KEY, ROLE_MAIN, check_group_sampling_options
 from declab.integrations.sdk.rows import RowContext, RowProcessor
-from declab.plugins.shared.contrastive import draw_token, force_token
+from declab.integrations.sdk.sampling import SamplingSettings, force_token
 from declab.integrations.sdk.spec import load_object
-from declab.plugins.shared.contrastive_args import PAIR_KEY, ROLE_MAIN, SamplingSettings
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,13 @@ class DeclabLogitsRouter(LogitsProcessor):
     @classmethod
     def validate_params(cls, sampling_params) -> None:  # front-end, at admission
         request = parse_request_args(sampling_params.extra_args)
-        if request is not None and request.spec.logits.check_sampling:
-            load_object(request.spec.logits.check_sampling)(sampling_params, request.spec.name)
+        if request is None:
+            return
+        hook = request.spec.logits
+        if hook.companions:
+            check_group_sampling_options(sampling_params, request.spec.name)
+        if hook.check_sampling:
+            load_object(hook.check_sampling)(sampling_params, request.spec.name)
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
         model_config = vllm_config.model_config
@@ -70,47 +75,47 @@ class DeclabLogitsRouter(LogitsProcessor):
             return None
         processor_cls = request.spec.load_row_processor()
         processor = processor_cls(request.params, prompt_ids or [], output_ids, self.ctx)
-        if getattr(processor, "paired", False):
-            # Set by the pair scheduler (declab.patches.contrastive_pairs) on both rows of a contrastive request.
-            pair = params.extra_args.get(PAIR_KEY) or {}
-            processor.pair_id = pair.get("id")
-            processor.role = pair.get("role")
-            processor.settings = SamplingSettings.from_dict(pair.get("sampling") or {})
+        if processor.grouped:
+            # Set by the request-group seam (declab.patches.request_groups) on every member of a group.
+            group = params.extra_args.get(GROUP_KEY) or {}
+            processor.group_id = group.get("id")
+            processor.role = group.get("role")
+            processor.settings = SamplingSettings.from_dict(group.get("sampling") or {})
+            processor.companions = request.spec.logits.companions
         return processor
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         process_dict_updates(self.rows, batch_update, self._new_row)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        pairs: dict[str, dict[str, int]] = {}
+        groups: dict[str, dict[str, int]] = {}
         for row, processor in self.rows.items():
-            if getattr(processor, "paired", False):
-                if processor.pair_id is not None:
-                    pairs.setdefault(processor.pair_id, {})[processor.role] = row
+            if processor.grouped:
+                if processor.group_id is not None:
+                    groups.setdefault(processor.group_id, {})[processor.role] = row
                 continue
             row_logits = logits[row]
             new = processor(row_logits)
             if new is not row_logits:
                 logits[row] = new
-        for rows in pairs.values():
-            self._apply_pair(logits, rows)
+        for rows in groups.values():
+            self._apply_group(logits, rows)
         return logits
 
-    def _apply_pair(self, logits: torch.Tensor, rows: dict[str, int]) -> None:
-        """Draw the token of a contrastive request from its two rows and force it on both.
+    def _apply_group(self, logits: torch.Tensor, rows: dict[str, int]) -> None:
+        """Choose the token of a request group from all its rows and force it on every member.
 
-        Only when both rows are in the batch at the same position; otherwise the rows keep their logits and the pair
-        scheduler discards what they sample (it recomputes the position once the pair is aligned).
+        Only when every member is in the batch at the same position; otherwise the rows keep their logits and the
+        request-group seam discards what they sample (it recomputes the position once the group is aligned).
         """
-        if len(rows) != 2 or ROLE_MAIN not in rows:
+        if ROLE_MAIN not in rows:
             return
-        main_row = rows.pop(ROLE_MAIN)
-        (contrast_row,) = rows.values()
-        main, companion = self.rows[main_row], self.rows[contrast_row]
+        main = self.rows[rows[ROLE_MAIN]]
+        if len(rows) != 1 + len(main.companions):
+            return
         step = len(main.output_ids)
-        if step != len(companion.output_ids):
+        if any(len(self.rows[row].output_ids) != step for row in rows.values()):
             return
-        contrasted = main.contrast(logits[main_row].float(), logits[contrast_row].float(), step)
-        token = draw_token(contrasted, main.settings, step)
-        force_token(logits[main_row], token)
-        force_token(logits[contrast_row], token)
+        token = main.choose({role: logits[row].float() for role, row in rows.items()}, step)
+        for row in rows.values():
+            force_token(logits[row], token)

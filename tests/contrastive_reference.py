@@ -39,8 +39,8 @@ from declab.integrations.models import default_model, eval_file
 from declab.integrations.registry import get_spec
 from declab.integrations.sdk.params import resolve_params
 from declab.integrations.sdk.rows import RowContext
-from declab.plugins.shared.contrastive import ContrastiveProcessor, draw_token
-from declab.plugins.shared.contrastive_args import SamplingSettings
+from declab.integrations.sdk.sampling import SamplingSettings, draw_token
+from declab.plugins.shared.contrastive import ContrastiveProcessor
 
 SETS: dict[str, dict[str, Any]] = {
     "conflict": {"file": "conflict_dev.jsonl", "main": "prompt_with_context", "contrast": "prompt_without_context",

@@ -1,6 +1,6 @@
 """CAD / LQCD / M3ID through a real vLLM engine on decoder-29m (CPU): companion rows in lockstep.
 
-Checks the mechanism (``declab.patches.contrastive_pairs``): plain requests in the same batch are token-identical
+Checks the mechanism (``declab.patches.request_groups``): plain requests in the same batch are token-identical
 to plain decoding alone; a contrastive request's result does not depend on the batch around it; every companion
 is freed with its main request (no request left, free KV blocks back to the start); a KV cache small enough to
 force preemption gives the same outputs; seeded sampling is reproducible. Equivalence with a two-pass transformers

@@ -36,6 +36,8 @@ class RowProcessor:
     ``-inf``.
     """
 
+    grouped = False  # True for GroupRowProcessor (a request with companion rows)
+
     def __init__(
         self,
         params: Mapping[str, Any],
@@ -50,3 +52,29 @@ class RowProcessor:
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class GroupRowProcessor(RowProcessor):
+    """The processor of a request group: a request plus hidden companion rows (``LogitsHook.companions``), one per
+    companion prompt, decoded in lockstep with it in the same batch.
+
+    The router makes one instance per member row (``role`` = ``ROLE_MAIN`` or the companion's parameter name;
+    ``group_id`` = the main request id; ``settings`` = the main request's own ``SamplingSettings``). When every
+    member is in the batch at the same position it calls ``choose`` on the main row's instance with all members'
+    float32 logits (role -> ``[vocab]``) and forces the returned token on every member. ``step`` is the number of
+    tokens generated so far.
+    """
+
+    grouped = True
+    companions: tuple[str, ...] = ()  # the spec's LogitsHook.companions, set by the router
+    group_id: str | None = None
+    role: str | None = None
+    settings = None  # declab.integrations.sdk.sampling.SamplingSettings, set by the router
+
+    def choose(self, rows: Mapping[str, torch.Tensor], step: int) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        # Never called for a grouped row: the router calls ``choose`` with all rows. A row whose companions are
+        # missing this step keeps its logits; the request-group seam discards that step's token.
+        return logits

@@ -44,16 +44,15 @@ class LogitsHook:
     refuse vLLM sampling options the method cannot honour.
     ``companions``: names of this method's string parameters that are prompts of *companion rows*: each is
     tokenized at admission (prompt-rendering seam) and decoded as a hidden request in lockstep with the main
-    request (request-group seam). The row processor must then be a ``GroupRowProcessor``.
-    ``synchronous_scheduling``: the method needs vLLM's synchronous scheduler (engine-args seam turns async
-    scheduling off, and refuses ``--async-scheduling``).
+    request (request-group seam), which needs vLLM's synchronous scheduler (the engine-args seam turns async
+    scheduling off and refuses ``--async-scheduling``). The row processor must then be a ``GroupRowProcessor``;
+    vLLM options a group cannot honour (penalties, biases, masks) are refused at admission.
     """
 
     row_processor: str
     validate: str | None = None
     check_sampling: str | None = None
     companions: tuple[str, ...] = ()
-    synchronous_scheduling: bool = False
 
 
 @dataclass(frozen=True)

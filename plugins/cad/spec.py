@@ -1,7 +1,7 @@
 """Declaration of the CAD plugin (plain data: no torch, no vLLM)."""
 
 from declab.integrations.sdk import ParamSpec, PluginSpec
-from declab.plugins.shared.contrastive_args import CONTRAST_PROMPT_PARAM, contrastive_hook, CONTRASTIVE_PATCHES
+from declab.plugins.shared.contrastive_args import CONTRAST_PROMPT_PARAM, contrastive_hook
 
 SPEC = PluginSpec(
     name="cad",
@@ -24,5 +24,4 @@ SPEC = PluginSpec(
             "main prompt; the paper uses 0.5 for summarization and 1.0 for knowledge conflicts",
         ),
     ),
-    patches=CONTRASTIVE_PATCHES,
 )

@@ -1,7 +1,7 @@
 """Declaration of the LQCD plugin (plain data: no torch, no vLLM)."""
 
 from declab.integrations.sdk import ParamSpec, PluginSpec
-from declab.plugins.shared.contrastive_args import CONTRAST_PROMPT_PARAM, contrastive_hook, CONTRASTIVE_PATCHES
+from declab.plugins.shared.contrastive_args import CONTRAST_PROMPT_PARAM, contrastive_hook
 
 SPEC = PluginSpec(
     name="lqcd",
@@ -34,5 +34,4 @@ SPEC = PluginSpec(
             "beta * max p(.|neutral); 0 = off (not confirmed to be part of LQCD)",
         ),
     ),
-    patches=CONTRASTIVE_PATCHES,
 )

@@ -1,7 +1,7 @@
 """Declaration of the M3ID plugin (plain data: no torch, no vLLM)."""
 
 from declab.integrations.sdk import ParamSpec, PluginSpec
-from declab.plugins.shared.contrastive_args import CONTRAST_PROMPT_PARAM, contrastive_hook, CONTRASTIVE_PATCHES
+from declab.plugins.shared.contrastive_args import CONTRAST_PROMPT_PARAM, contrastive_hook
 
 SPEC = PluginSpec(
     name="m3id",
@@ -38,5 +38,4 @@ SPEC = PluginSpec(
             "model's top probability is below it; 0 = never, 1 = (almost) always; paper default 0.3",
         ),
     ),
-    patches=CONTRASTIVE_PATCHES,
 )
