@@ -6,7 +6,8 @@ model-inspection subprocess). It must be idempotent and cheap:
 * ``DECLAB_PLUGINS`` unset or empty: return at once. Nothing is imported beyond this module, nothing registered,
   nothing patched.
 * Otherwise: validate the names, check the vLLM version against the pin (``DECLAB_SKIP_VERSION_CHECK=1`` to
-  override), and apply exactly the patches the selected plugins need.
+  override), and apply exactly the patches the selected plugins need, plus the fixes of vLLM itself
+  (``declab.patches.VLLM_FIXES``, e.g. seeded requests under chunked prefill on CPU).
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ def register() -> None:
 
     from declab.integrations import registry
     from declab.integrations.version import check_vllm_version
-    from declab.patches import apply_patches
+    from declab.patches import VLLM_FIXES, apply_patches
 
     names = registry.parse_selection(value)
     check_vllm_version()
     specs = [registry.get_spec(n) for n in names]
-    needed: list[str] = []
+    needed: list[str] = list(VLLM_FIXES)
     if any(s.hook == registry.HOOK_LOGITS for s in specs):
         needed.append("engine_args_router")
         # Logits-level plugins implement the V1 runner's logits-processor interface. On GPU vLLM 0.32 may pick

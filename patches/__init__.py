@@ -8,8 +8,8 @@ Rules (after ArcticInference's ``patching.py``):
   ``_declab_orig_<name>`` on the target, and the patched names are recorded in ``_declab_patched``.
 * Two patches touching the same attribute of the same target is an error (``PatchConflict``), never a silent
   override. Applying the same patch twice is a no-op (entry points run once per process, but be safe).
-* Patches are applied only when a selected plugin lists them (``PluginSpec.patches``); with no plugin selected,
-  nothing in vLLM is touched.
+* Patches are applied only when a selected plugin lists them (``PluginSpec.patches``), or, for the fixes of vLLM
+  itself in ``VLLM_FIXES``, whenever any plugin is selected; with no plugin selected, nothing in vLLM is touched.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ import importlib
 from typing import Any, Callable, ClassVar
 
 PINNED_FOR = "0.32.0"
+
+# Fixes of vLLM bugs that are no plugin's own: the entry point applies them whenever any plugin is selected (each
+# patch's ``applies()`` still decides whether it is relevant on this platform).
+VLLM_FIXES: tuple[str, ...] = ("seeded_chunked_prefill_cpu",)
 
 
 class PatchConflict(RuntimeError):
@@ -94,6 +98,7 @@ def registry() -> dict[str, type[DeclabPatch]]:
     from declab.patches.cpu_expand_kernel import CpuExpandKernelPatch
     from declab.patches.engine_args_router import EngineArgsRouterPatch
     from declab.patches.runner_feeds_proposer import RunnerFeedsProposerPatch
+    from declab.patches.seeded_chunked_prefill_cpu import SeededChunkedPrefillCpuPatch
     from declab.patches.tree_verification import TreeAttentionCpuPatch, TreeInputsPatch, TreeVerifierPatch
 
     return {
@@ -107,6 +112,7 @@ def registry() -> dict[str, type[DeclabPatch]]:
             TreeVerifierPatch,
             ContrastPromptTokensPatch,
             ContrastivePairsPatch,
+            SeededChunkedPrefillCpuPatch,
         )
     }
 
