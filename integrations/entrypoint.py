@@ -7,7 +7,8 @@ model-inspection subprocess). It must be idempotent and cheap:
   nothing patched.
 * Otherwise: validate the names, check the vLLM version against the pin (``DECLAB_SKIP_VERSION_CHECK=1`` to
   override), and apply exactly the seams and patches the selected plugins need (from their specs; no plugin is
-  named here).
+  named here), plus the fixes of vLLM itself (``declab.patches.VLLM_FIXES``, e.g. seeded requests under chunked
+  prefill on CPU).
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ def register() -> None:
     from declab.integrations import registry
     from declab.integrations.version import check_vllm_version
     from declab.integrations.sdk import apply_patches
+    from declab.patches import VLLM_FIXES
 
     names = registry.parse_selection(value)
     check_vllm_version()
     specs = [registry.get_spec(n) for n in names]
-    # The seams every selected plugin may need, from what the specs declare; then the plugins' own patches.
-    needed = ["engine_args"]
+    # The fixes of vLLM, then the seams the selected plugins need (from what their specs declare), then the
+    # plugins' own patches.
+    needed = [*VLLM_FIXES, "engine_args"]
     if any(s.logits is not None for s in specs):
         # Logits-level plugins implement the V1 runner's logits-processor interface. On GPU vLLM 0.32 may pick
         # Model Runner V2; prefer V1 unless the user chose explicitly (then the engine-args seam explains the clash).

@@ -1,0 +1,131 @@
+"""Seeded requests under chunked prefill on vLLM's CPU build (patch ``seeded_chunked_prefill_cpu``).
+
+Unpatched vLLM 0.32 kills the engine on CPU as soon as a request with its own ``seed`` has a partial-prefill step
+(``RuntimeError: CPU Generator does not use offset``). With any declab plugin selected the patch is applied; the
+engine test checks that such a request completes, that its tokens do not depend on how its prefill was split, and
+that the engine still serves a plain request afterwards.
+
+Run as a script (``python tests/test_seeded_chunked_prefill.py``), this file is the engine's child process.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from helpers import run_child
+
+from declab.patches.seeded_chunked_prefill_cpu import SeededChunkedPrefillCpuPatch
+
+TOKEN_BUDGET = 128  # max_num_batched_tokens: a prompt of PROMPT_LEN fits a step alone, not next to a filler
+PROMPT_LEN = 100
+MAX_TOKENS = 16
+SEED = 1234
+
+
+class RunnerStandIn:
+    """What ``GPUModelRunner._sample`` and ``._bookkeeping_sync`` do with per-request generators, nothing else: the
+    CPU sampler draws once per seeded row (``forward_cpu``), bookkeeping rewinds discarded rows with the CUDA-only
+    offset API (the loop at the top of vLLM 0.32's ``_bookkeeping_sync``)."""
+
+    def __init__(self, seeds: dict[int, int], discard: list[bool]):
+        generators = {row: torch.Generator().manual_seed(seed) for row, seed in seeds.items()}
+        self.input_batch = SimpleNamespace(num_reqs=len(discard), generators=generators)
+        self.discard_request_mask = SimpleNamespace(np=np.array(discard))
+
+    def _sample(self) -> dict[int, int]:
+        return {row: int(torch.randint(0, 2**31, (1,), generator=gen))
+                for row, gen in self.input_batch.generators.items()}
+
+    def _bookkeeping_sync(self) -> list[int]:
+        for i in np.nonzero(self.discard_request_mask.np[: self.input_batch.num_reqs])[0]:
+            gen = self.input_batch.generators.get(int(i))
+            if gen is not None:
+                gen.set_offset(gen.get_offset() - 4)
+        return list(self.input_batch.generators)
+
+
+def _step(runner: RunnerStandIn, discard: list[bool]) -> dict[int, int]:
+    runner.discard_request_mask.np = np.array(discard)
+    drawn = runner._sample()
+    runner._bookkeeping_sync()
+    return drawn
+
+
+def _first_draw(seed: int) -> int:
+    return int(torch.randint(0, 2**31, (1,), generator=torch.Generator().manual_seed(seed)))
+
+
+def test_unpatched_rewind_fails_on_a_cpu_generator():
+    with pytest.raises(RuntimeError, match="CPU Generator does not use offset"):
+        _step(RunnerStandIn({0: SEED}, [True]), [True])
+
+
+def test_patched_partial_prefill_step_draws_nothing_from_the_request_generator():
+    patched = type("Patched", (RunnerStandIn,), SeededChunkedPrefillCpuPatch.replacements(RunnerStandIn))
+    runner = patched({0: SEED, 1: 7}, [True, False])
+    order = list(runner.input_batch.generators)
+    _step(runner, [True, False])  # row 0: partial prefill, its token is discarded
+    assert list(runner.input_batch.generators) == order  # the hidden generator is back, same order
+    after = _step(runner, [False, False])  # row 0 samples for real
+    assert after[0] == _first_draw(SEED)  # as if the partial step had not happened
+    assert after[1] != _first_draw(7)  # rows that sampled for real keep advancing
+
+
+# --- engine test: the child runs one engine, the test asserts on its JSON -------------------------------------------
+
+
+def _child() -> dict:
+    from vllm import LLM, SamplingParams
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    from declab.integrations.engine_run import CPU_ENGINE_KWARGS
+    from declab.integrations.models import default_model
+
+    llm = LLM(model=default_model(), **{**CPU_ENGINE_KWARGS, "max_model_len": 512, "max_num_seqs": 4,
+                                        "enable_chunked_prefill": True, "max_num_batched_tokens": TOKEN_BUDGET,
+                                        "enable_prefix_caching": False})  # a cached prefix would skip prefill
+    tokenizer = llm.get_tokenizer()
+
+    def prompt(text: str) -> dict:
+        ids = tokenizer(text * 50).input_ids[:PROMPT_LEN]
+        assert len(ids) == PROMPT_LEN
+        return {"prompt_token_ids": ids}
+
+    seeded, fillers = prompt("def fibonacci(n):\n    "), [prompt("The quick brown fox. "), prompt("import os\n")]
+    sampled = SamplingParams(temperature=1.0, seed=SEED, max_tokens=MAX_TOKENS, ignore_eos=True)
+    unseeded = SamplingParams(temperature=1.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    greedy = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+
+    def tokens(prompts, params) -> list[list[int]]:
+        return [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)]
+
+    plain_before = tokens([fillers[0]], greedy)[0]
+    # FCFS with chunked prefill: fillers are scheduled first and the seeded prompt gets the rest of the budget.
+    seeded_tokens = {
+        "unchunked": tokens([seeded], sampled)[0],  # 100 prompt tokens in one step
+        "after_one_filler": tokens([fillers[0], seeded], [unseeded, sampled])[1],  # 28 + 72
+        "after_two_fillers": tokens([*fillers, seeded], [unseeded, unseeded, sampled])[2],  # 56 + 44
+    }
+    return {"patched": sorted(getattr(GPUModelRunner, "_declab_patched", {})),
+            "seeded": seeded_tokens, "plain_before": plain_before, "plain_after": tokens([fillers[0]], greedy)[0]}
+
+
+@pytest.mark.engine
+def test_seeded_request_survives_chunked_prefill_with_the_same_tokens():
+
+    assert PROMPT_LEN <= TOKEN_BUDGET < 2 * PROMPT_LEN  # alone: one prefill step; behind a filler: chunked
+    out = run_child(Path(__file__), env={"DECLAB_PLUGINS": "momentum", "VLLM_CPU_KVCACHE_SPACE": "1"}, timeout=900)
+    assert {"_sample", "_bookkeeping_sync"} <= set(out["patched"])
+    reference = out["seeded"]["unchunked"]
+    assert len(reference) == MAX_TOKENS
+    assert out["seeded"] == {split: reference for split in out["seeded"]}
+    assert out["plain_after"] == out["plain_before"]  # the engine still serves, unchanged
+
+
+if __name__ == "__main__":
+    print("RESULT " + json.dumps(_child()), flush=True)
