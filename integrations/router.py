@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import replace
 
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
@@ -73,14 +74,16 @@ class DeclabLogitsRouter(LogitsProcessor):
         request = parse_request_args(params.extra_args)
         if request is None:
             return None
+        # A group member's own params are a greedy copy: the group samples with the main request's settings, which
+        # the request-group seam (declab.patches.request_groups) wrote into extra_args.
+        group = params.extra_args.get(GROUP_KEY)
+        sampling = (SamplingSettings.from_dict(group.get("sampling") or {}) if group is not None
+                    else SamplingSettings.from_sampling_params(params))
         processor_cls = request.spec.load_row_processor()
-        processor = processor_cls(request.params, prompt_ids or [], output_ids, self.ctx)
+        processor = processor_cls(request.params, prompt_ids or [], output_ids, replace(self.ctx, sampling=sampling))
         if processor.grouped:
-            # Set by the request-group seam (declab.patches.request_groups) on every member of a group.
-            group = params.extra_args.get(GROUP_KEY) or {}
-            processor.group_id = group.get("id")
-            processor.role = group.get("role")
-            processor.settings = SamplingSettings.from_dict(group.get("sampling") or {})
+            processor.group_id = (group or {}).get("id")
+            processor.role = (group or {}).get("role")
             processor.companions = request.spec.logits.companions
         return processor
 

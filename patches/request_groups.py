@@ -147,10 +147,7 @@ def _make_group(request: Any, prompts: dict[str, list[int]]) -> list[Any]:
     sp = request.sampling_params
     extra = dict(sp.extra_args)
     extra.pop(COMPANION_IDS_KEY, None)
-    settings = SamplingSettings(
-        temperature=float(sp.temperature), top_k=int(sp.top_k or 0), top_p=float(sp.top_p),
-        min_p=float(sp.min_p), seed=sp.seed,
-    )
+    settings = SamplingSettings.from_sampling_params(sp)
     main_id = request.request_id
     main_extra = dict(extra)
     main_extra[GROUP_KEY] = {"id": main_id, "role": ROLE_MAIN, "sampling": settings.to_dict()}

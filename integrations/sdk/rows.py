@@ -24,6 +24,10 @@ class RowContext:
     tokenize: Callable[[str], list[int]] | None = None
     # Zero-argument getter of the served model's HF tokenizer object (lazy; for plugins that compile grammars).
     tokenizer: Callable[[], Any] | None = None
+    # This request's own sampling settings (temperature, top-k/p, min-p, seed): vLLM applies them to the row the
+    # processor returns; a method whose exactness depends on them (ASAp's tempered trie) reads them here. For a
+    # request group: the main request's settings. None outside the engine (pure tests).
+    sampling: Any = None  # declab.integrations.sdk.sampling.SamplingSettings
 
 
 class RowProcessor:
@@ -69,7 +73,11 @@ class GroupRowProcessor(RowProcessor):
     companions: tuple[str, ...] = ()  # the spec's LogitsHook.companions, set by the router
     group_id: str | None = None
     role: str | None = None
-    settings = None  # declab.integrations.sdk.sampling.SamplingSettings, set by the router
+
+    @property
+    def settings(self):
+        """The main request's sampling settings (``SamplingSettings``), applied by ``choose``."""
+        return self.ctx.sampling
 
     def choose(self, rows: Mapping[str, torch.Tensor], step: int) -> int:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -19,8 +19,9 @@ GREEDY_EPS = 1e-5
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """The main request's own sampling settings. The engine decodes both rows greedily over a one-hot row, so
-    temperature / top-k / top-p / min-p / seed are applied here, to the contrasted logits."""
+    """A request's own sampling settings, as a row processor sees them (``RowContext.sampling``). For a request
+    group the engine decodes every row greedily over a one-hot row, so the main request's temperature / top-k /
+    top-p / min-p / seed are applied by the group's processor (``draw_token``)."""
 
     temperature: float = 1.0
     top_k: int = 0  # 0 or -1: off
@@ -39,6 +40,12 @@ class SamplingSettings:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SamplingSettings":
         return cls(**{k: d[k] for k in ("temperature", "top_k", "top_p", "min_p", "seed") if k in d})
+
+    @classmethod
+    def from_sampling_params(cls, sp: Any) -> "SamplingSettings":
+        """From vLLM ``SamplingParams``."""
+        return cls(temperature=float(sp.temperature), top_k=int(sp.top_k or 0), top_p=float(sp.top_p),
+                   min_p=float(sp.min_p), seed=sp.seed)
 
 
 _MASK64 = (1 << 63) - 1
