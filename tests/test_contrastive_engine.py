@@ -79,7 +79,7 @@ def test_preemption_keeps_outputs_and_frees_blocks(mixed, preempted):
 
 def test_bad_input_offline_is_a_validation_error_and_the_engine_keeps_serving(mixed):
     errors = mixed["errors"]
-    assert all(e and e.split(":")[0] in ("ValueError", "VLLMValidationError", "ContrastiveRequestError")
+    assert all(e and e.split(":")[0] in ("ValueError", "VLLMValidationError", "CompanionPromptError")
                for e in errors.values()), errors
     assert "declab.contrast_prompt" in errors["too_long"]
     assert "repetition_penalty" in errors["penalty"]

@@ -97,16 +97,17 @@ def test_engine_blocks_repeated_ngrams_that_plain_greedy_produces(tmp_path):
             blocked = SamplingParams(temperature=0, max_tokens=48,
                                      extra_args={"declab": {"method": "no_repeat_ngram", "ngram_size": 3}})
             outs = llm.generate(prompts * 2, [plain] * 2 + [blocked] * 2, use_tqdm=False)
-            tok = llm.get_tokenizer()
-            ids = [tok.encode(p) for p in prompts] * 2
-            print("RESULT", json.dumps([ids[i] + list(o.outputs[0].token_ids) for i, o in enumerate(outs)]))
+            print("RESULT", json.dumps([[list(o.prompt_token_ids), list(o.outputs[0].token_ids)] for o in outs]))
     """, _entry_point_path(tmp_path),
                 DECLAB_PLUGINS="no_repeat_ngram", VLLM_CPU_KVCACHE_SPACE="1")
     seqs = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
 
-    def repeats(seq):
-        grams = [tuple(seq[i:i + 3]) for i in range(len(seq) - 2)]
-        return len(grams) - len(set(grams))
+    def repeats(prompt_and_output):
+        """Generated tokens that complete a 3-gram already present in prompt + output before them."""
+        prompt, output = prompt_and_output
+        seq = prompt + output
+        return sum(tuple(seq[i - 2:i + 1]) in {tuple(seq[j - 2:j + 1]) for j in range(2, i)}
+                   for i in range(max(len(prompt), 2), len(seq)))
 
     plain, blocked = seqs[:2], seqs[2:]
     assert sum(repeats(s) for s in plain) > 0, "the prompts no longer make plain greedy repeat: pick others"
