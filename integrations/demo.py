@@ -74,6 +74,10 @@ class EnginePlan:
     def label(self) -> str:
         return ",".join(self.profile.plugins) or "vanilla"
 
+    def describe(self) -> str:
+        kwargs = f" + {', '.join(self.profile.engine_kwargs)}" if self.profile.engine_kwargs else ""
+        return f"DECLAB_PLUGINS={','.join(self.profile.plugins) or '(unset)'}{kwargs}"
+
     def env(self) -> dict[str, str | None]:
         """The engine process's environment changes (None unsets)."""
         defaults = {k: os.environ.get(k, v) for k, v in ENGINE_ENV_DEFAULTS.items()}
@@ -134,9 +138,7 @@ def run_all(plans: list[EnginePlan], model: str, options: dict[str, Any], timeou
     engines = []
     for i, plan in enumerate(plans, 1):
         panels = sorted({p for p, _ in plan.jobs})
-        _say(f"engine {i}/{len(plans)}: DECLAB_PLUGINS={plan.profile.plugins and ','.join(plan.profile.plugins) or '(unset)'}"
-             f"{' + ' + ', '.join(plan.profile.engine_kwargs) if plan.profile.engine_kwargs else ''}"
-             f" for {', '.join(panels)} ...")
+        _say(f"engine {i}/{len(plans)}: {plan.describe()} for {', '.join(panels)} ...")
         record = {"plugins": list(plan.profile.plugins), "env": dict(plan.profile.env),
                   "engine_kwargs": dict(plan.profile.engine_kwargs), "panels": panels, "load_before": _loadavg()}
         t = time.perf_counter()
