@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from declab.integrations.engine_run import RunSpec, run_in_child
-from declab.integrations.metrics import repetition_stats
+from declab.integrations.sdk.metrics import repetition_stats
 from declab.integrations.models import default_model
 from declab.integrations.prompts import default_bench_prompts
 

@@ -19,7 +19,7 @@ import os
 import time
 from typing import Any
 
-from declab.integrations.metrics import answer_rates
+from declab.integrations.sdk.metrics import answer_rates
 from declab.integrations.models import default_model, eval_file
 
 CONTRASTIVE_PLUGINS = "cad,lqcd,m3id"

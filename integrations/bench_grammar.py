@@ -606,7 +606,7 @@ def run_kl(args, model: str, out: Path, log) -> dict[str, Any]:
                             "namespace": f"bench-{time.time_ns()}-"},
                      {"DECLAB_PLUGINS": "asap,gcd"}, out / "grammar-logs" / "kl.log")
     from declab.integrations.grammar_reference import kl_curve
-    from declab.integrations.metrics import kl_divergence
+    from declab.integrations.sdk.metrics import kl_divergence
 
     experiments = {}
     for name, e in res["experiments"].items():

@@ -89,10 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench.add_parser(sub).set_defaults(func=_cmd_bench)
 
-    pd = sub.add_parser("demo", help="the main job: show what the plugins change, on the bundled model")
+    pd = sub.add_parser("demo", help="the main job: each plugin's panel (plain vs plugin), on the bundled model")
     pd.add_argument("--model", default=None, help="model path (default: decoder-29m)")
     pd.add_argument("--out", default="demo-results", help="folder for the chart and JSON")
-    pd.add_argument("--max-tokens", type=int, default=64)
+    pd.add_argument("--max-tokens", type=int, default=64, help="tokens per open-ended output (panels may use fewer)")
+    pd.add_argument("--panels", default=None, help="comma list of panels to run (default: every plugin's demo)")
     pd.set_defaults(func=_cmd_demo)
     return p
 

@@ -2,7 +2,9 @@
 
 Plugin selection (``DECLAB_PLUGINS``, ``VLLM_PLUGINS``) is read once per process by vLLM's plugin loader, so each
 configuration of a comparison runs in a fresh child process of the same process tree:
-``python -m declab.integrations.engine_run SPEC.json RESULT.json``. Benchmarks and engine tests share this runner.
+``python -m declab.integrations.engine_run SPEC.json RESULT.json``. Benchmarks, engine tests and ``declab demo``
+share this runner. Besides one batch of ``prompts``, a spec may name ``calls``: functions that receive the started
+engine (``function(llm, options) -> JSON-able``) and run their own requests on it, one after the other.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ class RunSpec:
     latency_prompts: int = 0  # additionally time this many prompts one at a time (batch 1)
     name: str = ""
     collect_metrics: bool = False  # engine stats on (disable_log_stats=False); vllm:spec_decode_* counters returned
+    # "module:function" names, each called in the child as function(llm, call_options) after the prompt batch (if
+    # any); a call that raises is reported with its error and does not stop the calls after it.
+    calls: list[str] = field(default_factory=list)
+    call_options: dict[str, Any] = field(default_factory=dict)
 
 
 def _sampling_params(spec: RunSpec):
@@ -73,6 +79,27 @@ def _diff(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _run_calls(llm, spec: RunSpec) -> list[dict[str, Any]]:
+    """Each of ``spec.calls`` on the engine: its result (or error), wall time and spec-decode counters over it."""
+    import importlib
+    import traceback
+
+    out = []
+    for target in spec.calls:
+        module, _, attr = target.partition(":")
+        before = _spec_metrics(llm) if spec.collect_metrics else None
+        t = time.perf_counter()
+        record: dict[str, Any] = {"target": target}
+        try:
+            record["result"] = getattr(importlib.import_module(module), attr)(llm, dict(spec.call_options))
+        except Exception:  # noqa: BLE001 - one failing call must not lose the others' results
+            record["error"] = traceback.format_exc()[-4000:]
+        record["wall_s"] = time.perf_counter() - t
+        record["spec_metrics"] = _diff(_spec_metrics(llm), before) if spec.collect_metrics else None
+        out.append(record)
+    return out
+
+
 def _child(spec_path: str, result_path: str) -> None:
     spec = RunSpec(**json.loads(open(spec_path).read()))
     from vllm import LLM
@@ -84,15 +111,16 @@ def _child(spec_path: str, result_path: str) -> None:
     llm = LLM(model=spec.model, **kwargs)
     startup_s = time.perf_counter() - t0
     params = _sampling_params(spec)
-    llm.generate(spec.prompts[:2], params[:2], use_tqdm=False)  # warm-up
-    metrics_before = _spec_metrics(llm) if spec.collect_metrics else None
-    batch_times, outputs = [], None
-    for _ in range(max(1, spec.repeats)):
-        t = time.perf_counter()
-        outputs = llm.generate(spec.prompts, params, use_tqdm=False)
-        batch_times.append(time.perf_counter() - t)
-    # Counters over the timed batch runs only (warm-up excluded).
-    metrics = _diff(_spec_metrics(llm), metrics_before) if spec.collect_metrics else None
+    batch_times, outputs, metrics = [], [], None
+    if spec.prompts:
+        llm.generate(spec.prompts[:2], params[:2], use_tqdm=False)  # warm-up
+        metrics_before = _spec_metrics(llm) if spec.collect_metrics else None
+        for _ in range(max(1, spec.repeats)):
+            t = time.perf_counter()
+            outputs = llm.generate(spec.prompts, params, use_tqdm=False)
+            batch_times.append(time.perf_counter() - t)
+        # Counters over the timed batch runs only (warm-up excluded).
+        metrics = _diff(_spec_metrics(llm), metrics_before) if spec.collect_metrics else None
     latencies, single_token_ids = [], []
     for i in range(min(spec.latency_prompts, len(spec.prompts))):
         t = time.perf_counter()
@@ -112,6 +140,7 @@ def _child(spec_path: str, result_path: str) -> None:
         "finish_reasons": [o.outputs[0].finish_reason for o in outputs],
         "generated_tokens": sum(len(t) for t in token_ids),
         "spec_metrics": metrics,
+        "calls": _run_calls(llm, spec),
     }
     with open(result_path, "w") as f:
         json.dump(result, f)

@@ -150,7 +150,7 @@ def mixed(n: int) -> dict:
 def answers(n: int) -> dict:
     """First-line answers of cad (conflict), lqcd (leading) and m3id (conflict) at alpha 0.5, all in one batch,
     with a newline stop string (the front-end ends the main request; its companion must go with it)."""
-    from declab.integrations.metrics import first_line_answer
+    from declab.integrations.sdk.metrics import first_line_answer
 
     conflict, leading = load_items(n)
     llm = make_llm()

@@ -20,7 +20,7 @@ CLI (prints one JSON object)::
 Sets (``../shared/eval``): ``conflict`` = ``conflict_dev.jsonl`` (main ``prompt_with_context``, contrast
 ``prompt_without_context``; rates of ``context_answer`` / ``prior_answer``), ``leading`` = ``leading_dev.jsonl``
 (main ``leading_prompt``, contrast ``neutral_prompt``; rates of ``suggested_answer`` / ``true_answer``). An answer is
-the first non-empty line of the generation, stripped (``declab.integrations.metrics.first_line_answer``).
+the first non-empty line of the generation, stripped (``declab.integrations.sdk.metrics.first_line_answer``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from declab.integrations.metrics import answer_rates, first_line_answer
+from declab.integrations.sdk.metrics import answer_rates, first_line_answer
 from declab.integrations.models import default_model, eval_file
 from declab.integrations.registry import get_spec
 from declab.integrations.sdk.params import resolve_params

@@ -16,7 +16,7 @@ import pytest
 from helpers import run_child
 
 from declab.integrations.grammar_reference import EXPERIMENTS, empirical
-from declab.integrations.metrics import kl_divergence
+from declab.integrations.sdk.metrics import kl_divergence
 
 pytestmark = pytest.mark.engine
 CHILD = Path(__file__).with_name("asap_child.py")

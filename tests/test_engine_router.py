@@ -8,7 +8,7 @@ import pytest
 from helpers import run_child as run_script
 
 from declab.integrations.engine_run import RunSpec, run_in_child
-from declab.integrations.metrics import repetition_stats
+from declab.integrations.sdk.metrics import repetition_stats
 from declab.integrations.prompts import CODE_PROMPTS, default_bench_prompts
 
 pytestmark = pytest.mark.engine

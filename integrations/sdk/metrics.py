@@ -48,6 +48,11 @@ def kl_divergence(p: Mapping, q: Mapping) -> float:
     return max(total, 0.0)
 
 
+def total_variation(p: Mapping, q: Mapping) -> float:
+    """Total variation distance ``0.5 * sum |p - q|`` between two distributions given as {outcome: probability}."""
+    return 0.5 * sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in set(p) | set(q))
+
+
 def first_line_answer(text: str) -> str:
     """The answer of a fact-world item: the first non-empty line of the generation, stripped
     (``../shared/eval/README.md``)."""
