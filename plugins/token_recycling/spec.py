@@ -4,8 +4,6 @@ from declab.integrations.sdk import ParamSpec, PluginSpec, ProposerBenchConfig, 
 
 PROPOSER_PATH = "declab.plugins.token_recycling.TokenRecyclingProposer"
 CONFIG_ENV = "DECLAB_TOKEN_RECYCLING"  # deprecated: engine-wide settings as JSON; use additional_config
-# Patches tree mode applies in the worker (the tree-verification seam).
-TREE_PATCHES = ("tree_inputs", "tree_attention_cpu", "tree_verifier")
 # Tree templates by name -> draft nodes (the templates themselves live in core.py, which imports torch).
 TREE_TEMPLATES = {"paper": 80}
 
@@ -32,8 +30,9 @@ SPEC = PluginSpec(
         ParamSpec("stop_at_unseen", bool, True,
                   doc="end a draft before a token whose row was never written (paper drafts the zero row)"),
     ),
+    # The worker patches (runner-to-proposer feed; tree verification in tree mode) are opened by the SDK's
+    # DeclabProposer base class when the proposer starts.
     patches=("cpu_expand_kernel",),
-    worker_patches=("runner_feeds_proposer",),
     proposer=ProposerHook(
         proposer=PROPOSER_PATH,
         max_speculative_tokens=16,
