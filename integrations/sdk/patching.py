@@ -9,8 +9,10 @@
 * Two patches touching the same attribute of the same target is an error (``PatchConflict``), never a silent
   override. Applying the same patch twice is a no-op (entry points run once per process, but be safe).
 * Patches are applied only when a selected plugin needs them; with no plugin selected, nothing in vLLM is touched.
-  Where several plugins need the same missing hook, one patch opens a *seam* (``declab.integrations.sdk.seams``)
-  and the plugins subscribe to it, instead of each patching vLLM.
+  Where several plugins need the same missing hook, one patch opens a *seam* and the plugins use it by declaring it
+  in their spec or through an SDK class, instead of each patching vLLM: request groups (``sdk.groups``,
+  ``GroupRowProcessor``), the runner-to-proposer feed and tree verification (``sdk.proposer``,
+  ``sdk.tree_verification``), prompt rendering and engine args.
 """
 
 from __future__ import annotations
