@@ -32,9 +32,10 @@ EAGLE the hidden states), build the ``TargetStep`` from there and delete this pa
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
-from declab.patches import DeclabPatch
+from declab.integrations.sdk import DeclabPatch
 
 _LOGITS_ATTR = "_declab_step_logits"  # on the runner, between _sample and propose_draft_token_ids
 
@@ -58,13 +59,10 @@ class RunnerFeedsProposerPatch(DeclabPatch):
     def replacements(cls, target: Any) -> dict[str, Any]:
         from declab.integrations.sdk.proposer import DeclabProposer, TargetStep
 
-        original_sample = target._sample
-        original_propose = target.propose_draft_token_ids
+        from declab.patches import runner_sample
 
-        def _sample(self, logits, spec_decode_metadata, *args, **kwargs):
-            if isinstance(getattr(self, "drafter", None), DeclabProposer):
-                setattr(self, _LOGITS_ATTR, logits)
-            return original_sample(self, logits, spec_decode_metadata, *args, **kwargs)
+        original_propose = target.propose_draft_token_ids
+        runner_sample.subscribe(keep_step_logits)
 
         def propose_draft_token_ids(self, scheduler_output, sampled_token_ids, sampling_metadata, hidden_states,
                                     sample_hidden_states, aux_hidden_states, spec_decode_metadata,
@@ -81,6 +79,14 @@ class RunnerFeedsProposerPatch(DeclabPatch):
             return original_propose(self, scheduler_output, sampled_token_ids, sampling_metadata, hidden_states,
                                     sample_hidden_states, aux_hidden_states, spec_decode_metadata, *args, **kwargs)
 
-        _sample.__wrapped__ = original_sample
         propose_draft_token_ids.__wrapped__ = original_propose
-        return {"_sample": _sample, "propose_draft_token_ids": propose_draft_token_ids}
+        return {"propose_draft_token_ids": propose_draft_token_ids}
+
+
+def keep_step_logits(runner: Any, logits: Any, spec_decode_metadata: Any) -> Any:
+    """Runner-sample listener: a declab proposer gets the logits vLLM's sampler receives this step."""
+    from declab.integrations.sdk.proposer import DeclabProposer
+
+    if isinstance(getattr(runner, "drafter", None), DeclabProposer):
+        setattr(runner, _LOGITS_ATTR, logits)
+    return contextlib.nullcontext()

@@ -10,7 +10,7 @@ whose prefill is chunked (long prompt, small ``max_num_batched_tokens``, or a ba
 kills the engine.
 
 How: the equivalent of the rewind for a CPU generator is to save its state before sampling and restore it after.
-``GPUModelRunner._sample`` (the CPU runner inherits it) is wrapped: the generators of the rows vLLM will discard
+A listener of the runner-sample seam (``runner_sample``, around ``GPUModelRunner._sample``): the generators of the rows vLLM will discard
 this step (``discard_request_mask``) have their ``get_state()`` saved before the original runs and put back with
 ``set_state()`` after, so a partial-prefill step consumes no random numbers of the request, as on GPU.
 ``GPUModelRunner._bookkeeping_sync`` is wrapped to hide exactly those generators from the original while it runs
@@ -81,17 +81,19 @@ class SeededChunkedPrefillCpuPatch(DeclabPatch):
 
     @classmethod
     def replacements(cls, target: Any) -> dict[str, Any]:
-        original_sample = target._sample
-        original_bookkeeping = target._bookkeeping_sync
+        from declab.patches import runner_sample
 
-        def _sample(self, *args, **kwargs):
-            with generator_states_kept(self.input_batch.generators, discarded_seeded_rows(self)):
-                return original_sample(self, *args, **kwargs)
+        original_bookkeeping = target._bookkeeping_sync
+        runner_sample.subscribe(keep_discarded_generators)
 
         def _bookkeeping_sync(self, *args, **kwargs):
             with generators_hidden(self.input_batch.generators, discarded_seeded_rows(self)):
                 return original_bookkeeping(self, *args, **kwargs)
 
-        _sample.__wrapped__ = original_sample
         _bookkeeping_sync.__wrapped__ = original_bookkeeping
-        return {"_sample": _sample, "_bookkeeping_sync": _bookkeeping_sync}
+        return {"_bookkeeping_sync": _bookkeeping_sync}
+
+
+def keep_discarded_generators(runner: Any, logits: Any, spec_decode_metadata: Any) -> Any:
+    """Runner-sample listener: the step's sampling draws nothing from the generators of discarded seeded rows."""
+    return generator_states_kept(runner.input_batch.generators, discarded_seeded_rows(runner))

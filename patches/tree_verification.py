@@ -49,7 +49,7 @@ import torch
 
 from declab.integrations.sdk.tree_verification import SEAM, TreeRequest, TreeStep
 from declab.integrations.sdk.trees import cpu_key_value_views, paged_context, relocation, tree_attention, tree_depths
-from declab.patches import DeclabPatch
+from declab.integrations.sdk import DeclabPatch
 
 
 @lru_cache(maxsize=64)

@@ -65,8 +65,19 @@ def test_unpatched_rewind_fails_on_a_cpu_generator():
         _step(RunnerStandIn({0: SEED}, [True]), [True])
 
 
-def test_patched_partial_prefill_step_draws_nothing_from_the_request_generator():
-    patched = type("Patched", (RunnerStandIn,), SeededChunkedPrefillCpuPatch.replacements(RunnerStandIn))
+def test_patched_partial_prefill_step_draws_nothing_from_the_request_generator(monkeypatch):
+    from declab.patches import runner_sample
+
+    listeners = []  # what the patch subscribes to the runner-sample seam (not applied to vLLM here)
+    monkeypatch.setattr(runner_sample, "subscribe", listeners.append)
+    replaced = SeededChunkedPrefillCpuPatch.replacements(RunnerStandIn)
+    (listener,) = listeners
+
+    def _sample(self):
+        with listener(self, None, None):
+            return RunnerStandIn._sample(self)
+
+    patched = type("Patched", (RunnerStandIn,), {**replaced, "_sample": _sample})
     runner = patched({0: SEED, 1: 7}, [True, False])
     order = list(runner.input_batch.generators)
     _step(runner, [True, False])  # row 0: partial prefill, its token is discarded
