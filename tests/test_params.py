@@ -49,3 +49,10 @@ def test_int_accepts_integral_float():
 @given(st.floats(min_value=0.0, max_value=10.0))
 def test_in_range_floats_pass_unchanged(x):
     assert ALPHA.validate(x) == x
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 2.5])
+def test_integer_parameter_refuses_non_finite_and_fractional_numbers_naming_it(value):
+    # int(inf) used to raise OverflowError (HTTP 500 with an empty message) instead of a ValueError naming it.
+    with pytest.raises(ValueError, match=r"declab\.k must be an integer"):
+        ParamSpec("k", int, default=1).validate(value)
