@@ -1,6 +1,6 @@
 """Declaration of the CAD plugin (plain data: no torch, no vLLM)."""
 
-from declab.integrations.sdk import ParamSpec, PluginSpec
+from declab.integrations.sdk import BenchEntry, ParamSpec, PluginSpec
 from declab.plugins.shared.contrastive_args import CONTRAST_PROMPT_PARAM, contrastive_hook, CONTRASTIVE_PATCHES
 
 SPEC = PluginSpec(
@@ -25,4 +25,9 @@ SPEC = PluginSpec(
         ),
     ),
     patches=CONTRASTIVE_PATCHES,
+    # The contrastive family's benchmark (CAD / LQCD / M3ID faithfulness; CAD's cost), declared once, here.
+    benches=(
+        BenchEntry(name="contrastive", module="declab.plugins.cad.bench",
+                   help="contrastive decoding (CAD / LQCD / M3ID): faithfulness vs alpha, cost at batch 16"),
+    ),
 )

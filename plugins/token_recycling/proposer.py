@@ -7,7 +7,8 @@ Usage (offline or ``vllm serve --speculative-config``), with ``DECLAB_PLUGINS`` 
                         "num_speculative_tokens": 6}
 
 Engine-wide parameters (``successors``, ``mode``, ``template``, ``stop_at_unseen``) come from
-``DECLAB_TOKEN_RECYCLING`` as JSON (defaults in ``spec.py``). Per step the proposer
+``additional_config={"declab": {"token_recycling": {...}}}`` (or the deprecated ``DECLAB_TOKEN_RECYCLING`` JSON;
+defaults in ``spec.py``). Per step the proposer
 
 1. takes the target logits of the step (the model's ``compute_logits`` is wrapped on the *instance* in
    ``load_model``: no class patching) and, with the verified draft tokens the runner hands over through the
@@ -47,7 +48,11 @@ TREE_TEMPLATES = {"paper": PAPER_TREE}  # names as in spec.TREE_TEMPLATES
 
 logger = logging.getLogger(__name__)
 
-STATS_ENV = "DECLAB_TOKEN_RECYCLING_STATS"  # optional path: proposer statistics are written there as JSON
+# Optional path: proposer statistics are written there as JSON. The generic ``runtime.PROPOSER_STATS_ENV``
+# (``DECLAB_PROPOSER_STATS``, set by ``declab bench spec``) takes precedence.
+STATS_ENV = "DECLAB_TOKEN_RECYCLING_STATS"
+# Counters ``declab_bench_reset`` zeroes (the others describe the configuration or count since start-up).
+PHASE_COUNTERS = ("propose_calls", "propose_seconds", "rows_updated")
 
 
 def tree_verifiable(params) -> bool:
@@ -116,7 +121,7 @@ class TokenRecyclingProposer:
         self._runner = None  # set by the runner_feeds_proposer patch each step
         # Tree mode: request ids drafted as trees by the last propose (read by the tree_inputs patch next step).
         self._tree_requests: set[str] = set()
-        self._stats_path = os.environ.get(STATS_ENV) or None
+        self._stats_path = runtime.proposer_stats_path() or os.environ.get(STATS_ENV) or None
         self.stats = {"propose_calls": 0, "propose_seconds": 0.0, "rows_updated": 0,
                       "matrix_bytes": self.matrix.nbytes, "successors": self.matrix.k, "chain_len": self.k,
                       "mode": config["mode"], "tree_drafts": 0, "chain_drafts": 0}
@@ -214,6 +219,19 @@ class TokenRecyclingProposer:
         """Rows whose request may be verified as a tree: greedy, nothing that changes or reports its logits."""
         batch, requests = self._runner.input_batch, self._runner.requests
         return [i for i in active if tree_verifiable(requests[batch.req_ids[i]].sampling_params)]
+
+    # -- benchmark hooks (``declab bench spec``'s worker calls them between phases) ----------------------------
+
+    def declab_bench_reset(self) -> None:
+        """Cold start: the adjacency matrix back to zeros, the per-phase counters to 0."""
+        self.matrix.reset()
+        for key in PHASE_COUNTERS:
+            self.stats[key] = type(self.stats[key])(0)
+
+    def declab_bench_memory(self) -> dict:
+        """Bytes of the proposer's own state (the matrix and its seen flags)."""
+        return {"proposer_bytes": int(self.matrix.nbytes_total), "matrix_bytes": int(self.matrix.nbytes),
+                "seen_rows": int(self.matrix.num_seen), "what": "adjacency matrix |V| x k (+ seen flags)"}
 
     def write_stats(self) -> None:
         stats = dict(self.stats, seen_rows=self.matrix.num_seen)
