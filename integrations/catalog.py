@@ -38,12 +38,18 @@ def catalog() -> tuple[CatalogEntry, ...]:
     raw = json.loads(PAPERS_JSON.read_text())
     specs = registry.all_specs()
     by_paper = {s.paper: s for s in specs.values()}
+    # Papers that are benchmarks, built as `declab bench NAME` in a plugin's folder (BenchEntry.paper).
+    bench_of = {e.paper: (s, e) for s in specs.values() for e in s.benches if e.paper}
     entries = []
     for item in raw:
         spec = by_paper.get(item["id"])
         if spec is not None:
             status, reason, hook = spec.status, spec.reason or spec.summary, spec.hook
             plugin, params = spec.name, [p.describe() for p in spec.params]
+        elif item["id"] in bench_of:
+            owner, entry = bench_of[item["id"]]
+            status, hook, plugin, params = "working", registry.HOOK_BENCH, None, []
+            reason = f"built as `declab bench {entry.name}` (plugin {owner.name}'s folder): {entry.help}"
         else:
             # Named plugins that are not implemented yet stay "planned".
             status, reason, hook = item["status"], item["reason"], item["hook"]

@@ -31,6 +31,15 @@ def test_every_plugin_is_in_the_catalog_with_its_spec_status():
             assert spec.reason, f"{name} is partial without a reason"
 
 
+def test_benchmark_papers_built_in_a_plugin_folder_are_working():
+    entries = {e.id: e for e in catalog()}
+    for spec in registry.all_specs().values():
+        for bench in spec.benches:
+            if bench.paper:
+                assert entries[bench.paper].status == "working"
+                assert f"declab bench {bench.name}" in entries[bench.paper].reason
+
+
 def test_papers_json_plugin_names_match_registry():
     raw = json.loads((REPO / "integrations" / "papers.json").read_text())
     implemented = {s.paper: n for n, s in registry.all_specs().items() if s.paper}
