@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -124,19 +125,22 @@ def test_a_child_past_its_timeout_is_killed_with_its_group(tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_sigterm_to_declab_bench_kills_the_running_child(tmp_path):
-    """``declab bench`` ends on SIGTERM through SystemExit, and the child's group goes with it."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupting_declab_bench_kills_the_running_child(tmp_path, sig):
+    """Ctrl-C (KeyboardInterrupt) or SIGTERM (SystemExit) to ``declab bench``: the child's group goes with it."""
     pid_file = tmp_path / "pid"
-    code = ("import sys; from declab.integrations import bench; from declab.integrations.sdk.bench import "
-            "call_in_child; bench._exit_on_termination(); "
+    code = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from declab.integrations import bench; from declab.integrations.sdk.bench import call_in_child; "
+            "bench._exit_on_termination(); "
             f"call_in_child('os:system', 'sleep 300 & echo $! > {pid_file}; wait', timeout=600)")
-    parent = subprocess.Popen([sys.executable, "-c", code])
+    parent = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
         time.sleep(0.1)
     grandchild = int(pid_file.read_text())
-    parent.terminate()
-    assert parent.wait(timeout=30) == 128 + 15
+    parent.send_signal(sig)
+    code = parent.wait(timeout=30)
+    assert code != 0 and (sig != signal.SIGTERM or code == 128 + signal.SIGTERM)
     assert not _alive(grandchild)
 
 
