@@ -63,8 +63,8 @@ def catalog() -> tuple[CatalogEntry, ...]:
             status, reason, hook, plugin = spec.status, spec.reason or spec.summary, spec.hook, spec.name
             params, settings = [p.describe() for p in spec.params], [p.describe() for p in spec.settings]
         else:
-            status, reason, hook = "working", bench.help, registry.HOOK_BENCH
-            plugin, params, settings = f"bench {bench.name}", [], []
+            status, hook, plugin, params, settings = "working", registry.HOOK_BENCH, f"bench {bench.name}", [], []
+            reason = f"built as `declab bench {bench.name}` (plugin {spec.name}'s folder): {bench.help}"
         entries.append(CatalogEntry(id=item["id"], title=item["title"], short=item["short"], hook=hook,
                                     tier=item["tier"], status=status, plugin=plugin, reason=reason, params=params,
                                     settings=settings))

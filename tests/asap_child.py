@@ -4,7 +4,7 @@
 grammar-conditioned distribution over strings (every token sequence the grammar allows, EOS included, enumerated
 with the xgrammar matcher; the probabilities of the tokenizations of one string are summed) and plain GCD's exact
 distribution, then samples ``N`` outputs through one vLLM engine with ``asap`` and with ``gcd`` at temperature 1.
-The reference and the sampling loop live in ``declab.integrations.grammar_reference`` (shared with
+The reference and the sampling loop live in ``declab.plugins.asap.grammar_reference`` (shared with
 ``declab bench grammar``).
 
 ``engine_checks``: a mixed batch (plain, asap and gcd rows), concurrent requests sharing one trie, and request aborts
@@ -17,7 +17,7 @@ import json
 import sys
 import time
 
-from declab.integrations.grammar_reference import (
+from declab.plugins.asap.grammar_reference import (
     ASAP_CHUNK,
     EXPERIMENTS,
     GCD_CHUNK,
@@ -105,7 +105,7 @@ def engine_checks() -> dict:
     """Mixed batch, one trie shared by concurrent requests, aborts: one engine, three experiments."""
     from vllm import SamplingParams
 
-    from declab.integrations.grammar_reference import EXPERIMENTS
+    from declab.plugins.asap.grammar_reference import EXPERIMENTS
     from declab.plugins.asap.core import store_stats
 
     llm = _llm()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import run_child
 
-from declab.integrations.grammar_reference import EXPERIMENTS, empirical
+from declab.plugins.asap.grammar_reference import EXPERIMENTS, empirical
 from declab.integrations.sdk.metrics import kl_divergence
 
 pytestmark = pytest.mark.engine

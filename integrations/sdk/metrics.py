@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 
 
 def rep_n(tokens: Sequence[int], n: int) -> float:
-    """rep-n = 1 - |unique n-grams| / |n-grams| (Welleck et al. 2020; used by the contrastive-search and momentum-decoding papers)."""
+    """rep-n = 1 - |unique n-grams| / |n-grams| (Welleck et al. 2020; the degeneration papers' measure)."""
     grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     if not grams:
         return 0.0

@@ -16,6 +16,9 @@ logger = logging.getLogger("declab")
 
 PLUGINS_ENV = "DECLAB_PLUGINS"
 CONFIG_KEY = "declab"  # additional_config={"declab": {plugin: {setting: value}}}
+# Optional path where a speculative proposer may write its own statistics as JSON (``declab bench spec`` sets it
+# for every proposer configuration and records the file in its report).
+PROPOSER_STATS_ENV = "DECLAB_PROPOSER_STATS"
 
 
 def selected_plugins() -> tuple[str, ...]:
@@ -29,6 +32,11 @@ def require_selected(name: str, what: str) -> None:
     if name not in selected_plugins():
         raise ValueError(f"{what} is configured but the plugin is not selected: set {PLUGINS_ENV}={name} "
                          "(it applies the patches the plugin needs)")
+
+
+def proposer_stats_path() -> str | None:
+    """Where the running proposer may write its statistics (``PROPOSER_STATS_ENV``), or None."""
+    return os.environ.get(PROPOSER_STATS_ENV) or None
 
 
 def eos_token_id(model_config: Any) -> int | None:

@@ -62,11 +62,14 @@ class ProposerHook:
     ``proposer``: import path of the proposer class as vLLM's ``custom_class`` takes it (``"pkg.module.Class"``).
     ``max_speculative_tokens``: the largest chain length it accepts (tree modes state their own sizes).
     ``bench_configs``: configurations ``declab bench spec`` runs for this proposer: name -> ``ProposerBenchConfig``.
+    ``bench_alias``: deprecated short name that keeps old ``declab bench spec`` flags working:
+    ``--<alias>-config JSON`` (= ``--settings <plugin>=JSON``) and ``--<alias>-k K`` (= this plugin's K).
     """
 
     proposer: str
     max_speculative_tokens: int = 16
     bench_configs: Mapping[str, "ProposerBenchConfig"] = field(default_factory=dict)
+    bench_alias: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,8 +101,8 @@ class SearchHook:
 class BenchEntry:
     """A ``declab bench NAME`` sub-command living in a plugin folder.
 
-    ``module`` exposes ``add_arguments(parser)``, ``run(args) -> report`` and optionally ``plot(report, path)``
-    and ``summary(report) -> str``. ``paper``: a reading-list paper this benchmark implements (a benchmark paper
+    ``module`` exposes ``add_arguments(parser)``, ``run(args) -> report``, ``plot(report, path)`` (every benchmark
+    writes JSON + PNG) and optionally ``summary(report) -> str``; it imports ``declab.integrations.sdk.bench``. ``paper``: a reading-list paper this benchmark implements (a benchmark paper
     such as JSONSchemaBench), so the catalog shows it as built.
     """
 

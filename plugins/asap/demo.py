@@ -19,14 +19,14 @@ COLORS = {"exact": "black", "gcd": "tab:red", "asap": "tab:green"}
 
 
 def _experiment() -> tuple[str, str, str]:
-    from declab.integrations.grammar_reference import EXPERIMENTS
+    from declab.plugins.asap.grammar_reference import EXPERIMENTS
 
     return EXPERIMENTS[0]
 
 
 def run(llm, options: dict[str, Any]) -> dict[str, Any]:
     """In the engine's child: the exact distribution, then ``SAMPLES`` samples of gcd and of asap."""
-    from declab.integrations.grammar_reference import (
+    from declab.plugins.asap.grammar_reference import (
         ASAP_CHUNK,
         GCD_CHUNK,
         empirical,

@@ -4,7 +4,7 @@ lazily, on first use."""
 
 from __future__ import annotations
 
-from declab.integrations.sdk import LogitsHook, ParamSpec, PluginSpec
+from declab.integrations.sdk import BenchEntry, LogitsHook, ParamSpec, PluginSpec
 from declab.plugins.asap.gcd_spec import GRAMMAR_PARAMS
 from declab.plugins.asap.gcd_spec import SPEC as GCD_SPEC
 from declab.plugins.asap.gcd_spec import validate_request
@@ -39,6 +39,11 @@ SPEC = PluginSpec(
     ),
     logits=LogitsHook(row_processor="declab.plugins.asap.core:AsapProcessor",
                       validate="declab.plugins.asap.spec:validate_request"),
+    benches=(
+        BenchEntry(name="grammar", module="declab.plugins.asap.bench", paper=35,
+                   help="ASAp vs GCD exactness; JSON-Schema-Test-Suite over vLLM's backends and gcd / asap "
+                        "(JSONSchemaBench); trie budget"),
+    ),
 )
 
 # Further specs this plugin folder declares (the registry reads one module per folder).

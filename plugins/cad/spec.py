@@ -1,6 +1,6 @@
 """Declaration of the CAD plugin (plain data: no torch, no vLLM)."""
 
-from declab.integrations.sdk import ParamSpec, PluginSpec
+from declab.integrations.sdk import BenchEntry, ParamSpec, PluginSpec
 from declab.plugins.shared.contrastive_args import CONTRAST_PROMPT_PARAM, contrastive_hook
 
 SPEC = PluginSpec(
@@ -23,5 +23,10 @@ SPEC = PluginSpec(
             doc="contrast strength: (1+alpha)*logit(with context) - alpha*logit(without); 0 = plain decoding of the "
             "main prompt; the paper uses 0.5 for summarization and 1.0 for knowledge conflicts",
         ),
+    ),
+    # The contrastive family's benchmark (CAD / LQCD / M3ID faithfulness; CAD's cost), declared once, here.
+    benches=(
+        BenchEntry(name="contrastive", module="declab.plugins.cad.bench",
+                   help="contrastive decoding (CAD / LQCD / M3ID): faithfulness vs alpha, cost at batch 16"),
     ),
 )

@@ -1,6 +1,6 @@
 """Declaration of the Momentum Decoding plugin (plain data: no torch, no vLLM)."""
 
-from declab.integrations.sdk import LogitsHook, ParamSpec, PluginSpec
+from declab.integrations.sdk import BenchEntry, LogitsHook, ParamSpec, PluginSpec
 
 SPEC = PluginSpec(
     name="momentum",
@@ -8,6 +8,11 @@ SPEC = PluginSpec(
     status="working",
     summary="Momentum decoding: greedy over the top-k by p(v) - alpha*R(depth of the loop v closes in the token graph)",
     logits=LogitsHook(row_processor="declab.plugins.momentum.core:MomentumProcessor"),
+    benches=(
+        BenchEntry(name="degeneration", module="declab.plugins.momentum.bench",
+                   help="degeneration: greedy / nucleus / momentum / contrastive search (repetition, likelihood, "
+                        "speed)"),
+    ),
     params=(
         ParamSpec(
             "top_k",

@@ -39,6 +39,7 @@ import time
 
 import torch
 
+from declab.integrations.sdk import runtime
 from declab.integrations.sdk.proposer import DeclabProposer, DraftTree, TargetStep
 from declab.integrations.sdk.tree_verification import check_tree_engine
 from declab.plugins.token_recycling.core import PAPER_TREE, AdjacencyMatrix, best_chains, build_draft_tree
@@ -48,7 +49,11 @@ TREE_TEMPLATES = {"paper": PAPER_TREE}  # names as in spec.TREE_TEMPLATES
 
 logger = logging.getLogger(__name__)
 
-STATS_ENV = "DECLAB_TOKEN_RECYCLING_STATS"  # optional path: proposer statistics are written there as JSON
+# Optional path: proposer statistics are written there as JSON. The generic ``runtime.PROPOSER_STATS_ENV``
+# (``DECLAB_PROPOSER_STATS``, set by ``declab bench spec``) takes precedence.
+STATS_ENV = "DECLAB_TOKEN_RECYCLING_STATS"
+# Counters ``declab_bench_reset`` zeroes (the others describe the configuration or count since start-up).
+PHASE_COUNTERS = ("propose_calls", "propose_seconds", "rows_updated")
 
 
 class TokenRecyclingProposer(DeclabProposer):
@@ -80,7 +85,7 @@ class TokenRecyclingProposer(DeclabProposer):
         # Tree mode: per live request, whether it is drafted as a tree (the seam can verify it) or as a chain.
         self._drafts_tree: dict[str, bool] = {}
         self._step_started = 0.0
-        self._stats_path = os.environ.get(STATS_ENV) or None
+        self._stats_path = runtime.proposer_stats_path() or os.environ.get(STATS_ENV) or None
         self.stats = {"propose_calls": 0, "propose_seconds": 0.0, "rows_updated": 0,
                       "matrix_bytes": self.matrix.nbytes, "successors": self.matrix.k, "chain_len": self.k,
                       "mode": config["mode"], "tree_drafts": 0, "chain_drafts": 0}
@@ -150,6 +155,19 @@ class TokenRecyclingProposer(DeclabProposer):
         if self._stats_path and self.stats["propose_calls"] % 16 == 0:
             self.write_stats()
         return drafts
+
+    # -- benchmark hooks (``declab bench spec``'s worker calls them between phases) ----------------------------
+
+    def declab_bench_reset(self) -> None:
+        """Cold start: the adjacency matrix back to zeros, the per-phase counters to 0."""
+        self.matrix.reset()
+        for key in PHASE_COUNTERS:
+            self.stats[key] = type(self.stats[key])(0)
+
+    def declab_bench_memory(self) -> dict:
+        """Bytes of the proposer's own state (the matrix and its seen flags)."""
+        return {"proposer_bytes": int(self.matrix.nbytes_total), "matrix_bytes": int(self.matrix.nbytes),
+                "seen_rows": int(self.matrix.num_seen), "what": "adjacency matrix |V| x k (+ seen flags)"}
 
     def write_stats(self) -> None:
         stats = dict(self.stats, seen_rows=self.matrix.num_seen)

@@ -1,6 +1,6 @@
 """Declaration of the Token Recycling plugin (plain data: no torch, no vLLM)."""
 
-from declab.integrations.sdk import ParamSpec, PluginSpec, ProposerBenchConfig, ProposerHook
+from declab.integrations.sdk import BenchEntry, ParamSpec, PluginSpec, ProposerBenchConfig, ProposerHook
 
 PROPOSER_PATH = "declab.plugins.token_recycling.TokenRecyclingProposer"
 CONFIG_ENV = "DECLAB_TOKEN_RECYCLING"  # deprecated: engine-wide settings as JSON; use additional_config
@@ -33,9 +33,14 @@ SPEC = PluginSpec(
     # The worker patches (runner-to-proposer feed; tree verification in tree mode) are opened by the SDK's
     # DeclabProposer base class when the proposer starts.
     patches=("cpu_expand_kernel",),
+    benches=(
+        BenchEntry(name="spec-tree", module="declab.plugins.token_recycling.bench",
+                   help="Token Recycling tree vs chain with a reference verifier (transformers, batch 1, greedy)"),
+    ),
     proposer=ProposerHook(
         proposer=PROPOSER_PATH,
         max_speculative_tokens=16,
+        bench_alias="tr",  # declab bench spec --tr-config JSON / --tr-k K (deprecated: --settings, --proposer-k)
         bench_configs={
             # The tree's rank-0 branch, K = the K the ngram sweep picked.
             "token_recycling_chain": ProposerBenchConfig(color="#ff7f0e"),
