@@ -3,15 +3,14 @@
     python examples/token_recycling_offline.py            # chain, K = 6
     python examples/token_recycling_offline.py --tree     # the 80-node tree, verified whole (greedy requests)
 
-The plugin is selected through ``DECLAB_PLUGINS`` and the engine-wide parameters through ``DECLAB_TOKEN_RECYCLING``,
-both set before vLLM starts. The output is token-identical to plain greedy decoding; the engine's speculative
+The plugin is selected through ``DECLAB_PLUGINS`` (set before vLLM starts) and its engine-wide settings through vLLM's
+``additional_config={"declab": {"token_recycling": {...}}}``. The output is token-identical to plain greedy decoding; the engine's speculative
 counters show how many drafted tokens were accepted.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 
@@ -22,8 +21,7 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ["DECLAB_PLUGINS"] = "token_recycling"
-    if args.tree:
-        os.environ["DECLAB_TOKEN_RECYCLING"] = json.dumps({"mode": "tree"})
+    settings = {"mode": "tree"} if args.tree else {}
 
     from vllm import LLM, SamplingParams
 
@@ -31,6 +29,7 @@ def main() -> None:
     from declab.integrations.models import default_model
 
     llm = LLM(model=args.model or default_model(), **CPU_ENGINE_KWARGS, disable_log_stats=False,
+              additional_config={"declab": {"token_recycling": settings}},
               speculative_config={"method": "custom_class",
                                   "model": "declab.plugins.token_recycling.TokenRecyclingProposer",
                                   "num_speculative_tokens": 80 if args.tree else 6})

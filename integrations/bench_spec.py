@@ -1,4 +1,4 @@
-"""``declab bench spec``: speculative decoding on Spec-Bench and code prompts (vanilla, ngram, suffix, Token Recycling).
+"""``declab bench spec``: speculative decoding on Spec-Bench and code prompts (vanilla, ngram, suffix, plugin proposers).
 
 One run, one prompt set, one set of engine settings (``engine_run.CPU_ENGINE_KWARGS`` plus prefix caching off,
 greedy, ``--max-tokens``); every configuration runs in a fresh child process of its own, one after the other (they
@@ -12,13 +12,14 @@ never share the cores):
 * ``suffix``: vLLM suffix decoding (Arctic Inference's suffix trees, package ``arctic-inference``) with vLLM's
   defaults (K = ``suffix_decoding_max_tree_depth`` = 24 unless ``--suffix-k``). Recorded as
   ``{"available": false, "reason": ...}`` when the package does not import.
-* ``token_recycling_chain``: ``custom_class`` proposer ``declab.plugins.token_recycling.TokenRecyclingProposer``
-  (``DECLAB_PLUGINS=token_recycling``, stats file through ``DECLAB_TOKEN_RECYCLING_STATS``; K = ngram's chosen K
-  unless ``--tr-k``).
-* ``token_recycling_tree``: the same proposer with ``{"mode": "tree"}`` merged into ``--tr-config``: the paper's
-  80-node tree verified whole inside the engine (K = 80, greedy, CPU; ``patches/tree_verification.py``). Its
-  acceptance "per position" is per tree depth (the scheduler counts an accepted path of length a as positions
-  1..a).
+* every configuration a discovered plugin declares for its speculative proposer (``PluginSpec.proposer``:
+  ``bench_configs``, name -> ``ProposerBenchConfig``): ``speculative_config={"method": "custom_class", "model":
+  <the plugin's proposer class>, "num_speculative_tokens": K}`` with ``DECLAB_PLUGINS=<plugin>`` and the
+  configuration's engine-wide settings, merged over ``--settings <plugin>=JSON``, as
+  ``additional_config={"declab": {<plugin>: settings}}``. K is the configuration's own (e.g. a tree's draft nodes)
+  or else ``--proposer-k`` (default: ngram's chosen K). ``DECLAB_PROPOSER_STATS`` names a file where the proposer
+  may write its own statistics (recorded as ``proposer_stats_file``). A tree configuration's acceptance "per
+  position" is per tree depth (the scheduler counts an accepted path of length a as positions 1..a).
 
 Prompts: Spec-Bench first turns (``../shared/eval/spec_bench/question.jsonl``, 13 categories) then
 ``prompts.CODE_PROMPTS`` (group ``code``). A prompt is skipped when ``prompt tokens + max_tokens + largest K``
@@ -35,8 +36,9 @@ Each engine runs two timed phases after one warm-up on prompts outside the set:
   a request that needs fewer target steps gets a smaller share.
 * ``batch1``: the first ``--batch1-limit`` prompts of each group, one ``generate`` call per prompt.
 
-Before each phase the proposer's state is reset in the worker (Token Recycling's adjacency matrix back to zeros,
-suffix decoding's response cache emptied), so no phase sees outputs of the same prompts from an earlier pass;
+Before each phase the proposer's state is reset in the worker (a plugin proposer's ``declab_bench_reset()``, e.g.
+an adjacency matrix back to zeros; suffix decoding's response cache emptied), so no phase sees outputs of the same
+prompts from an earlier pass;
 inside a phase the state carries over from query to query (the papers' hot start). Prefix caching is off for every
 configuration, so every phase pays the same prefill.
 
@@ -45,7 +47,8 @@ mean accepted length (vLLM's convention ``1 + accepted / drafts``, over the step
 target forward (``generated / (generated - accepted)``: steps without a draft included), acceptance rate per draft
 position (``accepted_at_pos / drafts``), the share of outputs token-identical to vanilla's, the proposer's seconds
 per step (wall time of the worker's ``drafter.propose`` per call: the same measurement for every method) and the
-proposer's own memory (TR matrix; suffix trees' ``estimate_memory``; ngram buffers) next to the worker's RSS.
+proposer's own memory (a plugin proposer's ``declab_bench_memory()``; suffix trees' ``estimate_memory``; ngram
+buffers) next to the worker's RSS; a plugin proposer's own ``stats`` dict is reported as ``proposer.stats``.
 Acceptance comes from vLLM's per-request counters (``per_request_spec_decode_metrics="summary"``); their sums equal
 the engine counters (``engine_spec_metrics``, ``vllm:spec_decode_*`` over the phase).
 
@@ -65,29 +68,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from declab.integrations.bench import add_option
-from declab.integrations.engine_run import CPU_ENGINE_KWARGS, RunSpec
-from declab.integrations.models import default_model, eval_file
-from declab.integrations.prompts import CODE_PROMPTS
-from declab.plugins.token_recycling.spec import TREE_TEMPLATES
+from declab.integrations import registry
+from declab.integrations.sdk.bench import (
+    CPU_ENGINE_KWARGS,
+    ChildFailed,
+    RunSpec,
+    add_option,
+    call_in_child,
+    default_model,
+    group_order,
+    load_prompt_set,
+    metrics_diff,
+    spec_metrics,
+)
+from declab.integrations.sdk.runtime import CONFIG_KEY, PLUGINS_ENV, PROPOSER_STATS_ENV, engine_settings
+from declab.integrations.sdk.spec import ProposerBenchConfig
 
-TR_PROPOSER = "declab.plugins.token_recycling.TokenRecyclingProposer"
 WORKER_CLS = "declab.integrations.bench_spec.SpecBenchWorker"
-CODE_GROUP = "code"
-TR_TREE_K = TREE_TEMPLATES["paper"]  # draft nodes of the paper's tree: tree mode's num_speculative_tokens
-TR_CONFIGS = ("token_recycling_chain", "token_recycling_tree")
-# On CPU every tree step is a forward pass over 81 tokens per request (1,296 at batch 16): the tree's batch-16
-# phase over all 485 prompts ran past 30 minutes, so its engine gets this multiple of --child-timeout.
-TREE_TIMEOUT_FACTOR = 3
+PHASES_TARGET = "declab.integrations.bench_spec:run_phases"  # child side of one configuration (engine_run --call)
+BUILTIN_CONFIGS = ("vanilla", "ngram", "suffix")  # vLLM's own methods; plugin proposers are discovered
 # A warm-up prompt outside the benchmark set (so no proposer state is learnt from the prompts measured later).
 WARMUP_PROMPTS = ["The quick brown fox jumps over the lazy dog. The quick brown fox", "def add(a, b):\n    return"]
 PHASES = ("batch16", "batch1")
@@ -102,9 +108,39 @@ SUFFIX_DEFAULT_K = 24  # vLLM: num_speculative_tokens defaults to suffix_decodin
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ProposerConfig:
+    """One discovered proposer configuration: the plugin declaring it, its proposer class path and its settings."""
+
+    name: str
+    plugin: str
+    proposer: str
+    bench: ProposerBenchConfig
+    alias: str | None = None  # the plugin's deprecated flag prefix (ProposerHook.bench_alias)
+
+
+def proposer_configs() -> dict[str, ProposerConfig]:
+    """Every ``bench_configs`` entry of every discovered plugin with a proposer, in discovery order."""
+    out: dict[str, ProposerConfig] = {}
+    for spec in registry.all_specs().values():
+        if spec.proposer is None:
+            continue
+        for name, cfg in spec.proposer.bench_configs.items():
+            if name in BUILTIN_CONFIGS or name in out:
+                raise ValueError(f"declab bench spec: configuration {name!r} of plugin {spec.name} is declared twice")
+            out[name] = ProposerConfig(name, spec.name, spec.proposer.proposer, cfg, spec.proposer.bench_alias)
+    return out
+
+
+def _proposer_aliases() -> dict[str, str]:
+    """Deprecated flag prefix -> plugin (``ProposerHook.bench_alias``)."""
+    return {c.alias: c.plugin for c in proposer_configs().values() if c.alias}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of ``declab bench spec``. Common options the parser already has (``--model``, ``--max-tokens``,
     ``--out``) are left as they are; ``--prompts``, ``--repeats`` and ``--latency-prompts`` are not used here."""
+    configs = [*BUILTIN_CONFIGS, *proposer_configs()]
     add_option(parser, "--model", default=None, help="model path (default: decoder-29m)")
     add_option(parser, "--max-tokens", type=int, default=None,
          help=f"tokens per output (default {DEFAULT_MAX_TOKENS}: keeps the full default run near 40 min on 2 cores)")
@@ -115,9 +151,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_option(parser, "--batch-grouping", choices=("mixed", "category"), default="mixed",
          help="batched phase: 'mixed' = consecutive prompts in file order (always full batches), 'category' = "
               "batches never mix groups (MT-bench categories then run as batches of 10)")
-    add_option(parser, "--configs", default="vanilla,ngram,suffix,token_recycling_chain,token_recycling_tree",
-         help="comma list out of vanilla,ngram,suffix,token_recycling_chain,token_recycling_tree (vanilla is always "
-              "run)")
+    add_option(parser, "--configs", default=",".join(configs),
+         help=f"comma list out of {','.join(configs)} (vanilla is always run; proposer configurations come from "
+              "the plugins' specs)")
     add_option(parser, "--phases", default=",".join(PHASES), help="comma list out of batch16,batch1")
     add_option(parser, "--batch1-limit", type=int, default=2,
          help="batch-1 phase: first N prompts of each group (of those selected; 0 = all)")
@@ -128,57 +164,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_option(parser, "--ngram-ks", default=",".join(map(str, DEFAULT_NGRAM_KS)), help="sweep: K values (one engine with the largest; drafts cut to each K)")
     add_option(parser, "--sweep-per-category", type=int, default=1,
          help="sweep subset: the last N fitting prompts of each group (disjoint from --limit's first N when small)")
-    add_option(parser, "--tr-k", type=int, default=None, help="Token Recycling chain length (default: ngram's K)")
-    add_option(parser, "--tr-config", default="{}", help="DECLAB_TOKEN_RECYCLING JSON (engine-wide TR parameters)")
+    add_option(parser, "--proposer-k", type=int, default=None,
+         help="K of plugin proposer configurations that fix none (default: ngram's K)")
+    add_option(parser, "--settings", action="append", default=[], metavar="PLUGIN=JSON",
+         help="engine-wide settings of a proposer plugin (additional_config), under each of its configurations' "
+              "own; repeatable")
+    for alias, plugin in _proposer_aliases().items():
+        add_option(parser, f"--{alias}-k", dest=f"legacy_k__{plugin}", type=int, default=None, metavar="K",
+                   help=f"deprecated: K of {plugin}'s configurations that fix none (use --proposer-k)")
+        add_option(parser, f"--{alias}-config", dest=f"legacy_settings__{plugin}", default=None, metavar="JSON",
+                   help=f"deprecated: same as --settings {plugin}=JSON")
     add_option(parser, "--suffix-k", type=int, default=None, help=f"suffix decoding K (default: vLLM's {SUFFIX_DEFAULT_K})")
     add_option(parser, "--ignore-eos", action="store_true", help="fixed-length outputs (default: stop at EOS)")
     add_option(parser, "--child-timeout", type=float, default=1800, help="seconds per engine child process")
     return parser
 
 
+def proposer_settings(args) -> dict[str, dict[str, Any]]:
+    """Plugin -> engine-wide settings from ``--settings PLUGIN=JSON`` (and the deprecated ``--<alias>-config``)."""
+    out: dict[str, dict[str, Any]] = {}
+    given = [tuple(item.split("=", 1)) if "=" in item else (item, None) for item in args.settings]
+    given += [(k.removeprefix("legacy_settings__"), v) for k, v in vars(args).items()
+              if k.startswith("legacy_settings__") and v is not None]
+    plugins = {c.plugin for c in proposer_configs().values()}
+    for plugin, text in given:
+        if text is None:
+            raise SystemExit(f"declab bench spec: --settings {plugin!r} must be PLUGIN=JSON")
+        if plugin not in plugins:
+            raise SystemExit(f"declab bench spec: --settings {plugin}: not a plugin with proposer configurations "
+                             f"(known: {', '.join(sorted(plugins)) or 'none'})")
+        try:
+            value = json.loads(text or "{}")
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"declab bench spec: --settings {plugin}: not JSON: {e}") from e
+        if not isinstance(value, dict):
+            raise SystemExit(f"declab bench spec: --settings {plugin}: must be a JSON object")
+        out[plugin] = {**out.get(plugin, {}), **value}
+    return out
+
+
+def proposer_k(args, plugin: str) -> int | None:
+    """``--<alias>-k`` of ``plugin`` (deprecated) or ``--proposer-k``."""
+    return getattr(args, f"legacy_k__{plugin}", None) or args.proposer_k
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Prompt set
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def load_prompt_set(model: str, *, max_tokens: int, max_k: int, max_model_len: int,
-                    limit: int | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
-    """(items, skipped, totals). Items: Spec-Bench first turns (file order) then the code prompts, each
-    ``{"group", "id", "text", "prompt_tokens"}``; a prompt is kept when ``prompt_tokens + max_tokens + max_k <=
-    max_model_len``. ``limit`` keeps the first N kept prompts of each group."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model)
-    raw: list[tuple[str, str, str]] = []
-    path = eval_file("spec_bench", "question.jsonl")
-    if path is not None:
-        for line in path.read_text().splitlines():
-            item = json.loads(line)
-            raw.append((item.get("category", "unknown"), str(item.get("question_id")), item["turns"][0]))
-    raw += [(CODE_GROUP, f"code-{i}", p) for i, p in enumerate(CODE_PROMPTS)]
-    budget = max_model_len - max_tokens - max_k
-    items, skipped, totals = [], [], {}
-    for group, qid, text in raw:
-        n = len(tok(text).input_ids)
-        totals[group] = totals.get(group, 0) + 1
-        rec = {"group": group, "id": qid, "text": text, "prompt_tokens": n}
-        (items if n <= budget else skipped).append(rec)
-    if limit is not None:
-        kept, seen = [], {}
-        for it in items:
-            seen[it["group"]] = seen.get(it["group"], 0) + 1
-            if seen[it["group"]] <= limit:
-                kept.append(it)
-        items = kept
-    return items, [{k: v for k, v in s.items() if k != "text"} for s in skipped], totals
-
-
-def group_order(items: list[dict[str, Any]]) -> list[str]:
-    out: list[str] = []
-    for it in items:
-        if it["group"] not in out:
-            out.append(it["group"])
-    return out
 
 
 def batches_mixed(n: int, batch_size: int) -> list[list[int]]:
@@ -230,13 +262,14 @@ def _proc_memory() -> dict[str, int]:
 
 
 def drafter_memory(drafter: Any) -> dict[str, Any]:
-    """Bytes held by the proposer's own state (what the method needs beyond the target model and its KV cache)."""
+    """Bytes held by the proposer's own state (what the method needs beyond the target model and its KV cache).
+
+    A plugin proposer reports its own (``declab_bench_memory() -> {"proposer_bytes": ..., "what": ...}``); vLLM's
+    suffix and n-gram proposers are measured here."""
     if drafter is None:
         return {"proposer_bytes": 0, "what": "no proposer"}
-    matrix = getattr(drafter, "matrix", None)
-    if matrix is not None:  # Token Recycling
-        return {"proposer_bytes": int(matrix.nbytes_total), "matrix_bytes": int(matrix.nbytes),
-                "seen_rows": int(matrix.num_seen), "what": "adjacency matrix |V| x k (+ seen flags)"}
+    if hasattr(drafter, "declab_bench_memory"):
+        return dict(drafter.declab_bench_memory())
     cache = getattr(drafter, "suffix_cache", None)
     if cache is not None:  # suffix decoding
         glob = int(cache._global_tree.estimate_memory())  # noqa: SLF001
@@ -250,9 +283,10 @@ def drafter_memory(drafter: Any) -> dict[str, Any]:
 
 
 def _reset_drafter(drafter: Any) -> None:
-    matrix = getattr(drafter, "matrix", None)
-    if matrix is not None:
-        matrix.reset()
+    """Cold proposer state: a plugin proposer's ``declab_bench_reset()`` (its learnt state and its own counters);
+    suffix decoding's response cache emptied (the n-gram proposer keeps no state)."""
+    if hasattr(drafter, "declab_bench_reset"):
+        drafter.declab_bench_reset()
     cache = getattr(drafter, "suffix_cache", None)
     if cache is not None:
         drafter.suffix_cache = type(cache)(max_tree_depth=cache.max_tree_depth,
@@ -307,10 +341,6 @@ def _make_worker_class():
                     if not hasattr(drafter, k):
                         raise AttributeError(f"{type(drafter).__name__} has no attribute {k!r}")
                     setattr(drafter, k, v)
-                if hasattr(drafter, "stats"):  # Token Recycling's own counters
-                    for k in ("propose_calls", "propose_seconds", "rows_updated"):
-                        if k in drafter.stats:
-                            drafter.stats[k] = type(drafter.stats[k])(0)
             self._declab_timing.update(propose_calls=0, propose_seconds=0.0, max_draft=max_draft)
             return {"drafter": type(drafter).__name__ if drafter is not None else None}
 
@@ -318,7 +348,7 @@ def _make_worker_class():
             drafter = getattr(self.model_runner, "drafter", None)
             out = {"drafter": type(drafter).__name__ if drafter is not None else None, **self._declab_timing,
                    **_proc_memory(), "memory": drafter_memory(drafter)}
-            if drafter is not None and isinstance(getattr(drafter, "stats", None), dict):
+            if drafter is not None and isinstance(getattr(drafter, "stats", None), dict):  # a plugin's own counters
                 out["drafter_stats"] = dict(drafter.stats)
             return out
 
@@ -356,11 +386,10 @@ def _request_metrics(out) -> dict[str, Any] | None:
     return {"histogram": list(m.histogram), "num_draft_tokens": int(m.num_draft_tokens)}
 
 
-def _child(spec_path: str, plan_path: str, result_path: str) -> None:
-    from declab.integrations.engine_run import _diff, _spec_metrics
-
-    spec = RunSpec(**json.loads(Path(spec_path).read_text()))
-    plan = json.loads(Path(plan_path).read_text())
+def run_phases(payload: dict[str, Any]) -> dict[str, Any]:
+    """Child side of one configuration (``engine_run --call``): one engine, a warm-up, then the planned phases."""
+    spec = RunSpec(**payload["spec"])
+    plan = payload["plan"]
     from vllm import LLM, SamplingParams
 
     kwargs = {**CPU_ENGINE_KWARGS, **spec.engine_kwargs}
@@ -378,7 +407,7 @@ def _child(spec_path: str, plan_path: str, result_path: str) -> None:
     phases = []
     for phase in plan["phases"]:
         reset = llm.collective_rpc("declab_bench_reset", args=(phase.get("drafter_attrs"), phase.get("max_draft")))
-        before = _spec_metrics(llm) if spec.collect_metrics else {}
+        before = spec_metrics(llm) if spec.collect_metrics else {}
         n = len(spec.prompts)
         token_ids: list[Any] = [None] * n
         req_metrics: list[Any] = [None] * n
@@ -394,7 +423,7 @@ def _child(spec_path: str, plan_path: str, result_path: str) -> None:
                 req_metrics[i] = _request_metrics(o.outputs[0])
                 finish[i] = o.outputs[0].finish_reason
                 active[i] = _active_seconds(o)
-        metrics = _diff(_spec_metrics(llm), before) if spec.collect_metrics else None
+        metrics = metrics_diff(spec_metrics(llm), before) if spec.collect_metrics else None
         stats = llm.collective_rpc("declab_bench_stats")[0]
         phases.append({"name": phase["name"], "batches": phase["batches"], "batch_times_s": batch_times,
                        "token_ids": token_ids, "request_metrics": req_metrics, "finish_reasons": finish,
@@ -402,34 +431,17 @@ def _child(spec_path: str, plan_path: str, result_path: str) -> None:
                        "spec_metrics": metrics, "worker": stats, "reset": reset[0],
                        "drafter_attrs": phase.get("drafter_attrs")})
     result = {"name": spec.name, "startup_s": startup_s, "phases": phases}
-    stats_file = spec.env.get("DECLAB_TOKEN_RECYCLING_STATS")
+    stats_file = os.environ.get(PROPOSER_STATS_ENV)
     if stats_file and os.path.exists(stats_file):
-        result["tr_stats_file"] = json.loads(Path(stats_file).read_text())
-    Path(result_path).write_text(json.dumps(result))
+        result["proposer_stats_file"] = json.loads(Path(stats_file).read_text())
+    return result
 
 
 def run_child(spec: RunSpec, plan: dict[str, Any], *, timeout: float = 1800) -> dict[str, Any]:
-    """Run ``spec`` with ``plan`` in a fresh Python process (like ``engine_run.run_in_child``)."""
-    env = dict(os.environ)
-    for k, v in spec.env.items():
-        if v is None:
-            env.pop(k, None)
-        else:
-            env[k] = v
-    with tempfile.TemporaryDirectory(prefix="declab-spec-") as tmp:
-        paths = [os.path.join(tmp, f) for f in ("spec.json", "plan.json", "result.json")]
-        Path(paths[0]).write_text(json.dumps(asdict(spec)))
-        Path(paths[1]).write_text(json.dumps(plan))
-        try:
-            proc = subprocess.run([sys.executable, "-m", "declab.integrations.bench_spec", *paths], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired as e:
-            raise RuntimeError(f"engine run {spec.name!r} timed out after {timeout:.0f} s") from e
-        if proc.returncode != 0 or not os.path.exists(paths[2]):
-            errors = [ln for ln in proc.stdout.splitlines() if "Error" in ln or "Exception" in ln]
-            raise RuntimeError(f"engine run {spec.name!r} failed (exit {proc.returncode}); error lines:\n"
-                               + "\n".join(errors[:12]) + f"\n--- log tail ---\n{proc.stdout[-3000:]}")
-        return json.loads(Path(paths[2]).read_text())
+    """Run ``spec`` with ``plan`` in a fresh Python process (``engine_run``'s protocol); ``ChildFailed`` if it
+    fails or times out."""
+    return call_in_child(PHASES_TARGET, {"spec": asdict(spec), "plan": plan}, env=spec.env, timeout=timeout,
+                         name=f"engine run {spec.name!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -515,11 +527,11 @@ def summarize_config(items, result, vanilla) -> dict[str, Any]:
         proposer = {"propose_calls": calls, "propose_seconds": w.get("propose_seconds", 0.0),
                     "seconds_per_step": w["propose_seconds"] / calls if calls else None,
                     "share_of_wall_time": w.get("propose_seconds", 0.0) / max(1e-9, sum(ph["batch_times_s"]))}
-        if "drafter_stats" in w:
+        if "drafter_stats" in w:  # a plugin proposer's own counters (its `stats` dict)
             ds = w["drafter_stats"]
-            proposer["tr_stats"] = ds
-            if ds.get("propose_calls"):
-                proposer["tr_seconds_per_step"] = ds["propose_seconds"] / ds["propose_calls"]
+            proposer["stats"] = ds
+            if ds.get("propose_calls") and "propose_seconds" in ds:
+                proposer["own_seconds_per_step"] = ds["propose_seconds"] / ds["propose_calls"]
         out["phases"][ph["name"]] = {
             "groups": nums,
             "engine_spec_metrics": ph["spec_metrics"],
@@ -528,8 +540,8 @@ def summarize_config(items, result, vanilla) -> dict[str, Any]:
                        "worker_peak_rss_bytes": w.get("peak_rss_bytes")},
             "wall_s": sum(ph["batch_times_s"]),
         }
-    if "tr_stats_file" in result:
-        out["tr_stats_file"] = result["tr_stats_file"]
+    if "proposer_stats_file" in result:
+        out["proposer_stats_file"] = result["proposer_stats_file"]
     # Headline numbers (batched phase, all prompts; batch 1 if only that ran) for `declab bench`'s summary lines.
     head = out["phases"].get("batch16") or next(iter(out["phases"].values()), None)
     if head:
@@ -602,20 +614,73 @@ def run_ngram_sweep(model, subset, sampling, engine_kwargs, windows, ks, batch_s
             "chosen": best}
 
 
+def proposer_engine_kwargs(c: ProposerConfig, k: int, settings: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Engine arguments of a plugin proposer configuration: its ``custom_class`` speculative config and, for a
+    plugin with engine-wide settings, ``additional_config`` (``--settings`` under the configuration's own)."""
+    out: dict[str, Any] = {"speculative_config": {"method": "custom_class", "model": c.proposer,
+                                                  "num_speculative_tokens": k}}
+    given = {**settings.get(c.plugin, {}), **c.bench.settings}
+    spec = registry.get_spec(c.plugin)
+    if spec.settings:
+        out["additional_config"] = {CONFIG_KEY: {c.plugin: given}}
+        try:
+            engine_settings(spec, out["additional_config"])
+        except ValueError as e:
+            raise SystemExit(f"declab bench spec: configuration {c.name}: {e}") from e
+    elif given:
+        raise SystemExit(f"declab bench spec: plugin {c.plugin} has no engine-wide settings, got {given}")
+    return out
+
+
+def run_configs(specs: dict[str, RunSpec], plan: dict[str, Any], timeouts: dict[str, float],
+                default_timeout: float, report: dict[str, Any], log) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each configuration's engine in its own child process, one after the other, with one retry (an engine start
+    can fail when the shared machine is short of memory). A configuration that fails twice is reported as not
+    available. Returns (results, load averages around each run)."""
+    results: dict[str, Any] = {}
+    load: dict[str, Any] = {}
+    for name, spec in specs.items():
+        t = time.perf_counter()
+        load[name] = {"before": _loadavg()}
+        for attempt in (1, 2):
+            try:
+                results[name] = run_child(spec, plan, timeout=timeouts.get(name, default_timeout))
+                break
+            except ChildFailed as e:
+                log(f"  {name}: attempt {attempt} FAILED\n{str(e)[:3000]}")
+                if attempt == 2:
+                    report["configs"][name] = {"available": False, "reason": f"engine run failed twice: {str(e)[:2000]}"}
+                else:
+                    time.sleep(10)
+        load[name]["after"] = _loadavg()
+        if name in results:
+            log(f"  {name}: {time.perf_counter() - t:.0f} s (startup {results[name]['startup_s']:.0f} s)")
+    return results, load
+
+
 def run(args) -> dict[str, Any]:
     t_start = time.perf_counter()
     log = (lambda m: print(m, file=sys.stderr, flush=True))
     model = args.model or default_model()
     max_tokens = args.max_tokens if args.max_tokens is not None else DEFAULT_MAX_TOKENS
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    proposers = proposer_configs()
+    unknown = [c for c in configs if c not in BUILTIN_CONFIGS and c not in proposers]
+    if unknown:
+        raise SystemExit(f"declab bench spec: unknown configurations {unknown} (known: "
+                         f"{', '.join([*BUILTIN_CONFIGS, *proposers])})")
+    selected = {c: proposers[c] for c in configs if c in proposers}
+    settings = proposer_settings(args)
+    for c in selected.values():  # fail before any engine starts: unknown setting, bad value (named)
+        proposer_engine_kwargs(c, 1, settings)
     phases_wanted = [p.strip() for p in args.phases.split(",") if p.strip()]
     windows = _parse_windows(args.ngram_windows)
     ks = [int(k) for k in args.ngram_ks.split(",") if k.strip()]
     fixed_ngram = [int(x) for x in args.ngram.split(",")] if args.ngram else None
     suffix_info = _suffix_availability() if "suffix" in configs else {"available": False, "reason": "not requested"}
     suffix_k = args.suffix_k or SUFFIX_DEFAULT_K
-    max_k = max([*(ks if not fixed_ngram else [fixed_ngram[2]]), args.tr_k or 0,
-                 suffix_k if suffix_info["available"] else 0, TR_TREE_K if "token_recycling_tree" in configs else 0])
+    max_k = max([*(ks if not fixed_ngram else [fixed_ngram[2]]), suffix_k if suffix_info["available"] else 0,
+                 *(c.bench.num_speculative_tokens or proposer_k(args, c.plugin) or 0 for c in selected.values())])
     max_model_len = CPU_ENGINE_KWARGS["max_model_len"]
     items_all, skipped, totals = load_prompt_set(model, max_tokens=max_tokens, max_k=max_k,
                                                  max_model_len=max_model_len)
@@ -671,65 +736,36 @@ def run(args) -> dict[str, Any]:
             lmin, lmax, k_ngram = c["prompt_lookup_min"], c["prompt_lookup_max"], c["k"]
     else:
         lmin, lmax, k_ngram = 0, 0, (ks[0] if ks else 4)
-    tr_k = args.tr_k or k_ngram
 
     # 2. configurations, each in its own engine (child process)
-    stats_dir = tempfile.mkdtemp(prefix="declab-tr-stats-")
-    specs: dict[str, RunSpec] = {}
     common = dict(model=model, prompts=prompts, sampling=sampling, collect_metrics=True)
-    specs["vanilla"] = RunSpec(name="vanilla", engine_kwargs=engine_kwargs, env={"DECLAB_PLUGINS": None}, **common)
+    specs: dict[str, RunSpec] = {}
+    timeouts: dict[str, float] = {}
+    specs["vanilla"] = RunSpec(name="vanilla", engine_kwargs=engine_kwargs, env={PLUGINS_ENV: None}, **common)
     if "ngram" in configs:
-        specs["ngram"] = RunSpec(name="ngram", env={"DECLAB_PLUGINS": None},
+        specs["ngram"] = RunSpec(name="ngram", env={PLUGINS_ENV: None},
                                  engine_kwargs={**engine_kwargs, "speculative_config": _ngram_spec(lmin, lmax, k_ngram)},
                                  **common)
     if "suffix" in configs and suffix_info["available"]:
-        specs["suffix"] = RunSpec(name="suffix", env={"DECLAB_PLUGINS": None},
+        specs["suffix"] = RunSpec(name="suffix", env={PLUGINS_ENV: None},
                                   engine_kwargs={**engine_kwargs, "speculative_config": {
                                       "method": "suffix", "num_speculative_tokens": suffix_k}}, **common)
-    if "token_recycling_chain" in configs:
-        specs["token_recycling_chain"] = RunSpec(
-            name="token_recycling_chain",
-            env={"DECLAB_PLUGINS": "token_recycling", "DECLAB_TOKEN_RECYCLING": args.tr_config,
-                 "DECLAB_TOKEN_RECYCLING_STATS": os.path.join(stats_dir, "tr.json")},
-            engine_kwargs={**engine_kwargs, "speculative_config": {
-                "method": "custom_class", "model": TR_PROPOSER, "num_speculative_tokens": tr_k}},
-            **common)
-    if "token_recycling_tree" in configs:
-        tree_config = json.dumps({**json.loads(args.tr_config or "{}"), "mode": "tree"})
-        specs["token_recycling_tree"] = RunSpec(
-            name="token_recycling_tree",
-            env={"DECLAB_PLUGINS": "token_recycling", "DECLAB_TOKEN_RECYCLING": tree_config,
-                 "DECLAB_TOKEN_RECYCLING_STATS": os.path.join(stats_dir, "tr_tree.json")},
-            engine_kwargs={**engine_kwargs, "speculative_config": {
-                "method": "custom_class", "model": TR_PROPOSER, "num_speculative_tokens": TR_TREE_K}},
-            **common)
-
-    results: dict[str, Any] = {}
-    load: dict[str, Any] = {}
-    for name, spec in specs.items():
-        t = time.perf_counter()
-        load[name] = {"before": _loadavg()}
-        for attempt in (1, 2):  # one retry: an engine start can fail when the shared machine is short of memory
-            try:
-                timeout = args.child_timeout * (TREE_TIMEOUT_FACTOR if name == "token_recycling_tree" else 1)
-                results[name] = run_child(spec, plan, timeout=timeout)
-                break
-            except RuntimeError as e:
-                log(f"  {name}: attempt {attempt} FAILED\n{str(e)[:3000]}")
-                if attempt == 2:
-                    report["configs"][name] = {"available": False, "reason": f"engine run failed twice: {str(e)[:2000]}"}
-                else:
-                    time.sleep(10)
-        load[name]["after"] = _loadavg()
-        if name not in results:
-            continue
-        log(f"  {name}: {time.perf_counter() - t:.0f} s (startup {results[name]['startup_s']:.0f} s)")
+    with tempfile.TemporaryDirectory(prefix="declab-proposer-stats-") as stats_dir:
+        for name, c in selected.items():
+            k = c.bench.num_speculative_tokens or proposer_k(args, c.plugin) or k_ngram
+            specs[name] = RunSpec(name=name, engine_kwargs={**engine_kwargs, **proposer_engine_kwargs(c, k, settings)},
+                                  env={PLUGINS_ENV: c.plugin, PROPOSER_STATS_ENV: os.path.join(stats_dir, name + ".json")},
+                                  **common)
+            timeouts[name] = args.child_timeout * c.bench.timeout_factor
+        results, load = run_configs(specs, plan, timeouts, args.child_timeout, report, log)
 
     vanilla = results.get("vanilla")
     for name, res in results.items():
         s = summarize_config(items, res, vanilla)
         s["speculative_config"] = specs[name].engine_kwargs.get("speculative_config")
-        s["env"] = {k: v for k, v in specs[name].env.items() if v is not None and not k.endswith("_STATS")}
+        s["env"] = {k: v for k, v in specs[name].env.items() if v is not None and k != PROPOSER_STATS_ENV}
+        if "additional_config" in specs[name].engine_kwargs:
+            s["additional_config"] = specs[name].engine_kwargs["additional_config"]
         s["load_avg_1min"] = load.get(name)  # the machine's load around this run: timings on shared cores vary
         report["configs"][name] = s
     if "suffix" in configs and not suffix_info["available"]:
@@ -766,26 +802,25 @@ def per_prompt(items, results) -> list[dict[str, Any]]:
 
 
 def compare(report: dict[str, Any], items) -> dict[str, Any]:
-    """Each Token Recycling mode vs ngram per phase and group: mean accepted length, tokens/s, and their ratios."""
+    """Each plugin proposer configuration vs ngram per phase and group: mean accepted length, tokens/s, ratios."""
     cfg = report["configs"]
     ng = cfg.get("ngram", {})
     out: dict[str, Any] = {}
-    for name in TR_CONFIGS:
-        tr = cfg.get(name, {})
-        if not (tr.get("available") and ng.get("available")):
+    for name, this in cfg.items():
+        if name in BUILTIN_CONFIGS or not (this.get("available") and ng.get("available")):
             continue
-        for ph in tr["phases"]:
+        for ph in this["phases"]:
             if ph not in ng["phases"]:
                 continue
             rows = {}
-            for g, t in tr["phases"][ph]["groups"].items():
+            for g, t in this["phases"][ph]["groups"].items():
                 n = ng["phases"][ph]["groups"][g]
                 rows[g] = {
-                    "mal_tr": t["mean_accepted_length"], "mal_ngram": n["mean_accepted_length"],
-                    "mal_ratio_tr_over_ngram": t["mean_accepted_length"] / n["mean_accepted_length"],
-                    "tps_tr": t["tokens_per_s"], "tps_ngram": n["tokens_per_s"],
-                    "tps_ratio_tr_over_ngram": t["tokens_per_s"] / n["tokens_per_s"] if n["tokens_per_s"] else None,
-                    "speedup_tr": t.get("speedup_vs_vanilla"), "speedup_ngram": n.get("speedup_vs_vanilla"),
+                    "mal": t["mean_accepted_length"], "mal_ngram": n["mean_accepted_length"],
+                    "mal_ratio_over_ngram": t["mean_accepted_length"] / n["mean_accepted_length"],
+                    "tps": t["tokens_per_s"], "tps_ngram": n["tokens_per_s"],
+                    "tps_ratio_over_ngram": t["tokens_per_s"] / n["tokens_per_s"] if n["tokens_per_s"] else None,
+                    "speedup": t.get("speedup_vs_vanilla"), "speedup_ngram": n.get("speedup_vs_vanilla"),
                 }
             out.setdefault(name, {})[ph] = rows
     return out
@@ -795,8 +830,14 @@ def compare(report: dict[str, Any], items) -> dict[str, Any]:
 # Output
 # ----------------------------------------------------------------------------------------------------------------
 
-_COLORS = {"vanilla": "#888888", "ngram": "#1f77b4", "suffix": "#2ca02c", "token_recycling_chain": "#ff7f0e",
-           "token_recycling_tree": "#9467bd"}
+_COLORS = {"vanilla": "#888888", "ngram": "#1f77b4", "suffix": "#2ca02c"}  # plugin configurations bring their own
+
+
+def _color(name: str) -> str | None:
+    if name in _COLORS:
+        return _COLORS[name]
+    c = proposer_configs().get(name)
+    return c.bench.color if c is not None else None
 PLOT_POSITIONS = 16  # acceptance plot: first positions (the tree's 80 "positions" are depths; beyond 6 all zero)
 
 
@@ -823,7 +864,7 @@ def plot(report: dict[str, Any], path) -> None:
         for j, c in enumerate(cfgs):
             g_rows = report["configs"][c]["phases"].get(phase, {}).get("groups", {})
             vals = [(g_rows.get(g, {}).get(key) or 0.0) for g in groups]
-            ax.bar([i + j * width for i in x], vals, width, label=c, color=_COLORS.get(c))
+            ax.bar([i + j * width for i in x], vals, width, label=c, color=_color(c))
         ax.set_xticks([i + 0.4 - width / 2 for i in x], groups, rotation=45, ha="right", fontsize=8)
         if baseline is not None:
             ax.axhline(baseline, color="k", lw=0.8, ls="--")
@@ -842,7 +883,7 @@ def plot(report: dict[str, Any], path) -> None:
     for c in cfgs:
         row = report["configs"][c]["phases"][phases[0]]["groups"]["all"] if phases else {}
         acc = row.get("acceptance_per_position", [])[:PLOT_POSITIONS]
-        ax.plot(range(1, len(acc) + 1), acc, marker="o", label=c, color=_COLORS.get(c))
+        ax.plot(range(1, len(acc) + 1), acc, marker="o", label=c, color=_color(c))
     ax.set_xlabel("draft position")
     ax.set_title("acceptance rate per position (accepted_at_pos / drafts, all prompts)", fontsize=10)
     ax.legend(fontsize=7)
@@ -865,7 +906,7 @@ def plot(report: dict[str, Any], path) -> None:
         names.append(c)
         per_step.append(1e3 * (ph["proposer"]["seconds_per_step"] or 0.0))
         mem.append(ph["memory"].get("proposer_bytes", 0))
-    ax.bar(range(len(names)), per_step, color=[_COLORS.get(c) for c in names])
+    ax.bar(range(len(names)), per_step, color=[_color(c) for c in names])
     ax.set_xticks(range(len(names)), names, fontsize=8)
     for i, (v, m) in enumerate(zip(per_step, mem)):
         ax.text(i, v, f"{v:.3f} ms\nstate {m / 1e6:.2f} MB", ha="center", va="bottom", fontsize=7)
@@ -881,16 +922,7 @@ def plot(report: dict[str, Any], path) -> None:
     plt.close(fig)
 
 
-def write_report(report: dict[str, Any], out: str, name: str = "spec") -> tuple[Path, Path]:
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    jpath, ppath = folder / f"{name}.json", folder / f"{name}.png"
-    jpath.write_text(json.dumps(report, indent=1))
-    plot(report, ppath)
-    return jpath, ppath
-
-
-def format_table(report: dict[str, Any]) -> str:
+def summary(report: dict[str, Any]) -> str:
     cfgs = [c for c, v in report["configs"].items() if v.get("available")]
     lines = []
     for ph in PHASES:
@@ -906,23 +938,8 @@ def format_table(report: dict[str, Any]) -> str:
                 cells.append(f"{r['tokens_per_s']:7.1f} ({mal:.2f}, {r.get('speedup_vs_vanilla') or 1:.2f}x)"
                              if mal else f"{r['tokens_per_s']:7.1f}")
             lines.append(f"  {g:<15} " + " | ".join(cells))
-    return "\n".join(lines)
-
-
-def main(args) -> int:
-    report = run(args)
-    jpath, ppath = write_report(report, args.out, "spec")
-    print(format_table(report))
     for c, v in report["configs"].items():
         if not v.get("available"):
-            print(f"{c}: not available: {v['reason'][:300]}")
-    print(f"runtime {report['runtime_s']:.0f} s; wrote {jpath} and {ppath}")
-    return 0
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1].endswith(".json"):
-        _child(*sys.argv[1:4])
-    else:
-        p = argparse.ArgumentParser(prog="python -m declab.integrations.bench_spec")
-        sys.exit(main(add_arguments(p).parse_args()))
+            lines.append(f"{c}: not available: {v['reason'][:300]}")
+    lines.append(f"runtime {report['runtime_s']:.0f} s")
+    return "\n".join(lines)

@@ -1,7 +1,7 @@
 """Verification cost: one target forward pass over q new tokens after a cached context, by q, on this device.
 
 Speculative decoding pays for a draft of K tokens with a forward pass over 1 + K tokens. What that costs relative
-to a one-token decode step decides whether a longer draft (Token Recycling's 80-node tree against a chain of 2)
+to a one-token decode step decides whether a longer draft (an 80-node draft tree against a chain of 2)
 pays: on a CPU the pass is compute-bound and grows with q; on a GPU a decode step of a small batch is bound by
 reading the weights, and q = 81 costs about what q = 1 costs (at batch 16 the pass holds 16 x q tokens, and
 the GPU's compute starts to count too). This benchmark times exactly that, with plain
@@ -31,7 +31,7 @@ import sys
 import time
 from typing import Any
 
-from declab.integrations.bench import add_option
+from declab.integrations.sdk.bench import add_option, default_model
 
 SYNTHETIC = {
     # Llama-2-7B's shape (the paper's 7B models are Llama-2 / Vicuna / Code Llama of this shape)
@@ -154,8 +154,6 @@ def _load(name: str, model_path: str, device: str, dtype):
 
 def run(args) -> dict[str, Any]:
     import torch
-
-    from declab.integrations.models import default_model
 
     log = (lambda m: print(m, file=sys.stderr, flush=True))
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

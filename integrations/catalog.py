@@ -1,8 +1,9 @@
 """The 65-paper catalog: every paper of the reading list with its hook, status and the reason for that status.
 
-``papers.json`` holds the classification of every paper (title as in ``../shared/seed``, hook, tier, reason). For a
-paper that has a plugin, the plugin's ``PluginSpec`` is authoritative for status and reason; the JSON entry names the
-plugin. ``declab list`` prints this table; ``declab list --json`` prints it as JSON.
+Statuses come from what exists: a paper is covered by a plugin's ``PluginSpec`` (its status and reason) or by a
+plugin's ``BenchEntry(paper=...)`` (a benchmark paper built as ``declab bench NAME``). ``papers.json`` holds only what
+no spec says: every paper's title, short name and tier, and the hook, status and reason of papers nothing covers yet.
+``declab list`` prints this table; ``--json`` as JSON; ``--markdown`` the README's plugin table.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 from declab.integrations import registry
 
 PAPERS_JSON = Path(__file__).with_name("papers.json")
+# Keys papers.json may hold for a paper nothing covers yet; a covered paper has them from its spec.
+UNCOVERED_KEYS = ("hook", "status", "reason", "plugin")
 
 
 @dataclass(frozen=True)
@@ -28,39 +31,43 @@ class CatalogEntry:
     plugin: str | None
     reason: str
     params: list[dict]
+    settings: list[dict]
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
+def coverage() -> dict[int, tuple[registry.PluginSpec, object | None]]:
+    """paper -> (spec, bench entry or None) for every paper a plugin or a plugin's benchmark implements."""
+    covered: dict[int, tuple[registry.PluginSpec, object | None]] = {}
+    for spec in registry.all_specs().values():
+        if spec.paper:
+            covered[spec.paper] = (spec, None)
+        for bench in spec.benches:
+            if bench.paper:
+                covered.setdefault(bench.paper, (spec, bench))
+    return covered
+
+
 @lru_cache(maxsize=1)
 def catalog() -> tuple[CatalogEntry, ...]:
     raw = json.loads(PAPERS_JSON.read_text())
-    specs = registry.all_specs()
-    by_paper = {s.paper: s for s in specs.values()}
+    covered = coverage()
     entries = []
     for item in raw:
-        spec = by_paper.get(item["id"])
-        if spec is not None:
-            status, reason, hook = spec.status, spec.reason or spec.summary, spec.hook
-            plugin, params = spec.name, [p.describe() for p in spec.params]
+        spec, bench = covered.get(item["id"], (None, None))
+        if spec is None:
+            status, reason, hook, plugin = item["status"], item["reason"], item["hook"], None
+            params, settings = [], []
+        elif bench is None:
+            status, reason, hook, plugin = spec.status, spec.reason or spec.summary, spec.hook, spec.name
+            params, settings = [p.describe() for p in spec.params], [p.describe() for p in spec.settings]
         else:
-            # Named plugins that are not implemented yet stay "planned".
-            status, reason, hook = item["status"], item["reason"], item["hook"]
-            plugin, params = None, []
-        entries.append(
-            CatalogEntry(
-                id=item["id"],
-                title=item["title"],
-                short=item["short"],
-                hook=hook,
-                tier=item["tier"],
-                status=status,
-                plugin=plugin,
-                reason=reason,
-                params=params,
-            )
-        )
+            status, hook, plugin, params, settings = "working", registry.HOOK_BENCH, f"bench {bench.name}", [], []
+            reason = f"built as `declab bench {bench.name}` (plugin {spec.name}'s folder): {bench.help}"
+        entries.append(CatalogEntry(id=item["id"], title=item["title"], short=item["short"], hook=hook,
+                                    tier=item["tier"], status=status, plugin=plugin, reason=reason, params=params,
+                                    settings=settings))
     return tuple(entries)
 
 
@@ -78,4 +85,31 @@ def format_table(entries: tuple[CatalogEntry, ...], width: int = 160) -> str:
         counts[e.status] = counts.get(e.status, 0) + 1
     lines.append("")
     lines.append("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + f"  (total {len(entries)})")
+    return "\n".join(lines)
+
+
+_HOOK_WORDS = {
+    registry.HOOK_LOGITS: "logits processor (router)",
+    registry.HOOK_PROPOSER: "speculative proposer (`custom_class`)",
+    registry.HOOK_SEARCH: "search loop over engine requests",
+    registry.HOOK_BENCH: "benchmark",
+}
+
+
+def format_markdown() -> str:
+    """The README's plugin table, generated from the specs (``declab list --markdown``)."""
+    titles = {e.id: e.short for e in catalog()}
+    package_dirs = {name: registry.package_of(name).replace("declab.plugins.", "plugins/") + "/"
+                    for name in registry.all_specs()}
+    lines = ["| plugin | paper | hook | status | docs |", "|---|---|---|---|---|"]
+    for name, spec in registry.all_specs().items():
+        hook = _HOOK_WORDS[spec.hook]
+        if spec.logits is not None and spec.logits.companions:
+            hook += " + companion rows"
+        paper = f"{spec.paper} {titles[spec.paper]}" if spec.paper else f"baseline of `{spec.baseline_of}`"
+        lines.append(f"| `{name}` | {paper} | {hook} | {spec.status} | `{package_dirs[name]}` |")
+        for bench in spec.benches:
+            if bench.paper:
+                lines.append(f"| `declab bench {bench.name}` | {bench.paper} {titles[bench.paper]} | benchmark | "
+                             f"working | `{package_dirs[name]}` |")
     return "\n".join(lines)

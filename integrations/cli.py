@@ -10,10 +10,12 @@ import sys
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from declab.integrations.catalog import catalog, format_table
+    from declab.integrations.catalog import catalog, format_markdown, format_table
 
     entries = catalog()
-    if args.json:
+    if args.markdown:
+        print(format_markdown())
+    elif args.json:
         print(json.dumps([e.as_dict() for e in entries], indent=1))
     else:
         print(format_table(entries, width=shutil.get_terminal_size((160, 40)).columns))
@@ -70,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("list", help="print the 65-paper catalog")
     pl.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    pl.add_argument("--markdown", action="store_true", help="print the README's plugin table (from the specs)")
     pl.set_defaults(func=_cmd_list)
 
     ps = sub.add_parser(
@@ -86,10 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench.add_parser(sub).set_defaults(func=_cmd_bench)
 
-    pd = sub.add_parser("demo", help="the main job: show what the plugins change, on the bundled model")
+    pd = sub.add_parser("demo", help="the main job: each plugin's panel (plain vs plugin), on the bundled model")
     pd.add_argument("--model", default=None, help="model path (default: decoder-29m)")
     pd.add_argument("--out", default="demo-results", help="folder for the chart and JSON")
-    pd.add_argument("--max-tokens", type=int, default=64)
+    pd.add_argument("--max-tokens", type=int, default=64, help="tokens per open-ended output (panels may use fewer)")
+    pd.add_argument("--panels", default=None, help="comma list of panels to run (default: every plugin's demo)")
     pd.set_defaults(func=_cmd_demo)
     return p
 

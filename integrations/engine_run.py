@@ -1,20 +1,33 @@
-"""Run one engine configuration on a prompt set, in a child process of its own.
+"""The one child-process protocol of declab's benchmarks: run a function in a fresh Python process of its own.
 
 Plugin selection (``DECLAB_PLUGINS``, ``VLLM_PLUGINS``) is read once per process by vLLM's plugin loader, so each
-configuration of a comparison runs in a fresh child process of the same process tree:
-``python -m declab.integrations.engine_run SPEC.json RESULT.json``. Benchmarks and engine tests share this runner.
+configuration of a comparison runs in a fresh child process: ``python -m declab.integrations.engine_run --call
+module:function PAYLOAD.json RESULT.json`` calls ``function(payload)`` and writes its JSON result. The common case,
+one engine configuration over a prompt set (``RunSpec``: timed batches, batch-1 latencies, speculative-decoding
+counters), is ``run_in_child(spec)``; a benchmark with its own engine logic calls ``call_in_child(target, payload)``
+or, to watch a child while it runs, ``ChildCall``. A ``RunSpec`` may also name ``calls``: functions that receive the
+started engine (``function(llm, options) -> JSON-able``) and run their own requests on it (``declab demo``).
+Benchmarks, the demo and engine tests share this runner.
+
+Every child starts in a process group of its own (``start_new_session``) that is killed as a whole when the call
+ends, times out, or is interrupted (Ctrl-C, ``SIGTERM`` to ``declab bench``): the engine core and the workers vLLM
+starts inside the child never outlive the call. On Linux the direct child also gets ``SIGTERM`` if its parent dies
+without cleaning up (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping
 
 # Engine settings that suit a 2-core CPU machine and the 29M fixture model.
 CPU_ENGINE_KWARGS: dict[str, Any] = {
@@ -24,6 +37,9 @@ CPU_ENGINE_KWARGS: dict[str, Any] = {
     "gpu_memory_utilization": 0.3,
     "seed": 0,
 }
+
+RUN_SPEC_TARGET = "declab.integrations.engine_run:run_spec"
+KILL_GRACE_S = 5.0  # SIGTERM, then SIGKILL to whatever of the group is left after this long
 
 
 @dataclass
@@ -38,9 +54,173 @@ class RunSpec:
     latency_prompts: int = 0  # additionally time this many prompts one at a time (batch 1)
     name: str = ""
     collect_metrics: bool = False  # engine stats on (disable_log_stats=False); vllm:spec_decode_* counters returned
+    # "module:function" names, each called in the child as function(llm, call_options) after the prompt batch (if
+    # any); a call that raises is reported with its error and does not stop the calls after it (``declab demo``).
+    calls: list[str] = field(default_factory=list)
+    call_options: dict[str, Any] = field(default_factory=dict)
 
 
-def _sampling_params(spec: RunSpec):
+# ----------------------------------------------------------------------------------------------------------------
+# Parent side: start, watch, kill
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class ChildFailed(RuntimeError):
+    """The child exited with an error or wrote no result; the message carries its error lines and log tail."""
+
+
+class ChildTimeout(ChildFailed):
+    """The child ran past its timeout; its process group was killed."""
+
+
+def child_env(overrides: Mapping[str, str | None] | None = None) -> dict[str, str]:
+    """This process's environment with ``overrides`` applied (None unsets a variable)."""
+    env = dict(os.environ)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def kill_group(pgid: int, grace_s: float = KILL_GRACE_S) -> None:
+    """End every process of group ``pgid``: ``SIGTERM`` (vLLM shuts its engine core down on it), ``SIGKILL`` to what
+    is left after ``grace_s``. A group with no process left is fine."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child before exec
+    """``preexec_fn``: the child gets SIGTERM when the process that started it dies (Linux ``PR_SET_PDEATHSIG``)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class ChildCall:
+    """``target(payload)`` running in a fresh Python process, in a process group of its own.
+
+    ``log_path``: the child's stdout and stderr (default: a file in the call's temporary folder; ``quiet=False``
+    lets them through to this process's terminal instead). Use as a context manager, or call ``close()``: the
+    child's whole process group is killed if anything of it is still running, and the temporary folder removed.
+    """
+
+    def __init__(self, target: str, payload: Any, *, env: Mapping[str, str | None] | None = None,
+                 log_path: str | Path | None = None, quiet: bool = True, name: str = "") -> None:
+        self.target, self.name = target, name or target
+        self._tmp = tempfile.TemporaryDirectory(prefix="declab-child-")
+        folder = Path(self._tmp.name)
+        payload_path, self.result_path = folder / "payload.json", folder / "result.json"
+        payload_path.write_text(json.dumps(payload))
+        self.log_path = Path(log_path) if log_path is not None else (folder / "child.log" if quiet else None)
+        self._log = None
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "w")
+        argv = [sys.executable, "-m", "declab.integrations.engine_run", "--call", target, str(payload_path),
+                str(self.result_path)]
+        self.proc = subprocess.Popen(argv, env=child_env(env), stdout=self._log,
+                                     stderr=subprocess.STDOUT if self._log else None, start_new_session=True,
+                                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        self.pid = self.proc.pid  # == the process group id (start_new_session)
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The child's exit status; on timeout the group is killed and ``ChildTimeout`` raised."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise ChildTimeout(f"child {self.name!r} timed out after {timeout:.0f} s; killed"
+                               + self._log_excerpt()) from None
+
+    def kill(self) -> None:
+        """Kill the child's whole process group (engine core and workers included) and reap the child."""
+        kill_group(self.pid)
+        try:
+            self.proc.wait(timeout=KILL_GRACE_S)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL was sent to the group
+            pass
+
+    def result(self) -> Any:
+        """The target's return value (after ``wait``); ``ChildFailed`` with the log's error lines otherwise."""
+        code = self.proc.returncode
+        if code != 0 or not self.result_path.exists():
+            raise ChildFailed(f"child {self.name!r} failed (exit {code})" + self._log_excerpt())
+        return json.loads(self.result_path.read_text())
+
+    def log_text(self) -> str:
+        if self._log is not None:
+            self._log.flush()
+        try:
+            return self.log_path.read_text(errors="replace") if self.log_path else ""
+        except OSError:
+            return ""
+
+    def _log_excerpt(self, tail: int = 4000) -> str:
+        text = self.log_text()
+        if not text:
+            return ""
+        errors = [ln for ln in text.splitlines() if "Error" in ln or "Exception" in ln]
+        where = f" (log {self.log_path})" if self.log_path and not str(self.log_path).startswith(self._tmp.name) else ""
+        return (f"{where}; error lines:\n" + "\n".join(errors[:12]) + f"\n--- log tail ---\n{text[-tail:]}")
+
+    def close(self) -> None:
+        if self.proc.returncode is None and self.proc.poll() is None:
+            self.kill()
+        else:
+            kill_group(self.pid, grace_s=1.0)  # the child exited: end anything it left behind in its group
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self._tmp.cleanup()
+
+    def __enter__(self) -> "ChildCall":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def call_in_child(target: str, payload: Any, *, env: Mapping[str, str | None] | None = None,
+                  timeout: float | None = 1800, log_path: str | Path | None = None, quiet: bool = True,
+                  name: str = "") -> Any:
+    """``target(payload)`` (``"module:function"``, JSON in and out) in a fresh Python process with ``env`` applied;
+    its result. Raises ``ChildFailed`` (``ChildTimeout``) with the child's error lines and log tail."""
+    with ChildCall(target, payload, env=env, log_path=log_path, quiet=quiet, name=name) as child:
+        child.wait(timeout)
+        return child.result()
+
+
+def run_in_child(spec: RunSpec, *, timeout: float = 1800, quiet: bool = True) -> dict[str, Any]:
+    """Run ``spec`` in a fresh Python process; return its result dict (raises with the child's log on failure)."""
+    return call_in_child(RUN_SPEC_TARGET, asdict(spec), env=spec.env, timeout=timeout, quiet=quiet,
+                         name=f"engine run {spec.name!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Child side
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def sampling_params(spec: RunSpec):
     from vllm import SamplingParams
 
     out = []
@@ -52,7 +232,7 @@ def _sampling_params(spec: RunSpec):
     return out
 
 
-def _spec_metrics(llm) -> dict[str, Any]:
+def spec_metrics(llm) -> dict[str, Any]:
     """vLLM's speculative-decoding counters (cumulative since engine start)."""
     out: dict[str, Any] = {}
     for m in llm.get_metrics():
@@ -62,7 +242,8 @@ def _spec_metrics(llm) -> dict[str, Any]:
     return out
 
 
-def _diff(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+def metrics_diff(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    """Counters ``after`` minus ``before`` (lists element-wise)."""
     out = {}
     for k, v in after.items():
         b = before.get(k)
@@ -73,8 +254,9 @@ def _diff(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _child(spec_path: str, result_path: str) -> None:
-    spec = RunSpec(**json.loads(open(spec_path).read()))
+def run_spec(payload: dict[str, Any]) -> dict[str, Any]:
+    """Child side of ``run_in_child``: one engine, one warm-up, ``repeats`` timed batches, batch-1 latencies."""
+    spec = RunSpec(**payload)
     from vllm import LLM
 
     t0 = time.perf_counter()
@@ -83,16 +265,17 @@ def _child(spec_path: str, result_path: str) -> None:
         kwargs["disable_log_stats"] = False
     llm = LLM(model=spec.model, **kwargs)
     startup_s = time.perf_counter() - t0
-    params = _sampling_params(spec)
-    llm.generate(spec.prompts[:2], params[:2], use_tqdm=False)  # warm-up
-    metrics_before = _spec_metrics(llm) if spec.collect_metrics else None
-    batch_times, outputs = [], None
-    for _ in range(max(1, spec.repeats)):
-        t = time.perf_counter()
-        outputs = llm.generate(spec.prompts, params, use_tqdm=False)
-        batch_times.append(time.perf_counter() - t)
-    # Counters over the timed batch runs only (warm-up excluded).
-    metrics = _diff(_spec_metrics(llm), metrics_before) if spec.collect_metrics else None
+    params = sampling_params(spec)
+    batch_times, outputs, metrics = [], [], None
+    if spec.prompts:
+        llm.generate(spec.prompts[:2], params[:2], use_tqdm=False)  # warm-up
+        metrics_before = spec_metrics(llm) if spec.collect_metrics else None
+        for _ in range(max(1, spec.repeats)):
+            t = time.perf_counter()
+            outputs = llm.generate(spec.prompts, params, use_tqdm=False)
+            batch_times.append(time.perf_counter() - t)
+        # Counters over the timed batch runs only (warm-up excluded).
+        metrics = metrics_diff(spec_metrics(llm), metrics_before) if spec.collect_metrics else None
     latencies, single_token_ids = [], []
     for i in range(min(spec.latency_prompts, len(spec.prompts))):
         t = time.perf_counter()
@@ -100,7 +283,7 @@ def _child(spec_path: str, result_path: str) -> None:
         latencies.append(time.perf_counter() - t)
         single_token_ids.append(list(single[0].outputs[0].token_ids))
     token_ids = [list(o.outputs[0].token_ids) for o in outputs]
-    result = {
+    return {
         "name": spec.name,
         "startup_s": startup_s,
         "batch_times_s": batch_times,
@@ -112,37 +295,43 @@ def _child(spec_path: str, result_path: str) -> None:
         "finish_reasons": [o.outputs[0].finish_reason for o in outputs],
         "generated_tokens": sum(len(t) for t in token_ids),
         "spec_metrics": metrics,
+        "calls": _run_calls(llm, spec),
     }
-    with open(result_path, "w") as f:
-        json.dump(result, f)
 
 
-def run_in_child(spec: RunSpec, *, timeout: float = 1800, quiet: bool = True) -> dict[str, Any]:
-    """Run ``spec`` in a fresh Python process; return its result dict (raises with the child's log on failure)."""
-    env = dict(os.environ)
-    for k, v in spec.env.items():
-        if v is None:
-            env.pop(k, None)
-        else:
-            env[k] = v
-    with tempfile.TemporaryDirectory(prefix="declab-run-") as tmp:
-        spec_path, result_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "result.json")
-        with open(spec_path, "w") as f:
-            json.dump(asdict(spec), f)
-        proc = subprocess.run(
-            [sys.executable, "-m", "declab.integrations.engine_run", spec_path, result_path],
-            env=env,
-            stdout=subprocess.PIPE if quiet else None,
-            stderr=subprocess.STDOUT if quiet else None,
-            text=True,
-            timeout=timeout,
-        )
-        if proc.returncode != 0 or not os.path.exists(result_path):
-            log = (proc.stdout or "")[-6000:]
-            raise RuntimeError(f"engine run {spec.name!r} failed (exit {proc.returncode}):\n{log}")
-        with open(result_path) as f:
-            return json.load(f)
+def _run_calls(llm, spec: RunSpec) -> list[dict[str, Any]]:
+    """Each of ``spec.calls`` on the engine: its result (or error), wall time and spec-decode counters over it."""
+    import traceback
+
+    from declab.integrations.sdk.spec import load_object
+
+    out = []
+    for target in spec.calls:
+        before = spec_metrics(llm) if spec.collect_metrics else None
+        t = time.perf_counter()
+        record: dict[str, Any] = {"target": target}
+        try:
+            record["result"] = load_object(target)(llm, dict(spec.call_options))
+        except Exception:  # noqa: BLE001 - one failing call must not lose the others' results
+            record["error"] = traceback.format_exc()[-4000:]
+        record["wall_s"] = time.perf_counter() - t
+        record["spec_metrics"] = metrics_diff(spec_metrics(llm), before) if spec.collect_metrics else None
+        out.append(record)
+    return out
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) != 4 or argv[0] != "--call":
+        print("usage: python -m declab.integrations.engine_run --call module:function PAYLOAD.json RESULT.json",
+              file=sys.stderr)
+        return 2
+    from declab.integrations.sdk.spec import load_object
+
+    target, payload_path, result_path = argv[1:]
+    result = load_object(target)(json.loads(Path(payload_path).read_text()))
+    Path(result_path).write_text(json.dumps(result))
+    return 0
 
 
 if __name__ == "__main__":
-    _child(sys.argv[1], sys.argv[2])
+    sys.exit(_main(sys.argv[1:]))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from declab.integrations.models import eval_file
+
+CODE_GROUP = "code"  # group name of CODE_PROMPTS in the Spec-Bench prompt set
 
 # Code prompts in the style of decoder-29m's training data (its greedy output loops on code).
 CODE_PROMPTS = (
@@ -49,3 +52,45 @@ def default_bench_prompts(n: int) -> list[str]:
     prompts = list(CODE_PROMPTS)
     prompts += [p for _, p in spec_bench_prompts(max_chars=1500)]
     return prompts[:n]
+
+
+def load_prompt_set(model: str, *, max_tokens: int, max_k: int, max_model_len: int,
+                    limit: int | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+    """The speculative-decoding prompt set: (items, skipped, totals). Items: Spec-Bench first turns (file order)
+    then the code prompts (group ``code``), each ``{"group", "id", "text", "prompt_tokens"}``; a prompt is kept when
+    ``prompt_tokens + max_tokens + max_k <= max_model_len``. ``limit`` keeps the first N kept prompts of each
+    group. Used by ``declab bench spec`` and by the proposers' own benchmarks, so they measure the same prompts."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    raw: list[tuple[str, str, str]] = []
+    path = eval_file("spec_bench", "question.jsonl")
+    if path is not None:
+        for line in path.read_text().splitlines():
+            item = json.loads(line)
+            raw.append((item.get("category", "unknown"), str(item.get("question_id")), item["turns"][0]))
+    raw += [(CODE_GROUP, f"code-{i}", p) for i, p in enumerate(CODE_PROMPTS)]
+    budget = max_model_len - max_tokens - max_k
+    items, skipped, totals = [], [], {}
+    for group, qid, text in raw:
+        n = len(tok(text).input_ids)
+        totals[group] = totals.get(group, 0) + 1
+        rec = {"group": group, "id": qid, "text": text, "prompt_tokens": n}
+        (items if n <= budget else skipped).append(rec)
+    if limit is not None:
+        kept, seen = [], {}
+        for it in items:
+            seen[it["group"]] = seen.get(it["group"], 0) + 1
+            if seen[it["group"]] <= limit:
+                kept.append(it)
+        items = kept
+    return items, [{k: v for k, v in s.items() if k != "text"} for s in skipped], totals
+
+
+def group_order(items: list[dict[str, Any]]) -> list[str]:
+    """The groups of ``items`` in order of first appearance."""
+    out: list[str] = []
+    for it in items:
+        if it["group"] not in out:
+            out.append(it["group"])
+    return out

@@ -1,93 +1,87 @@
-"""What each plugin declares, and the registry of all plugins.
+"""Discovery of plugins: every package under ``declab.plugins`` with a ``spec`` module, plus packages that other
+distributions register in the ``declab.plugins`` entry-point group (value: the package's import path).
 
-A plugin folder (``declab/plugins/<name>/``) exposes ``SPEC`` in its ``spec.py``. Specs are plain data (no torch, no
-vLLM import), so the registry can be read cheaply by the entry point, the CLI and the front-end validation.
+A plugin is one folder: nothing here (or anywhere in ``integrations/`` or ``patches/``) names a plugin. Specs are
+plain data, so discovery imports no torch and no vLLM.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
 import os
-from dataclasses import dataclass, field
-from typing import Any
+import pkgutil
 
-from declab.integrations.params import ParamSpec
-
-# How a plugin reaches vLLM.
-HOOK_LOGITS = "logits-processor"  # per-request transform, through the one router logits processor
-HOOK_PROPOSER = "speculative-proposer"  # speculative_config={"method": "custom_class", ...}
-HOOK_SEARCH = "search-loop"  # integration-level loop over engine requests (offline API / HTTP endpoint)
-HOOK_BENCH = "benchmark"
-
-STATUSES = ("working", "partial", "planned", "not-applicable")
-
-PLUGINS_ENV = "DECLAB_PLUGINS"
-
-# Every plugin package, in catalog order of their paper. Adding a plugin = one line here + its folder.
-PLUGIN_MODULES = (
-    "declab.plugins.momentum",
-    "declab.plugins.diverse_beam",
-    "declab.plugins.token_recycling",
-    "declab.plugins.extractive",
-    "declab.plugins.asap",
-    "declab.plugins.m3id",
-    "declab.plugins.lqcd",
-    "declab.plugins.cad",
+from declab.integrations.sdk.runtime import PLUGINS_ENV
+from declab.integrations.sdk.spec import (  # re-exported for the runtime modules
+    HOOK_BENCH,
+    HOOK_LOGITS,
+    HOOK_PROPOSER,
+    HOOK_SEARCH,
+    STATUSES,
+    PluginSpec,
 )
 
+__all__ = ["PLUGINS_ENV", "HOOK_BENCH", "HOOK_LOGITS", "HOOK_PROPOSER", "HOOK_SEARCH", "STATUSES", "PluginSpec",
+           "plugin_packages", "all_specs", "get_spec", "parse_selection", "selected_plugins", "plugin_modules"]
 
-@dataclass(frozen=True)
-class PluginSpec:
-    name: str
-    paper: int  # number in ../shared/seed (1..65)
-    hook: str
-    status: str
-    summary: str
-    reason: str = ""  # why partial / what is missing
-    params: tuple[ParamSpec, ...] = ()
-    # For HOOK_LOGITS: "module:Class" of the per-request processor in the plugin's pure core.
-    row_processor: str | None = None
-    # Names of patches (declab.patches.registry()) applied by the entry point, in every vLLM process, when selected.
-    patches: tuple[str, ...] = ()
-    # Patches of worker internals (model runner), applied by the plugin's own vLLM object when vLLM constructs it
-    # inside the worker, so the front-end never imports runner modules.
-    worker_patches: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"plugin {self.name}: status {self.status!r} not in {STATUSES}")
-        if self.hook == HOOK_LOGITS and not self.row_processor:
-            raise ValueError(f"plugin {self.name}: a logits-processor plugin needs row_processor")
-
-    def validate_request(self, params: dict[str, Any]) -> None:
-        """Cross-field / content checks beyond ParamSpec (``extra["validate"]`` = "module:function")."""
-        target = self.extra.get("validate")
-        if target:
-            module, _, attr = target.partition(":")
-            getattr(importlib.import_module(module), attr)(params)
-
-    def load_row_processor(self) -> type:
-        module, _, attr = (self.row_processor or "").partition(":")
-        return getattr(importlib.import_module(module), attr)
-
+ENTRY_POINT_GROUP = "declab.plugins"
+# Packages under declab.plugins that are not plugins: family modules several plugins share.
+NOT_PLUGINS = ("shared",)
 
 _SPECS: dict[str, PluginSpec] | None = None
+_PACKAGE_OF: dict[str, str] = {}  # spec name -> package that declared it
+
+
+def plugin_packages() -> list[str]:
+    """Import paths of every plugin package: folders under ``declab.plugins`` holding a ``spec.py``, then
+    entry-point packages."""
+    import declab.plugins
+
+    found = []
+    for info in sorted(pkgutil.iter_modules(declab.plugins.__path__), key=lambda i: i.name):
+        if not info.ispkg or info.name.startswith("_") or info.name in NOT_PLUGINS:
+            continue
+        package = f"declab.plugins.{info.name}"
+        if importlib.util.find_spec(f"{package}.spec") is not None:
+            found.append(package)
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.value not in found:
+            found.append(ep.value)
+    return found
 
 
 def all_specs() -> dict[str, PluginSpec]:
+    """Every declared method by name, in reading-list order (paper number; baselines, paper 0, last)."""
     global _SPECS
     if _SPECS is None:
         specs: dict[str, PluginSpec] = {}
-        for mod in PLUGIN_MODULES:
-            module = importlib.import_module(mod + ".spec")
+        for package in plugin_packages():
+            module = importlib.import_module(package + ".spec")
             # EXTRA_SPECS: further methods of the same package, e.g. a paper's baseline (paper 0 = not in the list).
             for spec in (module.SPEC, *getattr(module, "EXTRA_SPECS", ())):
                 if spec.name in specs:
                     raise ValueError(f"two plugins are named {spec.name!r}")
                 specs[spec.name] = spec
-        _SPECS = specs
+                _PACKAGE_OF[spec.name] = package
+        _SPECS = dict(sorted(specs.items(), key=lambda kv: (kv[1].paper or 10**6, kv[0])))
     return _SPECS
+
+
+def plugin_modules(submodule: str) -> list[str]:
+    """``<package>.<submodule>`` for every plugin package that has one (e.g. ``demo``), in discovery order."""
+    out = []
+    for package in plugin_packages():
+        name = f"{package}.{submodule}"
+        if importlib.util.find_spec(name) is not None:
+            out.append(name)
+    return out
+
+
+def package_of(name: str) -> str:
+    all_specs()
+    return _PACKAGE_OF[name]
 
 
 def get_spec(name: str) -> PluginSpec:

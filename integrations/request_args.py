@@ -2,12 +2,12 @@
 
 Python (offline ``LLM`` or ``SamplingParams``)::
 
-    SamplingParams(extra_args={"declab": {"method": "momentum", "alpha": 0.2}})
+    SamplingParams(extra_args={"declab": {"method": NAME, "alpha": 0.2}})   # NAME: a selected plugin
 
 OpenAI-compatible server: ``vllm_xargs`` only carries flat scalar values, so the same arguments are written as
 dotted keys::
 
-    {"vllm_xargs": {"declab.method": "momentum", "declab.alpha": 0.2}}
+    {"vllm_xargs": {"declab.method": NAME, "declab.alpha": 0.2}}
 
 Both forms resolve to the same ``DeclabRequest``. Requests without ``declab`` arguments are untouched.
 No vLLM import here: the front-end validator and the worker-side router both call ``parse_request_args``.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from declab.integrations import registry
-from declab.integrations.params import resolve_params
+from declab.integrations.sdk.params import resolve_params
 
 KEY = "declab"
 _PREFIX = KEY + "."

@@ -5,7 +5,7 @@ batch. Instead one router holds, per persistent-batch row, the ``RowProcessor`` 
 ``extra_args["declab"]`` and leaves every other row untouched (an empty dict: ``apply`` returns at once).
 
 It is attached to the engine config only when a logits-level plugin is selected
-(``declab.patches.engine_args_router``); it is never an entry-point logits processor, so an installed but unselected
+(``declab.patches.engine_args``); it is never an entry-point logits processor, so an installed but unselected
 suite adds nothing to the sampler.
 """
 
@@ -13,21 +13,18 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import replace
 
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 from declab.integrations.request_args import parse_request_args
-from declab.plugins.common import RowContext, RowProcessor
-from declab.plugins.contrastive import draw_token, force_token
-from declab.plugins.contrastive_args import (
-    PAIR_KEY,
-    ROLE_MAIN,
-    SamplingSettings,
-    check_sampling_options,
-    is_contrastive,
-)
+from declab.integrations.sdk.runtime import eos_token_id
+from declab.integrations.sdk.groups import GROUP_KEY, ROLE_MAIN, check_group_sampling_options
+from declab.integrations.sdk.rows import RowContext, RowProcessor
+from declab.integrations.sdk.sampling import SamplingSettings, force_token
+from declab.integrations.sdk.spec import load_object
 
 logger = logging.getLogger(__name__)
 
@@ -38,26 +35,25 @@ class DeclabLogitsRouter(LogitsProcessor):
     @classmethod
     def validate_params(cls, sampling_params) -> None:  # front-end, at admission
         request = parse_request_args(sampling_params.extra_args)
-        if request is not None and is_contrastive(request.spec):
-            check_sampling_options(sampling_params, request.spec.name)
+        if request is None:
+            return
+        hook = request.spec.logits
+        if hook.companions:
+            check_group_sampling_options(sampling_params, request.spec.name)
+        if hook.check_sampling:
+            load_object(hook.check_sampling)(sampling_params, request.spec.name)
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
         model_config = vllm_config.model_config
         self._model_config = model_config
         self.ctx = RowContext(
             vocab_size=model_config.get_vocab_size(),
-            eos_token_id=self._eos_token_id(model_config),
+            eos_token_id=eos_token_id(model_config),
             tokenize=self._tokenize,
             tokenizer=lambda: self._tokenizer,
         )
         self.rows: dict[int, RowProcessor] = {}
 
-    @staticmethod
-    def _eos_token_id(model_config) -> int | None:
-        eos = getattr(model_config.hf_config, "eos_token_id", None)
-        if isinstance(eos, (list, tuple)):
-            eos = eos[0] if eos else None
-        return eos
 
     @functools.cached_property
     def _tokenizer(self):
@@ -78,49 +74,51 @@ class DeclabLogitsRouter(LogitsProcessor):
         request = parse_request_args(params.extra_args)
         if request is None:
             return None
+        # A group member's own params are a greedy copy: the group samples with the main request's settings, which
+        # the request-group seam (declab.patches.request_groups) wrote into extra_args.
+        group = params.extra_args.get(GROUP_KEY)
+        sampling = (SamplingSettings.from_dict(group.get("sampling") or {}) if group is not None
+                    else SamplingSettings.from_sampling_params(params))
         processor_cls = request.spec.load_row_processor()
-        processor = processor_cls(request.params, prompt_ids or [], output_ids, self.ctx)
-        if getattr(processor, "paired", False):
-            # Set by the pair scheduler (declab.patches.contrastive_pairs) on both rows of a contrastive request.
-            pair = params.extra_args.get(PAIR_KEY) or {}
-            processor.pair_id = pair.get("id")
-            processor.role = pair.get("role")
-            processor.settings = SamplingSettings.from_dict(pair.get("sampling") or {})
+        processor = processor_cls(request.params, prompt_ids or [], output_ids, replace(self.ctx, sampling=sampling))
+        if processor.grouped:
+            processor.group_id = (group or {}).get("id")
+            processor.role = (group or {}).get("role")
+            processor.companions = request.spec.logits.companions
         return processor
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         process_dict_updates(self.rows, batch_update, self._new_row)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        pairs: dict[str, dict[str, int]] = {}
+        groups: dict[str, dict[str, int]] = {}
         for row, processor in self.rows.items():
-            if getattr(processor, "paired", False):
-                if processor.pair_id is not None:
-                    pairs.setdefault(processor.pair_id, {})[processor.role] = row
+            if processor.grouped:
+                if processor.group_id is not None:
+                    groups.setdefault(processor.group_id, {})[processor.role] = row
                 continue
             row_logits = logits[row]
             new = processor(row_logits)
             if new is not row_logits:
                 logits[row] = new
-        for rows in pairs.values():
-            self._apply_pair(logits, rows)
+        for rows in groups.values():
+            self._apply_group(logits, rows)
         return logits
 
-    def _apply_pair(self, logits: torch.Tensor, rows: dict[str, int]) -> None:
-        """Draw the token of a contrastive request from its two rows and force it on both.
+    def _apply_group(self, logits: torch.Tensor, rows: dict[str, int]) -> None:
+        """Choose the token of a request group from all its rows and force it on every member.
 
-        Only when both rows are in the batch at the same position; otherwise the rows keep their logits and the pair
-        scheduler discards what they sample (it recomputes the position once the pair is aligned).
+        Only when every member is in the batch at the same position; otherwise the rows keep their logits and the
+        request-group seam discards what they sample (it recomputes the position once the group is aligned).
         """
-        if len(rows) != 2 or ROLE_MAIN not in rows:
+        if ROLE_MAIN not in rows:
             return
-        main_row = rows.pop(ROLE_MAIN)
-        (contrast_row,) = rows.values()
-        main, companion = self.rows[main_row], self.rows[contrast_row]
+        main = self.rows[rows[ROLE_MAIN]]
+        if len(rows) != 1 + len(main.companions):
+            return
         step = len(main.output_ids)
-        if step != len(companion.output_ids):
+        if any(len(self.rows[row].output_ids) != step for row in rows.values()):
             return
-        contrasted = main.contrast(logits[main_row].float(), logits[contrast_row].float(), step)
-        token = draw_token(contrasted, main.settings, step)
-        force_token(logits[main_row], token)
-        force_token(logits[contrast_row], token)
+        token = main.choose({role: logits[row].float() for role, row in rows.items()}, step)
+        for row in rows.values():
+            force_token(logits[row], token)

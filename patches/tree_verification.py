@@ -1,31 +1,35 @@
-"""Verify a whole draft tree per request in vLLM 0.32's V1 runner on CPU (Token Recycling, stage 2).
+"""The tree-verification seam: verify a whole draft tree per request in vLLM 0.32's V1 runner on CPU.
 
 Why: vLLM 0.32 verifies one draft *chain* per request: tree attention and ``speculative_token_tree`` were removed,
 positions are ``num_computed_tokens + arange``, the CPU attention kernel is causal only, and the rejection sampler
-compares draft ``i`` with the target after draft ``i - 1``. A tree drafter (Token Recycling's 80-node static tree)
-has no hook to change any of that.
+compares draft ``i`` with the target after draft ``i - 1``. A proposer that drafts trees (a static BFS tree, a
+multi-candidate draft) has no hook to change any of that.
 
-How: the drafter sends the tree in BFS order as an ordinary draft list (so the scheduler, the KV allocation and
-the slot mapping are vLLM's own: node ``i`` gets the cache slot of position ``context + i``) and answers
-``declab_tree_parents(req_id)`` with the tree's parent indices (root first) for the requests it drafted as trees.
-Three small patches then treat those requests as trees, and only those:
+How: the proposer (a ``declab.integrations.sdk.proposer.DeclabProposer`` that returned ``DraftTree`` drafts) sends
+each tree in BFS order as an ordinary draft list, so the scheduler, the KV allocation and the slot mapping are
+vLLM's own: node ``i`` gets the cache slot of position ``context + i``. ``drafter.tree_parents(req_id)`` gives the
+tree's parent indices (root first) for the requests it drafted as trees. Three small patches then treat those
+requests as trees, and only those (shared state, statistics and verifier listeners:
+``declab.integrations.sdk.tree_verification``; the tree math: ``declab.integrations.sdk.trees``):
 
 1. ``tree_inputs`` wraps ``GPUModelRunner._prepare_inputs``. After vLLM prepared the step, the rotary positions of
    each tree request's merged sequence become ``context + depth`` (the slot mapping was already computed from the
-   sequential positions), and the step's tree requests are published in ``ACTIVE``.
+   sequential positions), and the step's tree requests are published in ``SEAM.step``, each with the subscribed
+   ``TreeVerifier`` that accepts its sampling parameters.
 2. ``tree_attention_cpu`` wraps ``CPUAttentionBackendImpl.forward``. After the C++ kernel, the rows of each tree
    request are recomputed with the tree mask over the context read back from the paged cache
-   (``tree_attention.tree_attention``), and the layer's keys and values of those rows are kept for step 3.
-3. ``tree_verifier`` wraps ``RejectionSampler.forward``. Each tree request is verified greedily
-   (``core.longest_accepted_path`` on the argmax of its logits rows); its output row becomes the accepted path's
-   tokens plus the bonus token, so the scheduler commits them as accepted drafts. The kept keys and values of the
-   accepted nodes are then rewritten, with vLLM's own cache writer, to the slots of positions
-   ``context + 1 .. context + a`` in every layer.
+   (``trees.tree_attention``), and the layer's keys and values of those rows are kept for step 3.
+3. ``tree_verifier`` wraps ``RejectionSampler.forward``. Each tree request's verifier (today the greedy one:
+   ``trees.longest_accepted_path`` on the argmax of its logits rows) chooses the accepted path before vLLM's
+   sampler runs; the request's output row becomes the accepted path's tokens plus the bonus token, so the
+   scheduler commits them as accepted drafts. The kept keys and values of the accepted nodes are then rewritten,
+   with vLLM's own cache writer, to the slots of positions ``context + 1 .. context + a`` in every layer.
 
-Only greedy requests without logits-changing parameters may be drafted as trees: greedy tree verification of
-the raw logits is then exactly what vanilla greedy decoding computes. The drafter sends other requests a chain,
-which the unchanged rejection sampler verifies. ``check_cpu_cache_layout`` runs at start-up and fails loudly if
-vLLM's CPU cache layout is not the one ``tree_attention.paged_context`` reads.
+A proposer drafts a tree only for requests a subscribed verifier accepts (``DeclabProposer.tree_verifiable``; the
+greedy verifier accepts greedy requests without logits-changing parameters, for which greedy tree verification of
+the raw logits is exactly what vanilla greedy decoding computes); other requests get chains, which the unchanged
+rejection sampler verifies. ``check_tree_engine`` (SDK) runs at start-up and fails loudly off the CPU backend or if
+vLLM's CPU cache layout is not the one ``trees.paged_context`` reads.
 
 vLLM version: 0.32.0 (``v1/worker/gpu_model_runner.py::_prepare_inputs``, ``v1/attention/backends/cpu_attn.py::
 CPUAttentionBackendImpl.forward``, ``v1/sample/rejection_sampler.py::RejectionSampler.forward``; CPU, V1 runner,
@@ -33,75 +37,19 @@ synchronous scheduling, which the CPU platform forces).
 
 Removal plan: when vLLM brings back tree drafts (an RFC for a common proposer interface, #36219, and the removed
 ``speculative_token_tree``), send the tree through that and delete this module. Until then, check the three
-wrapped functions on each vLLM bump; ``tests/test_token_recycling_engine.py`` (tree mode, token-identical to
-vanilla) tells.
+wrapped functions on each vLLM bump; the engine tests of tree mode (token-identical to vanilla) tell.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import torch
 
-from declab.patches import DeclabPatch
-from declab.plugins.token_recycling.core import longest_accepted_path
-from declab.plugins.token_recycling.tree_attention import paged_context, relocation, tree_attention, tree_depths
-
-
-@dataclass
-class TreeRequest:
-    row: int  # batch row
-    query_start: int  # index of the root in the step's flattened tokens
-    context: int  # committed tokens before the root (the root's position)
-    parents: list[int]  # merged sequence, root first: 1 + the drafts vLLM scheduled (a BFS prefix of the tree)
-
-
-@dataclass
-class TreeStep:
-    requests: list[TreeRequest]
-    num_tokens: int  # tokens of the step: a forward pass of another size (a dummy run) is not this step
-    # per attention layer: (impl, layer, kv_cache, keys, values, slots) of the tree rows, kept for relocation
-    kept: list[tuple[Any, Any, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
-
-
-class _Active:
-    """The tree step being executed by this worker process (one runner per process), and counters."""
-
-    step: TreeStep | None = None
-    verified_trees: int = 0  # tree requests verified
-    relocated_paths: int = 0  # accepted paths that left the tree's rank-0 branch (their KV had to move)
-
-
-ACTIVE = _Active()
-
-
-def _key_value_views(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """vLLM's CPU split of ``[blocks, kv_heads, block_size, 2 * head_size]`` into its key and value caches."""
-    blocks, heads, block_size, _ = kv_cache.shape
-    return kv_cache.view(blocks, heads, 2 * block_size, -1).chunk(2, dim=2)
-
-
-def check_cpu_cache_layout(isa: str, num_kv_heads: int = 2, head_size: int = 64, block_size: int = 32) -> None:
-    """Write known keys and values with vLLM's CPU cache writer and read them back with ``paged_context``."""
-    from vllm import _custom_ops as ops
-
-    gen = torch.Generator().manual_seed(0)
-    cache = torch.zeros(3, num_kv_heads, block_size, 2 * head_size)
-    key_cache, value_cache = _key_value_views(cache)
-    length = block_size + 5
-    keys = torch.randn(length, num_kv_heads, head_size, generator=gen)
-    values = torch.randn(length, num_kv_heads, head_size, generator=gen)
-    block_ids = torch.tensor([2, 0, 1])
-    slots = torch.cat([2 * block_size + torch.arange(block_size), torch.arange(5)])
-    ops.cpu_attn_reshape_and_cache(keys, values, key_cache, value_cache, slots, isa)
-    got_k, got_v = paged_context(cache, block_ids, length)
-    if not (torch.equal(got_k, keys) and torch.equal(got_v, values)):
-        raise ValueError(
-            f"Token Recycling tree mode reads the paged KV cache in vLLM 0.32's CPU 'vec' layout; this engine's "
-            f"CPU attention (isa={isa!r}) stores it differently. Use mode 'chain'."
-        )
+from declab.integrations.sdk.tree_verification import SEAM, TreeRequest, TreeStep
+from declab.integrations.sdk.trees import cpu_key_value_views, paged_context, relocation, tree_attention, tree_depths
+from declab.integrations.sdk import DeclabPatch
 
 
 @lru_cache(maxsize=64)
@@ -115,30 +63,36 @@ class TreeInputsPatch(DeclabPatch):
 
     @classmethod
     def replacements(cls, target: Any) -> dict[str, Any]:
+        from declab.integrations.sdk.proposer import DeclabProposer
+
         original = target._prepare_inputs
 
         def _prepare_inputs(self, scheduler_output, num_scheduled_tokens, *args, **kwargs):
             result = original(self, scheduler_output, num_scheduled_tokens, *args, **kwargs)
-            ACTIVE.step = None
-            tree_parents = getattr(getattr(self, "drafter", None), "declab_tree_parents", None)
-            if tree_parents is None or not scheduler_output.scheduled_spec_decode_tokens:
+            SEAM.step = None
+            drafter = getattr(self, "drafter", None)
+            if not isinstance(drafter, DeclabProposer) or not scheduler_output.scheduled_spec_decode_tokens:
                 return result
             batch = self.input_batch
             requests = []
             for req_id, drafts in scheduler_output.scheduled_spec_decode_tokens.items():
-                parents = tree_parents(req_id)
+                parents = drafter.tree_parents(req_id)
                 row = batch.req_id_to_index[req_id]
                 n = len(drafts) + 1
                 if parents is None or not drafts or int(num_scheduled_tokens[row]) != n:
                     continue
+                verifier = SEAM.verifier_for(self.requests[req_id].sampling_params)
+                if verifier is None:
+                    raise RuntimeError(f"{type(drafter).__name__} drafted a tree for request {req_id!r}, which no "
+                                       "tree verifier accepts (check DeclabProposer.tree_verifiable first)")
                 parents = list(parents[:n])  # vLLM may schedule fewer drafts: a BFS prefix is still a tree
                 start = int(self.query_start_loc.np[row])
                 context = int(batch.num_computed_tokens_cpu[row])
                 self.positions[start : start + n] = context + _depths(tuple(parents)).to(self.positions.dtype)
-                requests.append(TreeRequest(row=row, query_start=start, context=context, parents=parents))
+                requests.append(TreeRequest(row=row, query_start=start, context=context, parents=parents,
+                                            verifier=verifier))
             if requests:
-                ACTIVE.step = TreeStep(requests=requests,
-                                       num_tokens=int(scheduler_output.total_num_scheduled_tokens))
+                SEAM.step = TreeStep(requests=requests, num_tokens=int(scheduler_output.total_num_scheduled_tokens))
             return result
 
         _prepare_inputs.__wrapped__ = original
@@ -155,7 +109,7 @@ class TreeAttentionCpuPatch(DeclabPatch):
 
         def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs):
             result = original(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
-            step = ACTIVE.step
+            step = SEAM.step
             if (step is None or attn_metadata is None or key is None
                     or attn_metadata.num_actual_tokens != step.num_tokens or self.attn_type != "decoder"):
                 return result
@@ -182,20 +136,19 @@ class TreeVerifierPatch(DeclabPatch):
         original = target.forward
 
         def forward(self, metadata, draft_probs, logits, sampling_metadata, *args, **kwargs):
-            step, ACTIVE.step = ACTIVE.step, None
+            step, SEAM.step = SEAM.step, None
             if step is None:
                 return original(self, metadata, draft_probs, logits, sampling_metadata, *args, **kwargs)
-            # Argmax before vLLM's sampler runs: it may process logits in place.
+            # Verdicts before vLLM's sampler runs: it may process logits in place.
             cu_sampled = metadata.cu_num_sampled_tokens.tolist()
             cu_drafts = metadata.cu_num_draft_tokens.tolist()
             verdicts = []
             for req in step.requests:
                 n = len(req.parents)
                 first = cu_sampled[req.row] - n
-                argmax = logits[first : first + n].argmax(dim=-1).tolist()
                 drafts = metadata.draft_token_ids[cu_drafts[req.row] - (n - 1) : cu_drafts[req.row]].tolist()
-                path = longest_accepted_path([-1] + drafts, req.parents, argmax)
-                verdicts.append((req, path, [drafts[i - 1] for i in path[1:]] + [argmax[path[-1]]]))
+                path, tokens = req.verifier.verify(req, drafts, logits[first : first + n], sampling_metadata)
+                verdicts.append((req, path, tokens))
             out = original(self, metadata, draft_probs, logits, sampling_metadata, *args, **kwargs)
             sampled = out.sampled_token_ids
             for req, path, tokens in verdicts:
@@ -213,8 +166,8 @@ def _relocate_accepted(step: TreeStep, verdicts) -> None:
     from vllm import _custom_ops as ops
 
     moves = [relocation(path) for _, path, _ in verdicts]  # per request in step order: (src rows, dst rows)
-    ACTIVE.verified_trees += len(moves)
-    ACTIVE.relocated_paths += sum(1 for src, _ in moves if src)
+    SEAM.stats.verified_trees += len(moves)
+    SEAM.stats.relocated_paths += sum(1 for src, _ in moves if src)
     if not any(src for src, _ in moves):
         return
     per_layer = len(step.requests)
@@ -222,7 +175,7 @@ def _relocate_accepted(step: TreeStep, verdicts) -> None:
         src, dst = moves[i % per_layer]
         if not src:
             continue
-        key_cache, value_cache = _key_value_views(kv_cache)
+        key_cache, value_cache = cpu_key_value_views(kv_cache)
         ops.cpu_attn_reshape_and_cache(keys[src], values[src], key_cache, value_cache, slots[dst], layer.isa,
                                        k_scale=layer._k_scale_float, v_scale=layer._v_scale_float,
                                        kv_cache_dtype=impl.kv_cache_dtype)

@@ -96,10 +96,9 @@ def engine_startup_error(engine_pool):
 
 
 def pytest_configure(config):
-    # `engine` and `server` are declared in pyproject.toml.
-    for line in ("core: no engine (pure cores, specs, CLI, references in transformers); `make test-fast`",
-                 "vanilla(*names): the vanilla references (profiles.VANILLA_REFERENCES) the test reads"):
-        config.addinivalue_line("markers", line)
+    # `core`, `engine` and `server` are declared in pyproject.toml.
+    config.addinivalue_line(
+        "markers", "vanilla(*names): the vanilla references (profiles.VANILLA_REFERENCES) the test reads")
 
 _ENGINE_RANK = {p.fixture: i + 1 for i, p in enumerate(PROFILES)}
 _STARTUP_RANK = len(PROFILES) + 1

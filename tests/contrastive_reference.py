@@ -3,7 +3,7 @@
 For each (main prompt, contrast prompt) pair the model runs both prompts side by side (one batch, left padding, an
 attention mask and explicit position ids, KV cache through ``past_key_values``), and every step the method's own
 ``ContrastiveProcessor.contrast`` (``declab.plugins.<method>.core``) turns the two last-position logits rows into the
-contrasted row; the token is drawn from it with ``declab.plugins.contrastive.draw_token`` (greedy = argmax, or the
+contrasted row; the token is drawn from it with ``declab.plugins.shared.contrastive.draw_token`` (greedy = argmax, or the
 main request's temperature / top-k / top-p / min-p / seed) and appended to both sequences. Decoding stops at EOS, at
 a generated newline, or after ``max_tokens`` tokens. float32 throughout.
 
@@ -20,7 +20,7 @@ CLI (prints one JSON object)::
 Sets (``../shared/eval``): ``conflict`` = ``conflict_dev.jsonl`` (main ``prompt_with_context``, contrast
 ``prompt_without_context``; rates of ``context_answer`` / ``prior_answer``), ``leading`` = ``leading_dev.jsonl``
 (main ``leading_prompt``, contrast ``neutral_prompt``; rates of ``suggested_answer`` / ``true_answer``). An answer is
-the first non-empty line of the generation, stripped (``declab.integrations.metrics.first_line_answer``).
+the first non-empty line of the generation, stripped (``declab.integrations.sdk.metrics.first_line_answer``).
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from declab.integrations.metrics import answer_rates, first_line_answer
+from declab.integrations.sdk.metrics import answer_rates, first_line_answer
 from declab.integrations.models import default_model, eval_file
 from declab.integrations.registry import get_spec
-from declab.integrations.params import resolve_params
-from declab.plugins.common import RowContext
-from declab.plugins.contrastive import ContrastiveProcessor, draw_token
-from declab.plugins.contrastive_args import SamplingSettings
+from declab.integrations.sdk.params import resolve_params
+from declab.integrations.sdk.rows import RowContext
+from declab.integrations.sdk.sampling import SamplingSettings, draw_token
+from declab.plugins.shared.contrastive import ContrastiveProcessor
 
 SETS: dict[str, dict[str, Any]] = {
     "conflict": {"file": "conflict_dev.jsonl", "main": "prompt_with_context", "contrast": "prompt_without_context",

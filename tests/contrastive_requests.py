@@ -44,12 +44,12 @@ def scheduler_of(llm):
 
 def engine_state(llm) -> dict:
     sched = scheduler_of(llm)
-    book = getattr(sched, "_declab_pairs", None)
+    book = getattr(sched, "_declab_groups", None)
     return {
         "free_blocks": sched.kv_cache_manager.block_pool.get_num_free_blocks(),
         "requests_left": len(sched.requests),
         "running": len(sched.running),
-        "pairs_left": len(book.companion_of) if book else 0,
+        "pairs_left": len(book.companions_of) if book else 0,
         "rollbacks": book.rollbacks if book else 0,
         "deadlock_breaks": book.deadlock_breaks if book else 0,
     }

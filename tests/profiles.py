@@ -19,6 +19,7 @@ def token_recycling(k: int) -> dict:
     return {"method": "custom_class", "model": PROPOSER_PATH, "num_speculative_tokens": k}
 
 
+SEEDED_CHUNKED_BUDGET = 128  # tokens per step of the seeded_chunked engine
 TR_TREE = '{"mode": "tree"}'  # DECLAB_TOKEN_RECYCLING: the paper's 80-node tree, verified inside the engine
 
 PROFILES: tuple[EngineProfile, ...] = (
@@ -37,6 +38,11 @@ PROFILES: tuple[EngineProfile, ...] = (
                   env={"DECLAB_TOKEN_RECYCLING": TR_TREE, "DECLAB_TOKEN_RECYCLING_STATS": "{workdir}/tr_tree.json"},
                   engine_kwargs={"speculative_config": token_recycling(80), "disable_log_stats": False}),
     EngineProfile("contrastive", plugins="cad,lqcd,m3id", engine_kwargs={"block_size": 32}),
+    # Chunked prefill with a small token budget, so a prompt is split when others are scheduled before it; any
+    # plugin selected applies the seeded-chunked-prefill patch; no prefix caching (a cached prefix skips prefill).
+    EngineProfile("seeded_chunked", plugins="momentum",
+                  engine_kwargs={"max_model_len": 512, "max_num_seqs": 4, "enable_chunked_prefill": True,
+                                 "max_num_batched_tokens": SEEDED_CHUNKED_BUDGET, "enable_prefix_caching": False}),
     # 20 blocks of 32 tokens for dozens of pairs: the scheduler must preempt.
     EngineProfile("contrastive_preempt", plugins="cad,lqcd",
                   engine_kwargs={"block_size": 32, "num_gpu_blocks_override": 20, "max_model_len": 256,

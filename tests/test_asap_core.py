@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from declab.integrations.params import resolve_params
+from declab.integrations.sdk.params import resolve_params
 from declab.plugins.asap import core
 from declab.plugins.asap.core import (
     AsapProcessor,
@@ -30,7 +30,8 @@ from declab.plugins.asap.core import (
 from declab.plugins.asap.gcd_spec import SPEC as GCD_SPEC
 from declab.plugins.asap.gcd_spec import validate_request as gcd_validate
 from declab.plugins.asap.spec import SPEC, validate_request
-from declab.plugins.common import RowContext
+from declab.integrations.sdk.rows import RowContext
+from declab.integrations.sdk.sampling import SamplingSettings
 
 NEG = float("-inf")
 EOS = 0
@@ -278,14 +279,19 @@ def test_sampling_converges_to_the_grammar_conditioned_distribution(toy_cache):
     assert kl_asap[-1] < kl_gcd / 5
 
 
-def test_temperature_injected_by_the_router_makes_tempered_sampling_exact(toy_cache):
+def tempered_ctx(cache, t):
+    """The row context the router gives a request sampled at temperature ``t`` (``RowContext.sampling``)."""
+    return SimpleNamespace(**vars(toy_ctx(cache)), sampling=SamplingSettings(temperature=t))
+
+
+def test_temperature_from_the_router_makes_tempered_sampling_exact(toy_cache):
     t = 0.5
     tree, logprobs, target, _, log_z = exact_for(toy_cache, BITS3, 4, temperature=t)
     for w in complete_sequences(tree, [EOS]):
         run_request(toy_cache, BITS3, w, 4, **{})  # an untempered request does not share the tempered trie
     for w in complete_sequences(tree, [EOS]):
         out: list[int] = []
-        proc = AsapProcessor({**params(grammar=BITS3), core.TEMPERATURE_KEY: t}, [1, 2], out, toy_ctx(toy_cache))
+        proc = AsapProcessor(params(grammar=BITS3), [1, 2], out, tempered_ctx(toy_cache, t))
         for tok in w:
             proc(toy_logits(out, 4))
             out.append(tok)
@@ -294,7 +300,7 @@ def test_temperature_injected_by_the_router_makes_tempered_sampling_exact(toy_ca
     assert math.isclose(math.log(trie.efg()), log_z, rel_tol=1e-5)
     # vLLM divides the returned row by T: softmax(row / T) is the exact tempered conditional at the root.
     out = []
-    proc = AsapProcessor({**params(grammar=BITS3), core.TEMPERATURE_KEY: t}, [1, 2], out, toy_ctx(toy_cache))
+    proc = AsapProcessor(params(grammar=BITS3), [1, 2], out, tempered_ctx(toy_cache, t))
     q = torch.softmax(proc(toy_logits((), 4)).double() / t, -1)
     for v in tree[()]:
         num = float(logprobs[()][v]) + true_log_efg(tree, logprobs, (v,))
@@ -520,7 +526,7 @@ def test_exactly_one_grammar_parameter_and_syntax_errors_name_the_parameter(toy_
 
 def test_specs():
     assert SPEC.name == "asap" and SPEC.paper == 65 and SPEC.status == "working" and SPEC.reason
-    assert GCD_SPEC.name == "gcd" and GCD_SPEC.extra["baseline_of"] == "asap"
+    assert GCD_SPEC.name == "gcd" and GCD_SPEC.baseline_of == "asap"
     assert SPEC.load_row_processor() is AsapProcessor and GCD_SPEC.load_row_processor() is GcdProcessor
     assert {p.name for p in GCD_SPEC.params} == {"grammar", "json_schema", "regex"}
     with pytest.raises(ValueError, match=r"declab\.bogus"):

@@ -3,7 +3,7 @@
 * Exactness (the paper's central claim): on finite grammars, sampling with ``asap`` converges to the LLM's
   distribution conditioned on the grammar, while plain grammar-constrained decoding (``gcd``) stays distorted. For
   each finite grammar of ``EXPERIMENTS`` the exact grammar-conditioned distribution over strings and plain GCD's
-  exact distribution are computed in transformers (float32, ``declab.integrations.grammar_reference``, shared with
+  exact distribution are computed in transformers (float32, ``declab.plugins.asap.grammar_reference``, shared with
   ``declab bench grammar``), then ``N`` outputs are sampled through the engine with each method at temperature 1.
 * Engine behaviour (issue #5, acceptance 4): a mixed batch of asap, gcd and plain rows; concurrent requests sharing
   one (prompt, grammar) update one trie consistently; the trie survives aborts. The engine runs inside its host, so
@@ -18,7 +18,7 @@ import time
 import pytest
 
 from declab.integrations import registry
-from declab.integrations.grammar_reference import (
+from declab.plugins.asap.grammar_reference import (
     ASAP_CHUNK,
     EXPERIMENTS,
     GCD_CHUNK,
@@ -28,7 +28,7 @@ from declab.integrations.grammar_reference import (
     sample_strings,
     tokenizer_and_model,
 )
-from declab.integrations.metrics import kl_divergence
+from declab.integrations.sdk.metrics import kl_divergence
 from declab.integrations.models import default_model
 from declab.integrations.request_args import parse_request_args
 from declab.plugins.asap.core import AsapTrie, GrammarCache, GrammarSource, _logsumexp

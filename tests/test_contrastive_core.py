@@ -1,5 +1,5 @@
 """Pure tests of the contrastive methods (CAD, LQCD, M3ID) and of the shared sampling helpers of
-``declab.plugins.contrastive`` (no engine). The last tests run the plain-transformers two-pass reference
+``declab.plugins.shared.contrastive`` (no engine). The last tests run the plain-transformers two-pass reference
 (``tests/contrastive_reference.py``) on a few items of the fact-world dev sets."""
 
 from __future__ import annotations
@@ -14,17 +14,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from declab.integrations import registry
-from declab.integrations.params import resolve_params
-from declab.plugins.cad.core import LOGP_FLOOR, CADProcessor, cad_logits, log_probs, mix_logprobs
-from declab.plugins.common import RowContext
-from declab.plugins.contrastive import (
-    ContrastiveProcessor,
-    draw_token,
-    force_token,
-    sampling_probs,
-    step_generator,
-)
-from declab.plugins.contrastive_args import CONTRAST_PROMPT_PARAM, CONTRASTIVE_PATCHES, SamplingSettings, is_contrastive
+from declab.integrations.sdk.params import resolve_params
+from declab.plugins.cad.core import CADProcessor, cad_logits
+from declab.plugins.shared.contrastive import LOGP_FLOOR, log_probs, mix_logprobs
+from declab.integrations.sdk.rows import RowContext
+from declab.integrations.sdk.sampling import draw_token, force_token, sampling_probs, step_generator
+from declab.plugins.shared.contrastive import ContrastiveProcessor
+from declab.integrations.sdk.sampling import SamplingSettings
+from declab.plugins.shared.contrastive_args import CONTRAST_PROMPT_PARAM, is_contrastive
 from declab.plugins.lqcd.core import LQCDProcessor, lqcd_logits, plausibility_mask
 from declab.plugins.m3id.core import MAX_WEIGHT, M3IDProcessor, m3id_gate, m3id_logits, m3id_weight
 
@@ -137,7 +134,7 @@ def test_cad_processor_defaults_and_contract():
     params = resolve_params(spec.params, {"contrast_prompt": "Q: x\nA:"})
     assert params["alpha"] == 0.5
     proc = spec.load_row_processor()(params, [1, 2], [], RowContext(vocab_size=4))
-    assert isinstance(proc, CADProcessor) and isinstance(proc, ContrastiveProcessor) and proc.paired
+    assert isinstance(proc, CADProcessor) and isinstance(proc, ContrastiveProcessor) and proc.grouped
     m, c = _row([0.0, 1.0, 2.0, NEG]), _row([1.0, 0.0, 0.0, 0.0])
     before = m.clone()
     out = proc.contrast(m, c, 3)
@@ -284,7 +281,7 @@ def test_specs_registered():
     for name, paper, status in (("cad", 53, "working"), ("lqcd", 25, "working"), ("m3id", 1, "partial")):
         spec = registry.get_spec(name)
         assert (spec.paper, spec.status, spec.hook) == (paper, status, registry.HOOK_LOGITS)
-        assert spec.patches == CONTRASTIVE_PATCHES and is_contrastive(spec)
+        assert spec.patches == () and is_contrastive(spec)
         assert spec.params[0] is CONTRAST_PROMPT_PARAM
         assert issubclass(spec.load_row_processor(), ContrastiveProcessor)
         with pytest.raises(ValueError, match="contrast_prompt"):
@@ -299,7 +296,7 @@ def test_specs_registered():
         resolve_params(registry.get_spec("m3id").params, {"contrast_prompt": "x", "threshold": 1.5})
 
 
-# -- sampling helpers of declab.plugins.contrastive ---------------------------------------------------------------
+# -- sampling helpers of declab.plugins.shared.contrastive ---------------------------------------------------------------
 random_rows = st.integers(2, 64).flatmap(
     lambda n: st.lists(st.floats(-20, 20, allow_nan=False, width=32), min_size=n, max_size=n))
 

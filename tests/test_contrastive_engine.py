@@ -1,6 +1,6 @@
 """CAD / LQCD / M3ID through a real vLLM engine on decoder-29m (CPU): companion rows in lockstep.
 
-Checks the mechanism (``declab.patches.contrastive_pairs``): plain requests in the same batch are token-identical
+Checks the mechanism (``declab.patches.request_groups``): plain requests in the same batch are token-identical
 to plain decoding alone; a contrastive request's result does not depend on the batch around it; every companion
 is freed with its main request (no request left, free KV blocks back to the start); a KV cache small enough to
 force preemption gives the same outputs; seeded sampling is reproducible. Equivalence with a two-pass transformers
@@ -179,7 +179,7 @@ def test_preemption_keeps_outputs_and_frees_blocks(mixed, preempted):
 
 def test_bad_input_offline_is_a_validation_error_and_the_engine_keeps_serving(mixed):
     errors = mixed["errors"]
-    assert all(e and e.split(":")[0] in ("ValueError", "VLLMValidationError", "ContrastiveRequestError")
+    assert all(e and e.split(":")[0] in ("ValueError", "VLLMValidationError", "CompanionPromptError")
                for e in errors.values()), errors
     assert "declab.contrast_prompt" in errors["too_long"]
     assert "repetition_penalty" in errors["penalty"]

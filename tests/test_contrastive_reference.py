@@ -14,7 +14,7 @@ import contrastive_reference as ref
 import pytest
 from contrastive_requests import engine_state, generate, load_items, requests_for
 
-from declab.integrations.metrics import first_line_answer
+from declab.integrations.sdk.metrics import first_line_answer
 from declab.integrations.models import eval_file
 
 pytestmark = pytest.mark.engine

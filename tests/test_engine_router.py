@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from engines import EngineProfile, greedy_run
 
-from declab.integrations.metrics import repetition_stats
+from declab.integrations.sdk.metrics import repetition_stats
 from declab.integrations.prompts import CODE_PROMPTS
 
 pytestmark = [pytest.mark.engine, pytest.mark.vanilla("bench12")]

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from declab.plugins.common import RowContext
+from declab.integrations.sdk.rows import RowContext
 from declab.plugins.extractive.core import (
     ExtractiveProcessor,
     SpanAutomaton,
@@ -343,7 +343,7 @@ def test_best_span_finds_a_planted_answer():
 def test_stop_token_may_end_a_span_but_not_start_one():
     import torch as _torch
 
-    from declab.plugins.common import RowContext
+    from declab.integrations.sdk.rows import RowContext
     from declab.plugins.extractive.core import ExtractiveProcessor
 
     def char_tokenize(text):

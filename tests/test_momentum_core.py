@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from declab.integrations.params import resolve_params
-from declab.plugins.common import RowContext
+from declab.integrations.sdk.params import resolve_params
+from declab.integrations.sdk.rows import RowContext
 from declab.plugins.momentum.core import (
     RESISTANCE_FUNCTIONS,
     MomentumProcessor,

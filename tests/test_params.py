@@ -3,7 +3,7 @@ import math
 import pytest
 from hypothesis import given, strategies as st
 
-from declab.integrations.params import ParamSpec, resolve_params
+from declab.integrations.sdk.params import ParamSpec, resolve_params
 
 ALPHA = ParamSpec("alpha", float, 0.5, low=0.0, high=10.0)
 K = ParamSpec("k", int, 4, low=1, high=16)
@@ -49,3 +49,10 @@ def test_int_accepts_integral_float():
 @given(st.floats(min_value=0.0, max_value=10.0))
 def test_in_range_floats_pass_unchanged(x):
     assert ALPHA.validate(x) == x
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 2.5])
+def test_integer_parameter_refuses_non_finite_and_fractional_numbers_naming_it(value):
+    # int(inf) used to raise OverflowError (HTTP 500 with an empty message) instead of a ValueError naming it.
+    with pytest.raises(ValueError, match=r"declab\.k must be an integer"):
+        ParamSpec("k", int, default=1).validate(value)

@@ -44,3 +44,17 @@ def test_every_registered_patch_is_documented():
         doc = __import__(patch.__module__, fromlist=["_"]).__doc__ or ""
         for section in ("Why", "How", "vLLM version", "Removal plan"):
             assert section in doc, f"patch {name} lacks a {section!r} section"
+
+
+def test_all_patches_apply_together_without_conflict():
+    """Every patch (fixes, seams, plugin patches) applied in one process: seams shared by several patches (e.g. the
+    runner-sample seam) must never end in a PatchConflict, whatever plugins a user selects together."""
+    import subprocess
+    import sys
+
+    code = ("from declab.patches import registry\n"
+            "from declab.integrations.sdk import apply_patches\n"
+            "names = sorted(registry())\n"
+            "print('APPLIED', apply_patches(names) and 'ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert "APPLIED ok" in out.stdout, out.stderr[-3000:]

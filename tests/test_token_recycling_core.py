@@ -10,6 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from declab.integrations.sdk.trees import committed_tokens, longest_accepted_path, tree_attention_mask, verify_chain
 from declab.plugins.token_recycling.core import (
     PAPER_TREE,
     PAPER_TREE_CHILD_COUNTS,
@@ -18,10 +19,6 @@ from declab.plugins.token_recycling.core import (
     best_chain,
     best_chains,
     build_draft_tree,
-    committed_tokens,
-    longest_accepted_path,
-    tree_attention_mask,
-    verify_chain,
 )
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -497,6 +494,29 @@ def test_tree_accepts_at_least_the_main_branch():
 # ----------------------------------------------------------------------------------------------------------------
 # packaging
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def test_core_keeps_the_verification_names_it_moved_to_the_sdk():
+    from declab.integrations.sdk import trees
+    from declab.plugins.token_recycling import core
+
+    for name in ("tree_attention_mask", "longest_accepted_path", "committed_tokens", "verify_chain"):
+        assert getattr(core, name) is getattr(trees, name) and name in core.__all__
+
+
+def test_paper_tree_depths_follow_its_parents():
+    from declab.integrations.sdk.trees import tree_depths
+
+    assert tree_depths(PAPER_TREE.parents) == list(PAPER_TREE.depths)
+
+
+def test_the_declared_template_sizes_match_the_templates():
+    from declab.plugins.token_recycling import spec
+    from declab.plugins.token_recycling.proposer import TREE_TEMPLATES
+
+    assert set(spec.TREE_TEMPLATES) == set(TREE_TEMPLATES)
+    for name, template in TREE_TEMPLATES.items():
+        assert spec.TREE_TEMPLATES[name] == template.num_draft_nodes
 
 
 def test_core_imports_no_vllm():

@@ -4,7 +4,7 @@ plain greedy decoding, with the chain and with the paper's 80-node tree (plain t
 
 import pytest
 
-from declab.integrations.bench_spec_tree import ReferenceDecoder
+from declab.plugins.token_recycling.bench import ReferenceDecoder
 
 PROMPTS = [
     "def fibonacci(n):\n    ",

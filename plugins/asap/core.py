@@ -58,13 +58,12 @@ knows, which is still sound). ``AsapTrie.export(path)`` / ``AsapTrie.load(path)`
 with ``DECLAB_ASAP_TRIE_DIR`` set the store loads ``<dir>/<key>.json`` the first time a key is used.
 ``store_stats()`` reports the store's size (tries, nodes, charged bytes and their peak, evictions).
 
-Temperature. The router hands the processor the raw logits row, before vLLM's temperature ``T``. The returned row is
-``logit + log A(p v)`` on allowed tokens (``-inf`` elsewhere), so at ``T = 1`` vLLM samples exactly
-``P(v | p) A(p v) / Z``, the ASAp step. At another ``T`` vLLM samples ``softmax((logit + log A) / T)`` ∝
-``(P(v | p) A(p v))^(1/T)``: a tempered ASAp step, not the grammar-conditioned distribution of the tempered model.
-If the router passes the request's temperature in ``params["_sampling_temperature"]`` (not a user parameter), the
-processor is exact for the tempered model instead: it records ``log_softmax(logit / T)`` in a trie of its own and
-returns ``logit + T log A``, so vLLM samples ``P_T(v | p) A_T(p v) / Z``. Greedy (``T = 0``) picks the argmax of
+Temperature. The router hands the processor the raw logits row, before vLLM's temperature ``T``, and the request's
+sampling settings in ``ctx.sampling``. At ``T = 1`` the returned row is ``logit + log A(p v)`` on allowed tokens
+(``-inf`` elsewhere), so vLLM samples exactly ``P(v | p) A(p v) / Z``, the ASAp step. At another ``T`` the processor
+is exact for the tempered model: it records ``log_softmax(logit / T)`` in a trie of its own (one trie per
+temperature) and returns ``logit + T log A``, so vLLM, which samples ``softmax(row / T)``, samples
+``P_T(v | p) A_T(p v) / Z``. Without ``ctx.sampling`` (pure tests) the processor assumes ``T = 1``. Greedy (``T = 0``) picks the argmax of
 ``P(v | p) A(p v)``. Exactness also needs ``top_p = 1``, ``top_k = -1``, ``min_p = 0``, no penalties, no
 ``logit_bias``/``min_tokens``/``bad_words``/``allowed_token_ids`` and no vLLM structured output on the same request
 (vLLM applies them before or after this row transform and they change the distribution either way).
@@ -88,13 +87,12 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 import xgrammar as xgr
 
-from declab.plugins.common import RowContext, RowProcessor
+from declab.integrations.sdk.rows import RowContext, RowProcessor
 
 NEG_INF = float("-inf")
 
 # Per-request parameters that name the grammar (exactly one is given) and the xgrammar front-end of each.
 GRAMMAR_PARAMS = ("grammar", "json_schema", "regex")
-TEMPERATURE_KEY = "_sampling_temperature"  # injected by the router (optional), never a user parameter
 
 BUDGET_ENV = "DECLAB_ASAP_TRIE_BUDGET_MB"
 TRIE_DIR_ENV = "DECLAB_ASAP_TRIE_DIR"
@@ -838,8 +836,8 @@ class AsapProcessor(GcdProcessor):
         self, params: Mapping[str, Any], prompt_ids: Sequence[int], output_ids: Sequence[int], ctx: RowContext
     ) -> None:
         super().__init__(params, prompt_ids, output_ids, ctx)
-        t = self.params.get(TEMPERATURE_KEY)
-        t = 1.0 if t is None else float(t)
+        # The request's temperature (the router fills ctx.sampling; None outside the engine = untempered).
+        t = float(ctx.sampling.temperature) if getattr(ctx, "sampling", None) is not None else 1.0
         # T = 0 (greedy) and T = 1 use the untempered model; another T gets its own trie of tempered probabilities.
         self.temperature = 1.0 if t <= 0.0 or not math.isfinite(t) else t
         self.namespace = str(self.params.get("namespace") or "")

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from declab.integrations.params import ParamSpec
-from declab.integrations.registry import HOOK_LOGITS, PluginSpec
+from declab.integrations.sdk import LogitsHook, ParamSpec, PluginSpec
 
 MAX_GRAMMAR_CHARS = 200_000
 
@@ -50,14 +49,14 @@ def validate_request(params: Mapping[str, Any], *, prefix: str = "declab") -> No
 
 SPEC = PluginSpec(
     name="gcd",
-    paper=0,  # not a reading-list paper: the baseline of asap (extra["baseline_of"])
-    hook=HOOK_LOGITS,
+    paper=0,  # not a reading-list paper: the baseline of asap (baseline_of)
     status="working",
     summary=(
         "Grammar-constrained decoding: tokens the grammar (EBNF, JSON Schema or regex, via xgrammar) forbids are "
         "masked, EOS only where the grammar may end; grammatical but distorted (the baseline of asap)."
     ),
-    row_processor="declab.plugins.asap.core:GcdProcessor",
     params=GRAMMAR_PARAMS,
-    extra={"baseline_of": "asap", "validate": "declab.plugins.asap.gcd_spec:validate_request"},
+    logits=LogitsHook(row_processor="declab.plugins.asap.core:GcdProcessor",
+                      validate="declab.plugins.asap.gcd_spec:validate_request"),
+    baseline_of="asap",
 )

@@ -4,8 +4,7 @@ lazily, on first use."""
 
 from __future__ import annotations
 
-from declab.integrations.params import ParamSpec
-from declab.integrations.registry import HOOK_LOGITS, PluginSpec
+from declab.integrations.sdk import BenchEntry, LogitsHook, ParamSpec, PluginSpec
 from declab.plugins.asap.gcd_spec import GRAMMAR_PARAMS
 from declab.plugins.asap.gcd_spec import SPEC as GCD_SPEC
 from declab.plugins.asap.gcd_spec import validate_request
@@ -15,7 +14,6 @@ __all__ = ["SPEC", "EXTRA_SPECS", "validate_request"]
 SPEC = PluginSpec(
     name="asap",
     paper=65,
-    hook=HOOK_LOGITS,
     status="working",
     summary=(
         "Grammar-aligned decoding (ASAp): grammar mask times an over-approximation of each prefix's expected "
@@ -28,7 +26,6 @@ SPEC = PluginSpec(
         "paper 35); not reproduced: the paper's SyGuS and constituency-parsing tasks; tries live in one engine "
         "process (not shared across data-parallel engines)"
     ),
-    row_processor="declab.plugins.asap.core:AsapProcessor",
     params=GRAMMAR_PARAMS
     + (
         ParamSpec(
@@ -40,7 +37,13 @@ SPEC = PluginSpec(
             "a new namespace starts from an empty trie (independent runs).",
         ),
     ),
-    extra={"validate": "declab.plugins.asap.spec:validate_request"},
+    logits=LogitsHook(row_processor="declab.plugins.asap.core:AsapProcessor",
+                      validate="declab.plugins.asap.spec:validate_request"),
+    benches=(
+        BenchEntry(name="grammar", module="declab.plugins.asap.bench", paper=35,
+                   help="ASAp vs GCD exactness; JSON-Schema-Test-Suite over vLLM's backends and gcd / asap "
+                        "(JSONSchemaBench); trie budget"),
+    ),
 )
 
 # Further specs this plugin folder declares (the registry reads one module per folder).

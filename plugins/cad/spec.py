@@ -1,19 +1,17 @@
 """Declaration of the CAD plugin (plain data: no torch, no vLLM)."""
 
-from declab.integrations.params import ParamSpec
-from declab.integrations.registry import HOOK_LOGITS, PluginSpec
-from declab.plugins.contrastive_args import CONTRAST_PROMPT_PARAM, CONTRASTIVE_PATCHES
+from declab.integrations.sdk import BenchEntry, ParamSpec, PluginSpec
+from declab.plugins.shared.contrastive_args import CONTRAST_PROMPT_PARAM, contrastive_hook
 
 SPEC = PluginSpec(
     name="cad",
     paper=53,
-    hook=HOOK_LOGITS,
     status="working",
     summary=(
         "Context-aware decoding: each token from softmax[(1+alpha)*logit(y|context,x) - alpha*logit(y|x)], the main "
         "prompt (with the context) contrasted with a companion row on contrast_prompt (without it), in the same batch"
     ),
-    row_processor="declab.plugins.cad.core:CADProcessor",
+    logits=contrastive_hook(row_processor="declab.plugins.cad.core:CADProcessor"),
     params=(
         CONTRAST_PROMPT_PARAM,
         ParamSpec(
@@ -26,5 +24,9 @@ SPEC = PluginSpec(
             "main prompt; the paper uses 0.5 for summarization and 1.0 for knowledge conflicts",
         ),
     ),
-    patches=CONTRASTIVE_PATCHES,
+    # The contrastive family's benchmark (CAD / LQCD / M3ID faithfulness; CAD's cost), declared once, here.
+    benches=(
+        BenchEntry(name="contrastive", module="declab.plugins.cad.bench",
+                   help="contrastive decoding (CAD / LQCD / M3ID): faithfulness vs alpha, cost at batch 16"),
+    ),
 )

@@ -72,7 +72,7 @@ def check_params(
 ) -> dict[str, Any]:
     """Validate against the plugin's ``ParamSpec``s (``ValueError`` naming the parameter) plus the cross-check that
     ``num_groups`` divides ``beam_width``. Returns the coerced values."""
-    from declab.integrations.params import resolve_params
+    from declab.integrations.sdk.params import resolve_params
     from declab.plugins.diverse_beam.spec import SPEC
 
     given = dict(

@@ -1,19 +1,17 @@
 """Declaration of the Diverse Beam Search plugin (plain data: no torch, no vLLM)."""
 
-from declab.integrations.params import ParamSpec
-from declab.integrations.registry import HOOK_SEARCH, PluginSpec
+from declab.integrations.sdk import SearchHook, ParamSpec, PluginSpec
 
 SPEC = PluginSpec(
     name="diverse_beam",
     paper=20,
-    hook=HOOK_SEARCH,
     status="working",
     summary="Diverse beam search: beam_width beams in num_groups groups expanded in turn each step; a group's "
     "candidates lose diversity_penalty per earlier-group beam that picked the same token this step (Hamming)",
-    extra={
-        "offline": "declab.plugins.diverse_beam.search:diverse_beam_search",
-        "http": "declab.plugins.diverse_beam.search:diverse_beam_search_http",
-    },
+    search=SearchHook(
+        offline="declab.plugins.diverse_beam.search:diverse_beam_search",
+        http="declab.plugins.diverse_beam.search:diverse_beam_search_http",
+    ),
     params=(
         ParamSpec(
             "beam_width",

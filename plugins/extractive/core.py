@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from declab.plugins.common import RowContext, RowProcessor
+from declab.integrations.sdk.rows import RowContext, RowProcessor
 
 NEG_INF = float("-inf")
 

@@ -80,13 +80,13 @@ class EngineScorer:
     """Next-token log-probabilities from a vLLM ``LLM`` for (prompt, prefix) pairs."""
 
     def __init__(self, llm, *, full_vocab: bool = False) -> None:
-        from declab.integrations.router import DeclabLogitsRouter
+        from declab.integrations.sdk.runtime import eos_token_id
 
         self.llm = llm
         self.tokenizer = llm.get_tokenizer()
         model_config = llm.model_config
         self.vocab_size = int(model_config.get_vocab_size())
-        eos = DeclabLogitsRouter._eos_token_id(model_config)
+        eos = eos_token_id(model_config)
         if eos is None:
             raise ValueError("exact-extract needs the model's eos_token_id (hf_config.eos_token_id is unset)")
         self.eos_id = int(eos)

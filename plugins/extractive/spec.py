@@ -1,12 +1,10 @@
 """Declaration of the exact-extract plugin (paper 55). Plain data: imports only ``declab.integrations``."""
 
-from declab.integrations.params import ParamSpec
-from declab.integrations.registry import HOOK_LOGITS, PluginSpec
+from declab.integrations.sdk import LogitsHook, ParamSpec, PluginSpec
 
 SPEC = PluginSpec(
     name="extractive",
     paper=55,
-    hook=HOOK_LOGITS,
     status="partial",
     summary=(
         "Extractive QA decoding: the answer is forced to be a contiguous span of the passage's tokens "
@@ -48,5 +46,20 @@ SPEC = PluginSpec(
             doc="Its first token may also end the span (use with SamplingParams(stop=[...])); '' = EOS only.",
         ),
     ),
-    row_processor="declab.plugins.extractive.core:ExtractiveProcessor",
+    logits=LogitsHook(row_processor="declab.plugins.extractive.core:ExtractiveProcessor",
+                      validate="declab.plugins.extractive.spec:validate_request"),
 )
+
+
+def validate_request(params, *, prefix: str = "declab") -> None:
+    """Admission-time checks of a served request (HTTP 400 / ``ValueError`` naming the parameter).
+
+    ``mode="exact"`` is the search loop ``declab.plugins.extractive.search.exact_extract`` (Python), not a per-request
+    logits method: served, it would silently run the greedy span constraint, so it is refused here. A blank passage
+    has no span to answer with."""
+    if params.get("mode") == "exact":
+        raise ValueError(f"{prefix}.mode='exact' is not served per request: the most probable span is searched by "
+                         "declab.plugins.extractive.search.exact_extract from Python; use mode 'greedy' here")
+    if not str(params.get("passage", "")).strip():
+        raise ValueError(f"{prefix}.passage must not be empty or blank")
+

@@ -36,9 +36,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from declab.plugins.cad.core import log_probs, mix_logprobs
-from declab.plugins.common import RowContext
-from declab.plugins.contrastive import ContrastiveProcessor
+from declab.integrations.sdk.rows import RowContext
+from declab.plugins.shared.contrastive import ContrastiveProcessor, log_probs, mix_logprobs
 
 DEFAULT_ALPHA = 0.5  # the project's setting (issue 4); the paper's own default could not be confirmed
 DEFAULT_BETA = 0.0  # plausibility constraint off (not confirmed to be part of LQCD)

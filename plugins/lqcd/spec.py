@@ -1,20 +1,18 @@
 """Declaration of the LQCD plugin (plain data: no torch, no vLLM)."""
 
-from declab.integrations.params import ParamSpec
-from declab.integrations.registry import HOOK_LOGITS, PluginSpec
-from declab.plugins.contrastive_args import CONTRAST_PROMPT_PARAM, CONTRASTIVE_PATCHES
+from declab.integrations.sdk import ParamSpec, PluginSpec
+from declab.plugins.shared.contrastive_args import CONTRAST_PROMPT_PARAM, contrastive_hook
 
 SPEC = PluginSpec(
     name="lqcd",
     paper=25,
-    hook=HOOK_LOGITS,
     status="working",
     summary=(
         "Leading query contrastive decoding: the main prompt is the leading query, contrast_prompt its neutral "
         "version; each token from softmax[(1+alpha)*logit(y|neutral) - alpha*logit(y|leading)], which suppresses "
         "what the leading cue adds"
     ),
-    row_processor="declab.plugins.lqcd.core:LQCDProcessor",
+    logits=contrastive_hook(row_processor="declab.plugins.lqcd.core:LQCDProcessor"),
     params=(
         CONTRAST_PROMPT_PARAM,
         ParamSpec(
@@ -36,5 +34,4 @@ SPEC = PluginSpec(
             "beta * max p(.|neutral); 0 = off (not confirmed to be part of LQCD)",
         ),
     ),
-    patches=CONTRASTIVE_PATCHES,
 )

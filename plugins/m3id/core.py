@@ -30,7 +30,7 @@ the paper's confidence threshold ``alpha`` is ``threshold`` (``alpha`` is the co
 contrastive plugins). ``lam = 0`` or ``threshold = 0`` is plain decoding of the main prompt.
 
 Equivalently M3ID is CAD with a position-dependent strength ``a_t = gate_t * (exp(lam * t) - 1)``; it is computed
-with the same masked log-probability mix as CAD (``declab.plugins.cad.core.mix_logprobs``: ``-inf`` in the main row
+with the same masked log-probability mix as CAD (``declab.plugins.shared.contrastive.mix_logprobs``: ``-inf`` in the main row
 stays ``-inf``, never all ``-inf``, no NaN). The weight is capped at ``MAX_WEIGHT`` (1e6) so that long generations
 with a large ``lam`` cannot overflow; at that size the rule is already the pointwise mutual information
 ``l_c - l_u`` up to a vanishing ``l_c`` tie-breaker.
@@ -43,9 +43,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from declab.plugins.cad.core import log_probs, mix_logprobs
-from declab.plugins.common import RowContext
-from declab.plugins.contrastive import ContrastiveProcessor
+from declab.integrations.sdk.rows import RowContext
+from declab.plugins.shared.contrastive import ContrastiveProcessor, log_probs, mix_logprobs
 
 DEFAULT_LAM = 0.02  # forgetting rate lambda (paper default as reported by re-implementations)
 DEFAULT_THRESHOLD = 0.3  # confidence threshold alpha on max_y p_c(y) (idem)

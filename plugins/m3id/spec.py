@@ -1,13 +1,11 @@
 """Declaration of the M3ID plugin (plain data: no torch, no vLLM)."""
 
-from declab.integrations.params import ParamSpec
-from declab.integrations.registry import HOOK_LOGITS, PluginSpec
-from declab.plugins.contrastive_args import CONTRAST_PROMPT_PARAM, CONTRASTIVE_PATCHES
+from declab.integrations.sdk import ParamSpec, PluginSpec
+from declab.plugins.shared.contrastive_args import CONTRAST_PROMPT_PARAM, contrastive_hook
 
 SPEC = PluginSpec(
     name="m3id",
     paper=1,
-    hook=HOOK_LOGITS,
     status="partial",
     summary=(
         "Multi-modal mutual-information decoding: conditioned logits amplified against an unconditioned companion "
@@ -18,7 +16,7 @@ SPEC = PluginSpec(
         "text conditioning only (the main prompt carries a conditioning prefix, contrast_prompt omits it); the "
         "image path is unverified: no multimodal fixture model here, and the companion row is a text prompt"
     ),
-    row_processor="declab.plugins.m3id.core:M3IDProcessor",
+    logits=contrastive_hook(row_processor="declab.plugins.m3id.core:M3IDProcessor"),
     params=(
         CONTRAST_PROMPT_PARAM,
         ParamSpec(
@@ -40,5 +38,4 @@ SPEC = PluginSpec(
             "model's top probability is below it; 0 = never, 1 = (almost) always; paper default 0.3",
         ),
     ),
-    patches=CONTRASTIVE_PATCHES,
 )

@@ -72,7 +72,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from declab.plugins.common import RowContext, RowProcessor
+from declab.integrations.sdk.rows import RowContext, RowProcessor
 
 DEFAULT_TOP_K = 5
 DEFAULT_ALPHA = 0.2

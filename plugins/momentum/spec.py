@@ -1,15 +1,18 @@
 """Declaration of the Momentum Decoding plugin (plain data: no torch, no vLLM)."""
 
-from declab.integrations.params import ParamSpec
-from declab.integrations.registry import HOOK_LOGITS, PluginSpec
+from declab.integrations.sdk import BenchEntry, LogitsHook, ParamSpec, PluginSpec
 
 SPEC = PluginSpec(
     name="momentum",
     paper=15,
-    hook=HOOK_LOGITS,
     status="working",
     summary="Momentum decoding: greedy over the top-k by p(v) - alpha*R(depth of the loop v closes in the token graph)",
-    row_processor="declab.plugins.momentum.core:MomentumProcessor",
+    logits=LogitsHook(row_processor="declab.plugins.momentum.core:MomentumProcessor"),
+    benches=(
+        BenchEntry(name="degeneration", module="declab.plugins.momentum.bench",
+                   help="degeneration: greedy / nucleus / momentum / contrastive search (repetition, likelihood, "
+                        "speed)"),
+    ),
     params=(
         ParamSpec(
             "top_k",

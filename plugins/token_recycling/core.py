@@ -68,6 +68,8 @@ all nodes also see the committed context). With ``a_j`` the target's argmax at n
 iff its parent is accepted and ``token(i) == a_parent(i)`` (the root is always accepted); the longest accepted
 root-to-node path is committed, followed by the bonus token ``a_last`` (``longest_accepted_path``,
 ``committed_tokens``). This is lossless: the committed tokens are exactly what plain greedy decoding would write.
+Verification is not specific to Token Recycling: those functions live in ``declab.integrations.sdk.trees`` (with
+tree attention over the paged cache and KV relocation) and are re-exported here.
 
 vLLM 0.32 (``/work/shared/docs/vllm-0.32-hooks.md`` Sec. 3.2-3.5, 7.3): a ``custom_class`` proposer returns one flat
 draft list per request and draft positions get plain causal attention (no tree attention). Stage 1 therefore
@@ -75,7 +77,8 @@ drafts only the tree's best chain, the rank-0 path ``x_t -> M[x_t,0] -> M[M[x_t,
 which is exactly the paper tree's main branch ``(0,)*d`` (``PAPER_TREE.main_branch_length == 6``; a chain longer
 than 6 extends the main branch past the paper's depth). Verifying a chain is the special case of tree verification
 where every node has one child (``verify_chain``). The tree functions (``build_draft_tree``,
-``tree_attention_mask``, ``longest_accepted_path``) are for a later stage that patches in tree attention.
+``tree_attention_mask``, ``longest_accepted_path``) serve stage 2, the whole tree verified by the SDK's
+tree-verification seam (``proposer.py``, mode ``"tree"``).
 
 Memory (the paper's "<2MB"): ``|V| * k * itemsize`` bytes. For |V| = 32000, k = 8: int64 (the reference's dtype)
 2,048,000 B = 1.95 MiB; int32 (this module's default; any vocabulary < 2**31 fits) 1,024,000 B = 0.98 MiB. Larger
@@ -87,6 +90,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
+
+# Verification is not Token Recycling's own: the tree math lives in the SDK (shared with the tree-verification seam
+# and any other tree drafter) and is re-exported here under its old names.
+from declab.integrations.sdk.trees import committed_tokens, longest_accepted_path, tree_attention_mask, verify_chain
 
 __all__ = [
     "AdjacencyMatrix",
@@ -484,94 +491,3 @@ def best_chain(
         if bad.numel():
             chain = chain[: int(bad[0, 0])]
     return chain.tolist()
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Verification (Sec. 3, tree attention + greedy acceptance)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _parent_list(parents) -> list[int]:
-    p = [int(x) for x in (parents.tolist() if isinstance(parents, torch.Tensor) else parents)]
-    for i, q in enumerate(p):
-        if q >= i or q < -1:
-            raise ValueError(f"node {i}: parent {q} must be -1 or an earlier node (BFS/topological order)")
-    return p
-
-
-def tree_attention_mask(parents) -> torch.Tensor:
-    """Ancestor mask of a tree in topological order: ``mask[i, j]`` iff ``j == i`` or ``j`` is an ancestor of ``i``.
-
-    ``parents``: ``[n]``, ``-1`` for a root, otherwise an index ``< i``. This is the draft-to-draft block of the
-    paper's tree attention (every node additionally sees the whole committed context). Returns ``bool [n, n]``
-    (lower triangular, reflexive, on ``parents``' device when it is a tensor).
-    """
-    p = _parent_list(parents)
-    n = len(p)
-    device = parents.device if isinstance(parents, torch.Tensor) else None
-    mask = torch.zeros((n, n), dtype=torch.bool)
-    for i, q in enumerate(p):
-        if q >= 0:
-            mask[i] = mask[q]
-        mask[i, i] = True
-    return mask.to(device) if device is not None else mask
-
-
-def longest_accepted_path(tree_tokens, parents, target_argmax_per_node) -> list[int]:
-    """Greedy tree verification: node indices of the longest accepted root-to-node path, root first.
-
-    A root (parent -1) is accepted (it is the committed token); node ``i`` is accepted iff its parent ``p`` is and
-    ``tree_tokens[i] == target_argmax_per_node[p]`` (the target's greedy choice after the parent). Among accepted
-    nodes the deepest wins; ties go to the lowest index (first in BFS order). Tied paths carry identical tokens
-    (each is the greedy continuation), so the tie rule only chooses which KV entries to keep.
-    ``len(path) - 1`` draft tokens are accepted; the bonus token is ``target_argmax_per_node[path[-1]]``.
-    """
-    p = _parent_list(parents)
-    tok = [int(x) for x in torch.as_tensor(tree_tokens).tolist()]
-    tgt = [int(x) for x in torch.as_tensor(target_argmax_per_node).tolist()]
-    n = len(p)
-    if len(tok) != n or len(tgt) != n:
-        raise ValueError("tree_tokens, parents and target_argmax_per_node must have the same length")
-    if n == 0:
-        return []
-    accepted = [False] * n
-    depth = [0] * n
-    best = -1
-    for i, q in enumerate(p):
-        if q < 0:
-            accepted[i], depth[i] = True, 0
-        else:
-            accepted[i] = accepted[q] and tok[i] == tgt[q]
-            depth[i] = depth[q] + 1
-        if accepted[i] and (best < 0 or depth[i] > depth[best]):
-            best = i
-    path = [best]
-    while p[path[-1]] >= 0:
-        path.append(p[path[-1]])
-    path.reverse()
-    return path
-
-
-def committed_tokens(tree_tokens, path: Sequence[int], target_argmax_per_node) -> list[int]:
-    """Tokens a verification step commits: the accepted draft tokens along ``path`` (root excluded) + the bonus."""
-    tok = torch.as_tensor(tree_tokens).tolist()
-    tgt = torch.as_tensor(target_argmax_per_node).tolist()
-    return [int(tok[i]) for i in path[1:]] + [int(tgt[path[-1]])]
-
-
-def verify_chain(draft: Sequence[int], target_argmax: Sequence[int]) -> tuple[int, int]:
-    """Greedy verification of one chain (what vLLM 0.32's rejection sampler does at temperature 0).
-
-    ``target_argmax[j]`` is the target's argmax after the root (``j = 0``) and after ``draft[j-1]``;
-    ``len(target_argmax) == len(draft) + 1``. Returns ``(num_accepted, bonus_token)``: the longest prefix with
-    ``draft[j] == target_argmax[j]`` and the target's token after it. Equals ``longest_accepted_path`` on the
-    chain tree.
-    """
-    d = [int(x) for x in draft]
-    a = [int(x) for x in target_argmax]
-    if len(a) != len(d) + 1:
-        raise ValueError("target_argmax must have one more entry than draft")
-    n = 0
-    while n < len(d) and d[n] == a[n]:
-        n += 1
-    return n, a[n]

@@ -1,17 +1,15 @@
 """Declaration of the Token Recycling plugin (plain data: no torch, no vLLM)."""
 
-from declab.integrations.params import ParamSpec
-from declab.integrations.registry import HOOK_PROPOSER, PluginSpec
+from declab.integrations.sdk import BenchEntry, ParamSpec, PluginSpec, ProposerBenchConfig, ProposerHook
 
 PROPOSER_PATH = "declab.plugins.token_recycling.TokenRecyclingProposer"
-CONFIG_ENV = "DECLAB_TOKEN_RECYCLING"  # engine-wide parameters as JSON, e.g. '{"successors": 8}'
+CONFIG_ENV = "DECLAB_TOKEN_RECYCLING"  # deprecated: engine-wide settings as JSON; use additional_config
 # Tree templates by name -> draft nodes (the templates themselves live in core.py, which imports torch).
 TREE_TEMPLATES = {"paper": 80}
 
 SPEC = PluginSpec(
     name="token_recycling",
     paper=21,
-    hook=HOOK_PROPOSER,
     status="partial",
     summary="Token Recycling: lossless self-speculation from an adjacency matrix of the target's recycled top-k",
     reason=(
@@ -20,8 +18,10 @@ SPEC = PluginSpec(
         "decoder-29m on CPU the tree verifies 81 tokens per step, so it commits more tokens per forward than chain "
         "and ngram but is slower than both (`declab bench spec`)"
     ),
-    # Engine-wide, not per request: set through DECLAB_TOKEN_RECYCLING (JSON). K is num_speculative_tokens.
-    params=(
+    # Engine-wide, not per request: additional_config={"declab": {"token_recycling": {...}}} (DECLAB_TOKEN_RECYCLING,
+    # JSON, still works with a deprecation warning). K is num_speculative_tokens.
+    settings_env=CONFIG_ENV,
+    settings=(
         ParamSpec("successors", int, 8, low=1, high=64, doc="k, successors kept per token (paper: 8)"),
         ParamSpec("mode", str, "chain", choices=("chain", "tree"),
                   doc="'chain': the tree's rank-0 branch, vLLM's verifier; 'tree': the whole tree, greedy, CPU"),
@@ -30,8 +30,24 @@ SPEC = PluginSpec(
         ParamSpec("stop_at_unseen", bool, True,
                   doc="end a draft before a token whose row was never written (paper drafts the zero row)"),
     ),
+    # The worker patches (runner-to-proposer feed; tree verification in tree mode) are opened by the SDK's
+    # DeclabProposer base class when the proposer starts.
     patches=("cpu_expand_kernel",),
-    worker_patches=("runner_feeds_proposer",),
-    extra={"max_speculative_tokens": 16, "proposer": PROPOSER_PATH, "config_env": CONFIG_ENV,
-           "tree_patches": ("tree_inputs", "tree_attention_cpu", "tree_verifier")},
+    benches=(
+        BenchEntry(name="spec-tree", module="declab.plugins.token_recycling.bench",
+                   help="Token Recycling tree vs chain with a reference verifier (transformers, batch 1, greedy)"),
+    ),
+    proposer=ProposerHook(
+        proposer=PROPOSER_PATH,
+        max_speculative_tokens=16,
+        bench_alias="tr",  # declab bench spec --tr-config JSON / --tr-k K (deprecated: --settings, --proposer-k)
+        bench_configs={
+            # The tree's rank-0 branch, K = the K the ngram sweep picked.
+            "token_recycling_chain": ProposerBenchConfig(color="#ff7f0e"),
+            # The paper's whole tree (80 draft nodes); its batch-16 phase verifies 1,296 tokens per step on CPU.
+            "token_recycling_tree": ProposerBenchConfig(settings={"mode": "tree"},
+                                                        num_speculative_tokens=TREE_TEMPLATES["paper"],
+                                                        timeout_factor=3.0, color="#9467bd"),
+        },
+    ),
 )

@@ -24,6 +24,10 @@ class RowContext:
     tokenize: Callable[[str], list[int]] | None = None
     # Zero-argument getter of the served model's HF tokenizer object (lazy; for plugins that compile grammars).
     tokenizer: Callable[[], Any] | None = None
+    # This request's own sampling settings (temperature, top-k/p, min-p, seed): vLLM applies them to the row the
+    # processor returns; a method whose exactness depends on them (ASAp's tempered trie) reads them here. For a
+    # request group: the main request's settings. None outside the engine (pure tests).
+    sampling: Any = None  # declab.integrations.sdk.sampling.SamplingSettings
 
 
 class RowProcessor:
@@ -35,6 +39,8 @@ class RowProcessor:
     ``[vocab]``, may modify it in place, and returns the row to use. It must never return a row that is all
     ``-inf``.
     """
+
+    grouped = False  # True for GroupRowProcessor (a request with companion rows)
 
     def __init__(
         self,
@@ -50,3 +56,33 @@ class RowProcessor:
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class GroupRowProcessor(RowProcessor):
+    """The processor of a request group: a request plus hidden companion rows (``LogitsHook.companions``), one per
+    companion prompt, decoded in lockstep with it in the same batch.
+
+    The router makes one instance per member row (``role`` = ``ROLE_MAIN`` or the companion's parameter name;
+    ``group_id`` = the main request id; ``settings`` = the main request's own ``SamplingSettings``). When every
+    member is in the batch at the same position it calls ``choose`` on the main row's instance with all members'
+    float32 logits (role -> ``[vocab]``) and forces the returned token on every member. ``step`` is the number of
+    tokens generated so far.
+    """
+
+    grouped = True
+    companions: tuple[str, ...] = ()  # the spec's LogitsHook.companions, set by the router
+    group_id: str | None = None
+    role: str | None = None
+
+    @property
+    def settings(self):
+        """The main request's sampling settings (``SamplingSettings``), applied by ``choose``."""
+        return self.ctx.sampling
+
+    def choose(self, rows: Mapping[str, torch.Tensor], step: int) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        # Never called for a grouped row: the router calls ``choose`` with all rows. A row whose companions are
+        # missing this step keeps its logits; the request-group seam discards that step's token.
+        return logits

@@ -1,35 +1,42 @@
-"""Attach the declab logits router to the engine config when a logits-level plugin is selected.
+"""Engine-args seam: what selected plugins change in the engine configuration, at the one place vLLM builds it.
 
 Why: vLLM 0.32 offers two ways to add a logits processor: the ``vllm.logits_processors`` entry-point group, which
 loads into *every* engine whether or not the user wants it (and which the V2 model runner refuses for V1-interface
 classes, which would break every GPU deployment that merely has the suite installed), or the
 ``--logits-processors`` / ``LLM(logits_processors=...)`` list, which the user would have to spell out next to
-``DECLAB_PLUGINS``. Neither gives "selected => on, not selected => absent".
+``DECLAB_PLUGINS``. Neither gives "selected => on, not selected => absent". Plugins also need their engine-wide
+settings (``additional_config["declab"]``) checked before any process starts, and request groups need the
+synchronous scheduler.
 
 How: wraps ``EngineArgs.create_engine_config`` (front-end process, before the config is shipped to the engine core
-and workers) and appends ``declab.integrations.router:DeclabLogitsRouter`` to ``model_config.logits_processors``.
-That list feeds both admission-time ``validate_params`` (HTTP 400 for bad arguments) and the worker's sampler. It
-refuses loudly the two configurations where vLLM 0.32 would drop or reject the router: speculative decoding (V1
-silently drops custom logits processors) and Model Runner V2 (needs a V2-interface processor, not shipped yet).
-When a contrastive plugin (CAD/LQCD/M3ID) is selected it also turns vLLM's automatic async scheduling off before the
-config is built (``prepare_engine_args``): the pair scheduler (``contrastive_pairs``) keeps a request and its
-companion row in lockstep and needs each step's output before scheduling the next.
+and workers) and, from the selected plugins' specs (the seam knows no plugin):
+
+* before the config is built: validates ``additional_config["declab"]`` (each plugin's ``settings``, the setting
+  named in the error); turns vLLM's automatic async scheduling off when a selected method has companion rows
+  (``LogitsHook.companions``: the request-group seam keeps a request and its companions in lockstep and needs each
+  step's output before scheduling the next) and refuses an explicit ``--async-scheduling``;
+* after: appends ``declab.integrations.router:DeclabLogitsRouter`` to ``model_config.logits_processors`` when a
+  logits-level plugin is selected. That list feeds both admission-time ``validate_params`` (HTTP 400 for bad
+  arguments) and the worker's sampler. It refuses loudly the two configurations where vLLM 0.32 would drop or reject
+  the router: speculative decoding (V1 silently drops custom logits processors) and Model Runner V2 (needs a
+  V2-interface processor, not shipped yet).
 
 vLLM version: 0.32.0 (``vllm/engine/arg_utils.py::EngineArgs.create_engine_config``).
 
 Removal plan: when vLLM can enable a logits processor from a general plugin (or gates ``vllm.logits_processors``
-entry points by ``VLLM_PLUGINS`` and accepts them on both runners), register the router there and delete this patch.
+entry points by ``VLLM_PLUGINS`` and accepts them on both runners), register the router there; validate settings
+through vLLM's own ``additional_config`` checks if it grows a plugin schema; then delete this patch.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from declab.patches import DeclabPatch
+from declab.integrations.sdk import DeclabPatch
 
 
-class EngineArgsRouterPatch(DeclabPatch):
-    name = "engine_args_router"
+class EngineArgsPatch(DeclabPatch):
+    name = "engine_args"
     target = "vllm.engine.arg_utils:EngineArgs"
 
     @classmethod
@@ -47,18 +54,21 @@ class EngineArgsRouterPatch(DeclabPatch):
 
 
 def prepare_engine_args(engine_args) -> None:
-    """Contrastive plugins keep request pairs in lockstep with a synchronous scheduler (``contrastive_pairs``):
-    turn vLLM's automatic async scheduling off for them; refuse an explicit ``--async-scheduling``."""
+    """Check the plugins' engine-wide settings; methods with companion rows keep request groups in lockstep with a
+    synchronous scheduler: turn vLLM's automatic async scheduling off for them; refuse an explicit
+    ``--async-scheduling``."""
     from declab.integrations import registry
-    from declab.plugins.contrastive_args import is_contrastive
+    from declab.integrations.sdk.runtime import check_engine_config_section
 
-    contrastive = [n for n in registry.selected_plugins() if is_contrastive(registry.get_spec(n))]
-    if not contrastive:
+    selected = registry.selected_plugins()
+    check_engine_config_section(engine_args.additional_config, selected)
+    grouped = [n for n in selected if (hook := registry.get_spec(n).logits) is not None and hook.companions]
+    if not grouped:
         return
     if engine_args.async_scheduling:
         raise ValueError(
-            f"declab: contrastive plugins {contrastive} keep each request and its companion row in lockstep, which "
-            "needs vLLM's synchronous scheduler; remove --async-scheduling (it is off by default for them)."
+            f"declab: plugins {grouped} keep each request and its companion rows in lockstep, which needs vLLM's "
+            "synchronous scheduler; remove --async-scheduling (it is off by default for them)."
         )
     engine_args.async_scheduling = False
 

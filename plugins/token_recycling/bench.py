@@ -29,12 +29,15 @@ import sys
 import time
 from typing import Any
 
-from declab.integrations.bench import add_option, write_report
+from declab.integrations.sdk.bench import add_option
 
 DEFAULT_LIMIT = 2  # prompts per group: the prompts of `declab bench spec`'s batch-1 phase
 DEFAULT_MAX_TOKENS = 64
 DEFAULT_CHAIN_LEN = 6
 MAX_MODEL_LEN = 2048
+# Prompt fit rule: prompt + max_tokens + this K must fit the context, as in `declab bench spec` with vLLM's default
+# suffix-decoding K (24), so both benchmarks measure the same prompts.
+FIT_K = 24
 MODES = ("chain", "tree")
 
 
@@ -206,13 +209,12 @@ def _aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
 def run(args) -> dict[str, Any]:
     import torch
 
-    from declab.integrations.bench_spec import SUFFIX_DEFAULT_K, group_order, load_prompt_set
-    from declab.integrations.models import default_model
+    from declab.integrations.sdk.bench import default_model, group_order, load_prompt_set
 
     torch.set_num_threads(max(1, args.threads))
     model = args.model or default_model()
     t0 = time.perf_counter()
-    items, skipped, totals = load_prompt_set(model, max_tokens=args.max_tokens, max_k=SUFFIX_DEFAULT_K,
+    items, skipped, totals = load_prompt_set(model, max_tokens=args.max_tokens, max_k=FIT_K,
                                              max_model_len=MAX_MODEL_LEN, limit=args.limit or None)
     dec = ReferenceDecoder(model, successors=args.successors, chain_len=args.chain_len)
     log = (lambda m: print(m, file=sys.stderr, flush=True))
@@ -281,24 +283,11 @@ def plot(report: dict[str, Any], path) -> None:
     plt.close(fig)
 
 
-def format_table(report: dict[str, Any]) -> str:
+def summary(report: dict[str, Any]) -> str:
     lines = [f"{'group':<16}{'chain MAL':>10}{'tree MAL':>10}{'chain tok/fwd':>15}{'tree tok/fwd':>14}"]
     for g in report["modes"]["tree"]:
         c, t = report["modes"]["chain"][g], report["modes"]["tree"][g]
         lines.append(f"{g:<16}{c['mean_accepted_length'] or 0:>10.2f}{t['mean_accepted_length'] or 0:>10.2f}"
                      f"{c['tokens_per_forward'] or 0:>15.2f}{t['tokens_per_forward'] or 0:>14.2f}")
+    lines.append(f"forward ms by new tokens (256 cached): {report['forward_ms_after_256_tokens']}")
     return "\n".join(lines)
-
-
-def main(args) -> int:
-    report = run(args)
-    jpath, ppath = write_report(report, args.out, "spec-tree", plot)
-    print(format_table(report))
-    print(f"forward ms by new tokens (256 cached): {report['forward_ms_after_256_tokens']}")
-    print(f"wrote {jpath} and {ppath}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(add_arguments(argparse.ArgumentParser(prog="python -m declab.integrations.bench_spec_tree"))
-                  .parse_args()))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from declab.integrations.metrics import kl_divergence
+from declab.integrations.sdk.bench import kl_divergence
 
 # (name, prompt, EBNF). Both languages are finite; every string has several tokenizations on decoder-29m.
 EXPERIMENTS = (

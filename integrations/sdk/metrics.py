@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 
 
 def rep_n(tokens: Sequence[int], n: int) -> float:
-    """rep-n = 1 - |unique n-grams| / |n-grams| (Welleck et al. 2020; used by the contrastive/momentum papers)."""
+    """rep-n = 1 - |unique n-grams| / |n-grams| (Welleck et al. 2020; the degeneration papers' measure)."""
     grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     if not grams:
         return 0.0
@@ -46,6 +46,11 @@ def kl_divergence(p: Mapping, q: Mapping) -> float:
                 return math.inf
             total += pk * math.log(pk / qk)
     return max(total, 0.0)
+
+
+def total_variation(p: Mapping, q: Mapping) -> float:
+    """Total variation distance ``0.5 * sum |p - q|`` between two distributions given as {outcome: probability}."""
+    return 0.5 * sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in set(p) | set(q))
 
 
 def first_line_answer(text: str) -> str:

@@ -1,40 +1,51 @@
-"""Shared core of the contrastive plugins (CAD, LQCD, M3ID): pure torch, no vLLM import.
+"""Sampling the way vLLM's sampler would, for methods that choose a row's token themselves.
 
-A contrastive request is decoded with a *companion row*: the same model on a second prompt (``contrast_prompt``:
-the prompt without the context / with the neutral query / without the image), kept in lockstep with the main
-request inside vLLM's batch (``declab.patches.contrastive_pairs``). Each step the router hands a
-``ContrastiveProcessor`` both rows of logits; the processor returns the contrasted logits, the router draws the
-token from them with the main request's sampling settings (``SamplingSettings``/``draw_token``) and forces that one
-token on both rows, so both sequences grow by the same token.
-
-A method implements only ``contrast(main_logits, contrast_logits, step)``; the formulas live in
-``declab.plugins.<method>.core``.
+A request group (a request and its companion rows, ``GroupRowProcessor``) is decoded greedily by the engine over a
+one-hot row: the group's processor picks the token from its own distribution with the main request's sampling
+settings (``SamplingSettings``, moved into ``extra_args`` by the request-group seam) and ``force_token`` makes it the
+only choice of every member row. Pure torch, no vLLM import.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Mapping
+
 import torch
 
-from declab.plugins.common import RowProcessor
-from declab.plugins.contrastive_args import SamplingSettings
+# vLLM's threshold below which a temperature means greedy (vllm.sampling_params._SAMPLING_EPS).
+GREEDY_EPS = 1e-5
 
 
-class ContrastiveProcessor(RowProcessor):
-    """One contrastive request. ``contrast`` gets both rows' float32 logits ``[vocab]`` and returns new logits.
+@dataclass(frozen=True)
+class SamplingSettings:
+    """A request's own sampling settings, as a row processor sees them (``RowContext.sampling``). For a request
+    group the engine decodes every row greedily over a one-hot row, so the main request's temperature / top-k /
+    top-p / min-p / seed are applied by the group's processor (``draw_token``)."""
 
-    ``step`` is the number of tokens generated so far (0 for the first token). Returned logits may be ``-inf``
-    outside a plausible set but never all ``-inf``.
-    """
+    temperature: float = 1.0
+    top_k: int = 0  # 0 or -1: off
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: int | None = None
 
-    paired = True
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_EPS
 
-    def contrast(self, main_logits: torch.Tensor, contrast_logits: torch.Tensor, step: int) -> torch.Tensor:
-        raise NotImplementedError  # pragma: no cover - abstract
+    def to_dict(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p, "min_p": self.min_p,
+                "seed": self.seed}
 
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        # Never called for a paired row: the router calls ``contrast`` with both rows. A row whose companion is
-        # missing this step keeps its logits; the pair scheduler discards that step's token.
-        return logits
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SamplingSettings":
+        return cls(**{k: d[k] for k in ("temperature", "top_k", "top_p", "min_p", "seed") if k in d})
+
+    @classmethod
+    def from_sampling_params(cls, sp: Any) -> "SamplingSettings":
+        """From vLLM ``SamplingParams``."""
+        return cls(temperature=float(sp.temperature), top_k=int(sp.top_k or 0), top_p=float(sp.top_p),
+                   min_p=float(sp.min_p), seed=sp.seed)
 
 
 _MASK64 = (1 << 63) - 1

@@ -37,7 +37,8 @@ class ParamSpec:
                 raise ValueError(f"{where} must be a boolean, got {value!r}")
         elif self.kind is int:
             # JSON/OpenAI clients may send 3.0 for 3; bool is an int subclass and is not accepted.
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or (isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()))):
                 raise ValueError(f"{where} must be an integer, got {value!r}")
             value = int(value)
         elif self.kind is float:

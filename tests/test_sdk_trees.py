@@ -1,7 +1,9 @@
-"""Token Recycling stage 2, pure pieces: tree-mask attention, paged-context reads, KV relocation.
+"""The SDK's tree math (``declab.integrations.sdk.trees``), pure pieces of the tree-verification seam: tree-mask
+attention, paged-context reads, KV relocation. Greedy tree verification is pinned in ``test_token_recycling_core.py``
+(against a brute force over Token Recycling's templates).
 
-The end-to-end check (tree mode token-identical to vanilla through the engine) is in
-``test_token_recycling_engine.py``; these pin the math each piece must satisfy.
+The end-to-end check (a tree drafter token-identical to vanilla through the engine) is Token Recycling's tree mode
+in ``test_token_recycling_engine.py``; these pin the math each piece must satisfy.
 """
 
 from __future__ import annotations
@@ -11,8 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from declab.plugins.token_recycling.core import PAPER_TREE, TreeTemplate
-from declab.plugins.token_recycling.tree_attention import paged_context, relocation, tree_attention, tree_depths
+from declab.integrations.sdk.trees import DraftTree, paged_context, relocation, tree_attention, tree_depths
 
 
 def _reference(query, keys, values, parents, scale):
@@ -60,7 +61,7 @@ def test_tree_attention_on_a_chain_is_causal_attention():
     query = torch.randn(n, heads, d, generator=g)
     keys = torch.randn(context + n, heads, d, generator=g)
     values = torch.randn(context + n, heads, d, generator=g)
-    chain = TreeTemplate.chain(n - 1).parents
+    chain = tuple(range(-1, n - 1))
     mask = torch.ones(n, context + n, dtype=torch.bool).tril(diagonal=context)
     want = torch.nn.functional.scaled_dot_product_attention(
         query.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1), attn_mask=mask, scale=0.25)
@@ -71,7 +72,7 @@ def test_tree_attention_on_a_chain_is_causal_attention():
 @pytest.mark.parametrize("block_size", [16, 32, 128])
 def test_paged_context_reads_what_vllms_cpu_cache_writer_wrote(isa, block_size):
     pytest.importorskip("vllm")
-    from declab.patches.tree_verification import check_cpu_cache_layout
+    from declab.integrations.sdk.tree_verification import check_cpu_cache_layout
 
     check_cpu_cache_layout(isa, num_kv_heads=2, head_size=32 if isa == "vec16" else 64, block_size=block_size)
 
@@ -116,16 +117,17 @@ def test_relocation_rejects_a_non_increasing_path():
     assert relocation([0, 1, 2]) == ([], [])
 
 
-def test_tree_depths_of_the_paper_tree():
-    assert tree_depths(PAPER_TREE.parents) == list(PAPER_TREE.depths)
+def test_tree_depths():
+    assert tree_depths([-1, 0, 0, 1, 3, 2]) == [0, 1, 1, 2, 3, 2]
     with pytest.raises(ValueError):
         tree_depths([-1, 1])
 
 
-def test_the_declared_template_sizes_match_the_templates():
-    from declab.plugins.token_recycling import spec
-    from declab.plugins.token_recycling.proposer import TREE_TEMPLATES
-
-    assert set(spec.TREE_TEMPLATES) == set(TREE_TEMPLATES)
-    for name, template in TREE_TEMPLATES.items():
-        assert spec.TREE_TEMPLATES[name] == template.num_draft_nodes
+def test_a_draft_tree_is_root_first_with_one_parent_per_token():
+    tree = DraftTree(torch.tensor([5, 6, 7]), (-1, 0, 0))
+    assert tree.draft_tokens() == [6, 7]
+    assert DraftTree([5, 6], (-1, 0)).draft_tokens() == [6]
+    with pytest.raises(ValueError):
+        DraftTree([5, 6], (0, 0))
+    with pytest.raises(ValueError):
+        DraftTree([5, 6, 7], (-1, 0))

@@ -17,7 +17,8 @@ Same prompts (``default_bench_prompts``: code prompts, then Spec-Bench first tur
   token (prompt included, padding excluded); the winner's cache row, hidden state and next-token logits are kept.
   Prompts are left-padded and decoded as one batch.
 
-vLLM configurations run one after the other, each in a fresh child process (``engine_run``); contrastive search
+vLLM configurations run one after the other, each in a fresh child process (the bench harness's
+``run_in_child``); contrastive search
 runs in this process afterwards (nothing else is running then). Each is timed the same way: one warm-up on two
 prompts, then ``--repeats`` timed runs of the whole prompt batch (tokens/s = generated tokens / best batch time),
 plus ``--latency-prompts`` prompts one at a time. Outputs are fixed-length (``ignore_eos``) unless
@@ -41,13 +42,19 @@ import statistics
 import time
 from typing import Any
 
-from declab.integrations.bench import add_option, summarize, write_report
-from declab.integrations.engine_run import RunSpec, run_in_child
-from declab.integrations.metrics import repetition_stats
-from declab.integrations.models import default_model
-from declab.integrations.prompts import default_bench_prompts
+from declab.integrations.sdk.bench import (
+    RunSpec,
+    add_option,
+    default_bench_prompts,
+    default_model,
+    plot_configs,
+    repetition_stats,
+    run_in_child,
+    summarize,
+)
 
 GREEDY, NUCLEUS, MOMENTUM, CONTRASTIVE = "greedy", "nucleus", "momentum", "contrastive"
+plot = plot_configs  # tokens/s, batch-1 latency, rep-n and diversity per decoder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -297,7 +304,7 @@ def run(args) -> dict[str, Any]:
     }
 
 
-def format_table(report: dict[str, Any]) -> str:
+def summary(report: dict[str, Any]) -> str:
     cols = ("tokens_per_s", "batch_time_s", "mean_request_latency_s", "rep_2", "rep_3", "rep_4", "diversity",
             "loop_share", "mean_logprob")
     lines = [f"{'config':<12}" + "".join(f"{c:>24}" for c in cols)]
@@ -309,16 +316,3 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"{label:<12}" + "".join(cells))
     lines.append("acceptance: " + json.dumps(report["acceptance"]))
     return "\n".join(lines)
-
-
-def main(args) -> int:
-    report = run(args)
-    jpath, ppath = write_report(report, args.out, "degeneration")
-    print(format_table(report))
-    print(f"wrote {jpath} and {ppath}")
-    return 0
-
-
-if __name__ == "__main__":
-    parser = add_arguments(argparse.ArgumentParser(prog="python -m declab.integrations.bench_degeneration"))
-    raise SystemExit(main(parser.parse_args()))

@@ -1,6 +1,10 @@
 """Contrastive decoding (CAD / LQCD / M3ID): faithfulness vs alpha on the fact-world dev sets, and cost at batch 16.
 
-One engine (``DECLAB_PLUGINS=cad,lqcd,m3id``), greedy:
+``declab bench contrastive`` (declared by the CAD plugin: its cost part measures CAD, and LQCD / M3ID appear only as
+method names in the requests).
+
+One engine (``DECLAB_PLUGINS=cad,lqcd,m3id``), greedy, in a child process of its own (the bench harness's
+``call_in_child``):
 
 * faithfulness: CAD on ``conflict_dev.jsonl`` (share of answers equal to the context / to the memorised prior),
   LQCD on ``leading_dev.jsonl`` (share equal to the suggested wrong answer / to the true answer), M3ID on the
@@ -19,14 +23,16 @@ import os
 import time
 from typing import Any
 
-from declab.integrations.metrics import answer_rates
-from declab.integrations.models import default_model, eval_file
+from declab.integrations.sdk.bench import CPU_ENGINE_KWARGS, answer_rates, call_in_child, default_model, eval_file
 
 CONTRASTIVE_PLUGINS = "cad,lqcd,m3id"
+MEASURE_TARGET = "declab.plugins.cad.bench:measure"  # the child's side
+ENGINE_KWARGS = {**CPU_ENGINE_KWARGS, "max_logprobs": -1}  # the naive baseline reads full-vocabulary logprobs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--items", type=int, default=400, help="dev items per set (max 400)")
+    parser.add_argument("--items", "--limit", type=int, default=400, dest="items",
+                        help="dev items per set (max 400)")
     parser.add_argument("--alphas", default="0,0.25,0.5,1,2", help="comma-separated alpha values")
     parser.add_argument("--batch", type=int, default=16, help="concurrent requests for the cost measurement")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens per request for the cost measurement")
@@ -97,13 +103,12 @@ def naive_cad(llm, items: list[dict], alpha: float, max_tokens: int) -> dict[str
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from declab.integrations import registry
-    from declab.plugins.common import RowContext
+    from declab.integrations.sdk.rows import RowContext
+    from declab.plugins.cad.core import CADProcessor
 
     tok = llm.get_tokenizer()
     vocab = llm.llm_engine.model_config.get_vocab_size()
-    cad = registry.get_spec("cad").load_row_processor()({"alpha": alpha, "contrast_prompt": ""}, [], [],
-                                                         RowContext(vocab_size=vocab))
+    cad = CADProcessor({"alpha": alpha, "contrast_prompt": ""}, [], [], RowContext(vocab_size=vocab))
     mains = [tok.encode(it["prompt_with_context"]) for it in items]
     contrasts = [tok.encode(it["prompt_without_context"]) for it in items]
     generated: list[list[int]] = [[] for _ in items]
@@ -154,36 +159,44 @@ def cost(llm, items: list[dict], max_tokens: int, repeats: int) -> dict[str, Any
             "naive_equals_companion_share": same / len(items)}
 
 
-def run(args) -> dict[str, Any]:
-    os.environ["DECLAB_PLUGINS"] = CONTRASTIVE_PLUGINS
+def measure(payload: dict[str, Any]) -> dict[str, Any]:
+    """Child side: one engine with the contrastive plugins selected; faithfulness, then cost."""
     from vllm import LLM
 
-    from declab.integrations.engine_run import CPU_ENGINE_KWARGS
-
-    alphas = [float(a) for a in args.alphas.split(",")]
-    conflict = _load("conflict_dev.jsonl", args.items)
-    leading = _load("leading_dev.jsonl", args.items)
-    model = args.model or default_model()
-    llm = LLM(model=model, **{**CPU_ENGINE_KWARGS, "max_logprobs": -1})
+    conflict = _load("conflict_dev.jsonl", payload["items"])
+    leading = _load("leading_dev.jsonl", payload["items"])
+    llm = LLM(model=payload["model"], **ENGINE_KWARGS)
     t0 = time.perf_counter()
-    report: dict[str, Any] = {"bench": "contrastive", "model": str(model), "items": len(conflict),
-                              "engine": {**CPU_ENGINE_KWARGS, "max_logprobs": -1}}
-    report["faithfulness"] = faithfulness(llm, conflict, leading, alphas)
-    report["cost"] = cost(llm, conflict[: args.batch], args.max_tokens, args.repeats)
+    report: dict[str, Any] = {"bench": "contrastive", "model": payload["model"], "items": len(conflict),
+                              "engine": ENGINE_KWARGS}
+    report["faithfulness"] = faithfulness(llm, conflict, leading, payload["alphas"])
+    report["cost"] = cost(llm, conflict[: payload["batch"]], payload["max_tokens"], payload["repeats"])
     report["total_s"] = time.perf_counter() - t0
-    _print(report)
     return report
 
 
-def _print(report: dict[str, Any]) -> None:
+def run(args) -> dict[str, Any]:
+    for name in ("conflict_dev.jsonl", "leading_dev.jsonl"):
+        if eval_file(name) is None:
+            raise SystemExit(f"../shared/eval/{name} is not present")
+    payload = {"model": str(args.model or default_model()), "items": args.items,
+               "alphas": [float(a) for a in args.alphas.split(",")], "batch": args.batch,
+               "max_tokens": args.max_tokens, "repeats": args.repeats}
+    return call_in_child(MEASURE_TARGET, payload, env={"DECLAB_PLUGINS": CONTRASTIVE_PLUGINS}, timeout=None,
+                         name="contrastive engine")
+
+
+def summary(report: dict[str, Any]) -> str:
     f = report["faithfulness"]
-    print(f"plain: conflict {f['plain']['cad_set']}  leading {f['plain']['lqcd_set']}")
+    lines = [f"plain: conflict {f['plain']['cad_set']}  leading {f['plain']['lqcd_set']}"]
     for r in f["sweep"]:
-        print(f"alpha {r['alpha']:<5} CAD context {r['cad']['context_answer']:.3f} prior {r['cad']['prior_answer']:.3f}"
-              f" | LQCD suggested {r['lqcd']['suggested_answer']:.3f} true {r['lqcd']['true_answer']:.3f}")
-    print(f"m3id (defaults) on conflicts: {f['m3id_defaults']}")
+        lines.append(f"alpha {r['alpha']:<5} CAD context {r['cad']['context_answer']:.3f} prior "
+                     f"{r['cad']['prior_answer']:.3f} | LQCD suggested {r['lqcd']['suggested_answer']:.3f} true "
+                     f"{r['lqcd']['true_answer']:.3f}")
+    lines.append(f"m3id (defaults) on conflicts: {f['m3id_defaults']}")
     for name, c in report["cost"]["configs"].items():
-        print(f"{name:<30} {c['tokens_per_s']:8.1f} tok/s  {c['vs_plain']:.2f}x plain")
+        lines.append(f"{name:<30} {c['tokens_per_s']:8.1f} tok/s  {c['vs_plain']:.2f}x plain")
+    return "\n".join(lines)
 
 
 def plot(report: dict[str, Any], path) -> None:

@@ -1,5 +1,8 @@
 """``declab bench grammar``: ASAp vs GCD exactness (paper 65) and JSON-Schema structured output (paper 35).
 
+Declared by the ASAp plugin (``BenchEntry(name="grammar", paper=35)``: this benchmark is the reading list's
+JSONSchemaBench).
+
 Three parts (``--parts``, default all), each in child processes of its own, one engine at a time:
 
 * ``kl``: Grammar-Aligned Decoding's central claim (Park et al. 2024, reading-list paper 65). For the finite
@@ -34,15 +37,23 @@ import glob
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from declab.integrations.bench import add_option, write_report
-from declab.integrations.grammar_reference import EXPERIMENTS
+from declab.integrations.sdk.bench import (
+    CPU_ENGINE_KWARGS,
+    ChildCall,
+    add_option,
+    call_in_child,
+    default_model,
+    eval_file,
+    kl_divergence,
+)
+from declab.plugins.asap.grammar_reference import EXPERIMENTS
+
+MODULE = "declab.plugins.asap.bench"  # children run child_kl / child_schema / child_budget of this module
 
 PARTS = ("kl", "schema", "budget")
 VLLM_BACKENDS = ("xgrammar", "guidance", "outlines")
@@ -89,43 +100,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 THREADS = {"OMP_NUM_THREADS": "1"}  # set by run() from --threads; applied to every child
 
 
-def _child_env(env: dict[str, str | None]) -> dict[str, str]:
-    """This process's environment, the engine in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, so a child reads
+def _child_env(env: dict[str, str | None]) -> dict[str, str | None]:
+    """Environment changes of a child: the engine in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, so a child reads
     the worker's state directly), the thread setting, then ``env`` (None unsets)."""
-    full = dict(os.environ)
-    full["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    for key, v in {**THREADS, **env}.items():
-        if v is None:
-            full.pop(key, None)
-        else:
-            full[key] = v
-    return full
+    return {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", **THREADS, **env}
 
 
 def _run_child(kind: str, spec: dict[str, Any], env: dict[str, str | None], log_path: Path,
                timeout: float = 6 * 3600) -> dict[str, Any]:
-    """``python -m declab.integrations.bench_grammar --child KIND SPEC RESULT`` with ``env`` applied (None unsets);
-    the engine runs in the child's own process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so the child reads the
-    worker's state directly. Its log goes to ``log_path``."""
-    full = _child_env(env)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="declab-grammar-") as tmp:
-        spec_path, result_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "result.json")
-        Path(spec_path).write_text(json.dumps(spec))
-        with open(log_path, "w") as log:
-            proc = subprocess.run([sys.executable, "-m", "declab.integrations.bench_grammar", "--child", kind,
-                                   spec_path, result_path], env=full, stdout=log, stderr=subprocess.STDOUT,
-                                  timeout=timeout)
-        if proc.returncode != 0 or not os.path.exists(result_path):
-            tail = log_path.read_text()[-6000:]
-            raise RuntimeError(f"bench grammar child {kind!r} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
-        return json.loads(Path(result_path).read_text())
+    """``child_<kind>(spec)`` in a child process (the harness's ``call_in_child``) with ``env`` applied (None
+    unsets); the engine runs in the child's own process so the child reads the worker's state directly. Its log
+    goes to ``log_path``."""
+    return call_in_child(f"{MODULE}:child_{kind}", spec, env=_child_env(env), timeout=timeout, log_path=log_path,
+                         name=f"bench grammar {kind}")
 
 
 def _engine(model: str, **overrides: Any):
     from vllm import LLM
-
-    from declab.integrations.engine_run import CPU_ENGINE_KWARGS
 
     return LLM(model=model, **{**CPU_ENGINE_KWARGS, **overrides})
 
@@ -200,8 +191,8 @@ class EngineLoop:
         return out
 
 
-def _child_kl(spec: dict[str, Any]) -> dict[str, Any]:
-    from declab.integrations.grammar_reference import (
+def child_kl(spec: dict[str, Any]) -> dict[str, Any]:
+    from declab.plugins.asap.grammar_reference import (
         ASAP_CHUNK,
         GCD_CHUNK,
         exact_reference,
@@ -278,7 +269,7 @@ def _schema_params(method: str, schema_text: str, max_tokens: int, namespace: st
     return SamplingParams(**common, structured_outputs=StructuredOutputsParams(json=schema_text))
 
 
-def _child_schema(spec: dict[str, Any]) -> dict[str, Any]:
+def child_schema(spec: dict[str, Any]) -> dict[str, Any]:
     """Schemas ``spec["start"]:`` on one engine; one JSON line per event appended to ``spec["progress"]`` (the
     parent watches it, kills a child that hangs in a grammar compile, and restarts it after that schema)."""
     backend, methods, k = spec["backend"], spec["methods"], int(spec["samples"])
@@ -347,46 +338,41 @@ def _run_schema_engine(backend: str, methods: list[str], common: dict[str, Any],
         progress = log_dir / f"schema-{backend}-{run_no}.jsonl"
         progress.unlink(missing_ok=True)
         spec = {**common, "backend": backend, "methods": methods, "start": start, "progress": str(progress)}
-        spec_path = log_dir / f"schema-{backend}-{run_no}.spec.json"
-        spec_path.write_text(json.dumps(spec))
-        full = _child_env(env)
         log_path = log_dir / f"schema-{backend}-{run_no}.log"
-        with open(log_path, "w") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "declab.integrations.bench_grammar", "--child", "schema",
-                                     str(spec_path), str(log_dir / f"schema-{backend}-{run_no}.result.json")],
-                                    env=full, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         seen, current, ready, done, killed = 0, None, False, False, False
-        last = time.monotonic()
         run_processor: dict[str, dict[str, float]] = {}
-        while True:
-            exited = proc.poll() is not None
-            lines = progress.read_text().splitlines() if progress.exists() else []
-            for line in lines[seen:]:
-                ev = json.loads(line)
-                kind = ev["event"]
-                if kind == "ready":
-                    ready = True
-                    startups.append(ev["startup_s"])
-                elif kind == "begin":
-                    current = ev["i"]
-                elif kind == "plain":
-                    plain[ev["i"]] = ev["records"]
-                elif kind == "schema":
-                    per_method[ev["method"]][ev["i"]] = ev["records"]
-                    run_processor = ev.get("processor") or run_processor
-                elif kind == "done":
-                    done = True
-                    store = ev.get("store")
-            if len(lines) > seen:
-                seen, last = len(lines), time.monotonic()
-            if exited:
-                break
-            if time.monotonic() - last > hang_s + (0 if ready else 600):
-                os.killpg(proc.pid, 9)
-                proc.wait()
-                killed = True
-                break
-            time.sleep(1.0)
+        with ChildCall(f"{MODULE}:child_schema", spec, env=_child_env(env), log_path=log_path,
+                       name=f"schema {backend}") as child:
+            last = time.monotonic()
+            while True:
+                exited = child.poll() is not None
+                lines = progress.read_text().splitlines() if progress.exists() else []
+                for line in lines[seen:]:
+                    ev = json.loads(line)
+                    kind = ev["event"]
+                    if kind == "ready":
+                        ready = True
+                        startups.append(ev["startup_s"])
+                    elif kind == "begin":
+                        current = ev["i"]
+                    elif kind == "plain":
+                        plain[ev["i"]] = ev["records"]
+                    elif kind == "schema":
+                        per_method[ev["method"]][ev["i"]] = ev["records"]
+                        run_processor = ev.get("processor") or run_processor
+                    elif kind == "done":
+                        done = True
+                        store = ev.get("store")
+                if len(lines) > seen:
+                    seen, last = len(lines), time.monotonic()
+                if exited:
+                    break
+                if time.monotonic() - last > hang_s + (0 if ready else 600):
+                    child.kill()  # the whole process group: the engine core of a hung compile included
+                    killed = True
+                    break
+                time.sleep(1.0)
+            exit_code = child.proc.returncode
         for m, v in run_processor.items():
             acc = processor.setdefault(m, {"seconds": 0.0, "calls": 0})
             acc["seconds"] += v["seconds"]
@@ -397,7 +383,7 @@ def _run_schema_engine(backend: str, methods: list[str], common: dict[str, Any],
             tail = log_path.read_text()[-6000:]
             raise RuntimeError(f"schema engine {backend!r} failed before its first schema; log {log_path}:\n{tail}")
         why = (f"no progress for {hang_s:.0f} s (grammar compile hung); engine killed and restarted" if killed
-               else f"engine exited with {proc.returncode} on this schema; restarted")
+               else f"engine exited with {exit_code} on this schema; restarted")
         incidents.append({"schema": schemas[current]["id"], "reason": why})
         log(f"schema {backend}: {schemas[current]['id']}: {why}")
         for m in methods:
@@ -420,7 +406,7 @@ BUDGET_GRAMMARS = (
 )
 
 
-def _child_budget(spec: dict[str, Any]) -> dict[str, Any]:
+def child_budget(spec: dict[str, Any]) -> dict[str, Any]:
     from vllm import SamplingParams
 
     from declab.plugins.asap import core
@@ -449,9 +435,6 @@ def _child_budget(spec: dict[str, Any]) -> dict[str, Any]:
             "finish_reasons": finish, "budget_env_mb": os.environ.get(core.BUDGET_ENV)}
 
 
-CHILDREN = {"kl": _child_kl, "schema": _child_schema, "budget": _child_budget}
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The parent: specs, validation, summaries
 # ----------------------------------------------------------------------------------------------------------------
@@ -460,8 +443,6 @@ CHILDREN = {"kl": _child_kl, "schema": _child_schema, "budget": _child_budget}
 def load_suite(limit: int | None = None, files: list[str] | None = None) -> list[dict[str, Any]]:
     """The schemas of the JSON-Schema-Test-Suite (draft 2020-12), ``limit`` per file at most, in file order (only
     the files named in ``files`` if given)."""
-    from declab.integrations.models import eval_file
-
     folder = eval_file(*SUITE)
     if folder is None:
         raise SystemExit(f"declab bench grammar: ../shared/eval/{'/'.join(SUITE)} not found (set DECLAB_SHARED)")
@@ -605,8 +586,7 @@ def run_kl(args, model: str, out: Path, log) -> dict[str, Any]:
     res = _run_child("kl", {"model": model, "n": n, "experiments": [list(e) for e in EXPERIMENTS],
                             "namespace": f"bench-{time.time_ns()}-"},
                      {"DECLAB_PLUGINS": "asap,gcd"}, out / "grammar-logs" / "kl.log")
-    from declab.integrations.grammar_reference import kl_curve
-    from declab.integrations.metrics import kl_divergence
+    from declab.plugins.asap.grammar_reference import kl_curve
 
     experiments = {}
     for name, e in res["experiments"].items():
@@ -728,8 +708,6 @@ def run_budget(args, model: str, out: Path, log) -> dict[str, Any]:
 
 
 def run(args) -> dict[str, Any]:
-    from declab.integrations.models import default_model
-
     t0 = time.perf_counter()
     log = (lambda m: print(m, file=sys.stderr, flush=True))
     model = args.model or default_model()
@@ -822,7 +800,7 @@ def plot(report: dict[str, Any], path) -> None:
     plt.close(fig)
 
 
-def format_table(report: dict[str, Any]) -> str:
+def summary(report: dict[str, Any]) -> str:
     lines = []
     if "kl" in report:
         cps = report["kl"]["checkpoints"]
@@ -854,26 +832,9 @@ def format_table(report: dict[str, Any]) -> str:
         b = report["budget"]
         lines.append(f"budget: {json.dumps(b['store'])}; measured max {b['measured_max_after_batch']} B; "
                      f"within budget: {b['within_budget']}")
+    lines.append(f"runtime {report['runtime_s']:.0f} s")
     return "\n".join(lines)
 
 
 def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
-
-
-def main(args) -> int:
-    report = run(args)
-    jpath, ppath = write_report(report, args.out, "grammar", plot)
-    print(format_table(report))
-    print(f"runtime {report['runtime_s']:.0f} s; wrote {jpath} and {ppath}")
-    return 0
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--child":
-        kind, spec_file, result_file = sys.argv[2:5]
-        result = CHILDREN[kind](json.loads(Path(spec_file).read_text()))
-        Path(result_file).write_text(json.dumps(result))
-    else:
-        parser = add_arguments(argparse.ArgumentParser(prog="python -m declab.integrations.bench_grammar"))
-        sys.exit(main(parser.parse_args()))

@@ -1,0 +1,162 @@
+"""The bench harness: discovery of plugin benchmarks, ``declab bench spec``'s proposer configurations from the specs,
+the one child protocol and its process-group kill, the one report writer. No engine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from declab.integrations import bench, bench_spec, registry
+from declab.integrations.sdk.bench import ChildFailed, ChildTimeout, call_in_child, write_report
+
+
+def test_declab_bench_finds_generic_and_plugin_benchmarks():
+    found = bench.benches()
+    assert set(found) == {"overhead", "plugin", "spec", "verify-cost", "degeneration", "spec-tree", "contrastive",
+                          "grammar"}
+    for name, (entry, plugin) in found.items():
+        if plugin is None:
+            assert entry.module.startswith("declab.integrations."), name
+        else:  # a plugin's benchmark lives in its own folder
+            assert entry.module.startswith(registry.package_of(plugin) + "."), (name, entry.module)
+
+
+def test_grammar_benchmark_implements_paper_35():
+    entry, plugin = bench.benches()["grammar"]
+    assert entry.paper == 35 and plugin == "asap"
+
+
+def test_bench_harness_modules_name_no_plugin():
+    """integrations/ reaches plugins through discovery only: no bench module there names one."""
+    from pathlib import Path
+
+    import declab.integrations as integrations
+
+    names = [n for n in registry.all_specs()]
+    folder = Path(integrations.__path__[0])
+    for path in [*folder.glob("bench*.py"), folder / "engine_run.py", folder / "sdk" / "bench.py"]:
+        text = path.read_text().lower()
+        hits = [n for n in names if n in text]
+        assert not hits, (path.name, hits)
+
+
+def _spec_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    bench_spec.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_bench_spec_configurations_come_from_the_proposer_specs():
+    proposers = bench_spec.proposer_configs()
+    declared = {name: (spec.name, cfg) for spec in registry.all_specs().values() if spec.proposer
+                for name, cfg in spec.proposer.bench_configs.items()}
+    assert {n: c.plugin for n, c in proposers.items()} == {n: p for n, (p, _) in declared.items()}
+    args = _spec_args()
+    assert args.configs.split(",") == [*bench_spec.BUILTIN_CONFIGS, *declared]
+    for name, c in proposers.items():
+        spec = registry.get_spec(c.plugin)
+        kw = bench_spec.proposer_engine_kwargs(c, 5, bench_spec.proposer_settings(args))
+        assert kw["speculative_config"] == {"method": "custom_class", "model": spec.proposer.proposer,
+                                            "num_speculative_tokens": 5}
+        if spec.settings:
+            assert kw["additional_config"] == {"declab": {c.plugin: dict(c.bench.settings)}}
+
+
+def test_bench_spec_settings_merge_under_each_configuration():
+    proposers = bench_spec.proposer_configs()
+    name, c = next((n, c) for n, c in proposers.items() if c.bench.settings and c.alias)
+    key, value = next(iter(c.bench.settings.items()))
+    other = next(p for p in registry.get_spec(c.plugin).settings if p.name != key)
+    given = {other.name: other.default}
+    for argv in (["--settings", f"{c.plugin}={json.dumps(given)}"], [f"--{c.alias}-config", json.dumps(given)]):
+        settings = bench_spec.proposer_settings(_spec_args(*argv))
+        kw = bench_spec.proposer_engine_kwargs(c, 5, settings)
+        assert kw["additional_config"]["declab"][c.plugin] == {**given, key: value}, argv
+    with pytest.raises(SystemExit, match="no_such_setting"):
+        bench_spec.proposer_engine_kwargs(c, 5, {c.plugin: {"no_such_setting": 1}})
+    with pytest.raises(SystemExit, match="not a plugin with proposer configurations"):
+        bench_spec.proposer_settings(_spec_args("--settings", 'nope={"a": 1}'))
+
+
+def test_child_call_returns_the_targets_result():
+    assert call_in_child("operator:neg", 3, timeout=60) == -3
+
+
+def test_child_failure_carries_the_error_lines():
+    with pytest.raises(ChildFailed, match="JSONDecodeError"):
+        call_in_child("json:loads", "not json", timeout=60)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_nothing_a_child_started_outlives_the_call(tmp_path):
+    """A grandchild left running by the child (like vLLM's engine core) is killed with the child's process group."""
+    pid_file = tmp_path / "pid"
+    assert call_in_child("os:system", f"sleep 300 & echo $! > {pid_file}", timeout=60) == 0
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_child_past_its_timeout_is_killed_with_its_group(tmp_path):
+    pid_file = tmp_path / "pid"
+    t0 = time.monotonic()
+    with pytest.raises(ChildTimeout):
+        call_in_child("os:system", f"sleep 300 & echo $! > {pid_file}; wait", timeout=3)
+    assert time.monotonic() - t0 < 30
+    assert not _alive(int(pid_file.read_text()))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupting_declab_bench_kills_the_running_child(tmp_path, sig):
+    """Ctrl-C (KeyboardInterrupt) or SIGTERM (SystemExit) to ``declab bench``: the child's group goes with it."""
+    pid_file = tmp_path / "pid"
+    code = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from declab.integrations import bench; from declab.integrations.sdk.bench import call_in_child; "
+            "bench._exit_on_termination(); "
+            f"call_in_child('os:system', 'sleep 300 & echo $! > {pid_file}; wait', timeout=600)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    grandchild = int(pid_file.read_text())
+    parent.send_signal(sig)
+    code = parent.wait(timeout=30)
+    assert code != 0 and (sig != signal.SIGTERM or code == 128 + signal.SIGTERM)
+    assert not _alive(grandchild)
+
+
+def test_write_report_records_provenance(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["declab", "bench", "overhead", "--prompts", "2"])
+    jpath, ppath = write_report({"benchmark": "x"}, tmp_path, "x", lambda report, path: path.write_bytes(b"png"))
+    report = json.loads(jpath.read_text())
+    prov = report["provenance"]
+    assert prov["command"] == "declab bench overhead --prompts 2"
+    assert prov["vllm"] and prov["date"] and prov["machine"]["cpus"] == os.cpu_count()
+    assert ppath.read_bytes() == b"png"
+
+
+def test_bench_sdk_imports_no_torch_or_vllm():
+    code = ("import sys; import declab.integrations.sdk.bench, declab.integrations.bench; "
+            "print(sorted(m for m in ('torch', 'vllm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
