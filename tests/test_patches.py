@@ -37,6 +37,38 @@ def test_apply_once_keeps_original_and_conflicts_loudly():
         GreetOther.apply()
 
 
+class Nested:
+    def inner(self):
+        return "inner"
+
+    def outer(self):
+        return "outer"
+
+
+class InnerSeam(DeclabPatch):
+    name = "inner_seam"
+    target = f"{__name__}:Nested"
+
+    @classmethod
+    def replacements(cls, target):
+        return {"inner": lambda self: "seam"}
+
+
+class OuterFix(DeclabPatch):
+    name = "outer_fix"
+    target = f"{__name__}:Nested"
+
+    @classmethod
+    def replacements(cls, target):
+        InnerSeam.apply()  # opens a seam on the same target, as seeded_chunked_prefill_cpu opens runner_sample
+        return {"outer": lambda self: "fixed"}
+
+
+def test_a_patch_applied_inside_another_is_recorded():
+    assert OuterFix.apply() is True
+    assert Nested._declab_patched == {"inner": "inner_seam", "outer": "outer_fix"}
+
+
 def test_every_registered_patch_is_documented():
     from declab.patches import registry
 

@@ -69,9 +69,11 @@ class DeclabPatch:
             setattr(target, "_declab_applied", applied)
         if cls.name in applied:
             return False
-        owners: dict[str, str] = getattr(target, "_declab_patched", None) or {}
-        if "_declab_patched" not in getattr(target, "__dict__", {}):
-            owners = dict(owners)
+        owners: dict[str, str] | None = getattr(target, "_declab_patched", None)
+        if owners is None or "_declab_patched" not in getattr(target, "__dict__", {}):
+            # The target's own record (a copy of an inherited one). An empty record is kept, not replaced: a patch
+            # applied from inside another's ``replacements`` (a seam) must write into the same dict.
+            owners = dict(owners or {})
             setattr(target, "_declab_patched", owners)
         new = cls.replacements(target)
         for attr in new:
