@@ -21,7 +21,7 @@ from declab.integrations.sdk.rows import RowContext
 from declab.integrations.sdk.sampling import draw_token, force_token, sampling_probs, step_generator
 from declab.plugins.shared.contrastive import ContrastiveProcessor
 from declab.integrations.sdk.sampling import SamplingSettings
-from declab.plugins.shared.contrastive_args import CONTRAST_PROMPT_PARAM, is_contrastive
+from declab.plugins.shared.contrastive_args import CONTRAST_PROMPT_PARAM
 from declab.plugins.lqcd.core import LQCDProcessor, lqcd_logits, plausibility_mask
 from declab.plugins.m3id.core import MAX_WEIGHT, M3IDProcessor, m3id_gate, m3id_logits, m3id_weight
 
@@ -281,7 +281,7 @@ def test_specs_registered():
     for name, paper, status in (("cad", 53, "working"), ("lqcd", 25, "working"), ("m3id", 1, "partial")):
         spec = registry.get_spec(name)
         assert (spec.paper, spec.status, spec.hook) == (paper, status, registry.HOOK_LOGITS)
-        assert spec.patches == () and is_contrastive(spec)
+        assert spec.patches == () and spec.logits.companions == (CONTRAST_PROMPT_PARAM.name,)
         assert spec.params[0] is CONTRAST_PROMPT_PARAM
         assert issubclass(spec.load_row_processor(), ContrastiveProcessor)
         with pytest.raises(ValueError, match="contrast_prompt"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from declab.integrations.sdk.params import ParamSpec
 
@@ -165,6 +165,3 @@ class PluginSpec:
     def load_row_processor(self) -> type:
         assert self.logits is not None, f"plugin {self.name} has no logits hook"
         return load_object(self.logits.row_processor)
-
-    def load(self, path: str) -> Callable[..., Any]:
-        return load_object(path)

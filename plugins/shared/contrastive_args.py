@@ -22,8 +22,3 @@ CONTRAST_PROMPT_PARAM = ParamSpec(
 def contrastive_hook(row_processor: str) -> LogitsHook:
     """The logits hook of a contrastive method: ``contrast_prompt`` is its one companion row."""
     return LogitsHook(row_processor=row_processor, companions=(CONTRAST_PROMPT_PARAM.name,))
-
-
-def is_contrastive(spec) -> bool:
-    """Whether a plugin spec decodes a ``contrast_prompt`` companion row."""
-    return spec.logits is not None and CONTRAST_PROMPT_PARAM.name in spec.logits.companions
