@@ -56,3 +56,10 @@ def test_integer_parameter_refuses_non_finite_and_fractional_numbers_naming_it(v
     # int(inf) used to raise OverflowError (HTTP 500 with an empty message) instead of a ValueError naming it.
     with pytest.raises(ValueError, match=r"declab\.k must be an integer"):
         ParamSpec("k", int, default=1).validate(value)
+
+
+def test_string_parameter_with_a_lone_surrogate_is_refused_naming_it():
+    # "\ud800abc" as contrast_prompt reached the tokenizer, whose TypeError was an HTTP 500 with an empty message.
+    with pytest.raises(ValueError, match=r"declab\.contrast_prompt is not valid text: surrogates not allowed"):
+        ParamSpec("contrast_prompt", str).validate("\ud800abc", prefix="declab")
+    assert ParamSpec("contrast_prompt", str).validate("héllo ✓") == "héllo ✓"

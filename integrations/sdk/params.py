@@ -48,6 +48,10 @@ class ParamSpec:
         elif self.kind is str:
             if not isinstance(value, str):
                 raise ValueError(f"{where} must be a string, got {type(value).__name__}")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:  # a lone surrogate: tokenizers raise TypeError on it (an HTTP 500)
+                raise ValueError(f"{where} is not valid text: {e.reason} at position {e.start}") from None
             if self.max_length is not None and len(value) > self.max_length:
                 raise ValueError(f"{where} is longer than {self.max_length} characters")
         else:  # pragma: no cover - declaration error
