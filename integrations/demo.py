@@ -21,16 +21,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from declab.integrations.engine_run import IN_PROCESS_ENGINE_ENV
 from declab.integrations.sdk.demo import DemoPanel, DemoRow, EngineJob, EngineProfile
 
 PANEL_MODULE = "demo"  # plugins/<name>/demo.py
 ENGINE_TIMEOUT_S = 900
-# Settings of every engine unless the caller's environment sets them. A small KV cache: the machine may be shared.
-# The engine core and worker in the child's own process (as the engine tests run them): on 2 cores an engine then
-# starts in about 5 s instead of 30-60 s, since no further process has to import vLLM and torch. One OpenMP thread,
-# as vLLM's own engine-core process sets for itself: in-process, two spinning threads make every step many times
-# slower whenever another process wants a core.
-ENGINE_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1"}
+# Settings of every engine unless the caller's environment sets them: each engine runs in its child's own process
+# (starts in about 5 s on 2 cores instead of 30-60 s), one OpenMP thread, a small KV cache (engine_run).
+ENGINE_ENV_DEFAULTS = IN_PROCESS_ENGINE_ENV
 
 
 def _say(msg: str) -> None:

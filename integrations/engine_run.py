@@ -39,6 +39,16 @@ CPU_ENGINE_KWARGS: dict[str, Any] = {
 }
 
 RUN_SPEC_TARGET = "declab.integrations.engine_run:run_spec"
+# The environment of an engine run inside its own Python process (``declab demo``, the test hosts): one process per
+# engine, so it starts in seconds and callers can read scheduler state.
+IN_PROCESS_ENGINE_ENV: dict[str, str] = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    # In-process, vLLM cannot give the worker its OpenMP binding (its multiprocessing executor does): two OpenMP
+    # threads spinning on two shared cores generated 8-20x slower than one (measured on this 2-core machine).
+    "OMP_NUM_THREADS": "1",
+    # GiB of KV cache (65k tokens of decoder-29m). An explicit size also skips vLLM's start-up memory profiling.
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+}
 KILL_GRACE_S = 5.0  # SIGTERM, then SIGKILL to whatever of the group is left after this long
 
 

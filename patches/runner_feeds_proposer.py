@@ -58,7 +58,6 @@ class RunnerFeedsProposerPatch(DeclabPatch):
     @classmethod
     def replacements(cls, target: Any) -> dict[str, Any]:
         from declab.integrations.sdk.proposer import DeclabProposer, TargetStep
-
         from declab.patches import runner_sample
 
         original_propose = target.propose_draft_token_ids

@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping
 import cloudpickle
 from helpers import child_env, declab_server
 
-from declab.integrations.engine_run import CPU_ENGINE_KWARGS
+from declab.integrations.engine_run import CPU_ENGINE_KWARGS, IN_PROCESS_ENGINE_ENV
 from declab.integrations.models import default_model
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -42,15 +42,7 @@ START_TIMEOUT_S = 900
 RUN_TIMEOUT_S = 1800
 
 # The environment of every host (a profile may override any of it).
-HOST_ENV = {
-    # Engine core and worker inside the host: one process per engine, and scenarios can read scheduler state.
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    # In-process, vLLM cannot give the worker its OpenMP binding (its multiprocessing executor does): two OpenMP
-    # threads spinning on two shared cores generated 8-20x slower than one (measured on this 2-core machine).
-    "OMP_NUM_THREADS": "1",
-    # GiB of KV cache (65k tokens of decoder-29m). An explicit size also skips vLLM's start-up memory profiling.
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-}
+HOST_ENV = IN_PROCESS_ENGINE_ENV
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -14,18 +12,14 @@ from typing import Iterator
 
 import requests
 
+from declab.integrations import engine_run
+
 CHAT_TEMPLATE = Path(__file__).resolve().parent.parent / "examples" / "chat_template.jinja"
 
 
 def child_env(**env: str | None) -> dict[str, str]:
     """The test process's environment without DECLAB_PLUGINS, with ``env`` applied (None removes a key)."""
-    full = {k: v for k, v in os.environ.items() if k != "DECLAB_PLUGINS"}
-    for key, value in env.items():
-        if value is None:
-            full.pop(key, None)
-        else:
-            full[key] = value
-    return full
+    return engine_run.child_env({"DECLAB_PLUGINS": None, **env})
 
 
 def free_port() -> int:
@@ -63,12 +57,9 @@ def declab_server(plugins: str, log: Path, *vllm_args: str, startup_s: float = 6
             time.sleep(2)
         yield base
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        # The server's whole process group (API server, engine core, worker): SIGTERM, SIGKILL after 60 s.
+        engine_run.kill_group(proc.pid, grace_s=60)
+        proc.wait()
 
 
 def prometheus_value(base: str, metric: str) -> float:
