@@ -53,6 +53,33 @@ def _complete(base: str, xargs: dict | None = None, **extra) -> requests.Respons
     return requests.post(f"{base}/v1/completions", json=body, timeout=300)
 
 
+# -- label values (no engine) -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra_args,message,plugin,reason", [
+    ({"declab.method": "momentum"}, "declab.alpha must be <= 10.0, got 99.0", "momentum", "declab.alpha"),
+    ({"declab": {"method": "cad"}}, "presence_penalty is not supported together with", "cad", "presence_penalty"),
+    ({"declab.method": "momentum"}, "declab.zzz is not a parameter of this method", "momentum", "declab.<unknown>"),
+    ({"declab.method": "x" * 500}, "declab.method: unknown method", "unknown", "declab.method"),
+    ({"declab.method": ["a"]}, "declab.method: unknown method", "unknown", "declab.method"),
+    ({"declab": 3}, "declab must be an object", "unknown", "declab"),
+    ({"declab.method": "cad"}, "a message naming \u2603 nothing", "cad", "other"),
+])
+def test_rejection_labels_are_bounded(extra_args, message, plugin, reason):
+    """Label values come from plugin and parameter names, never from request text (unbounded cardinality)."""
+    from prometheus_client import REGISTRY
+
+    from declab.integrations.stat_logger import AdmissionMetrics, unregister_declab_metrics
+
+    unregister_declab_metrics()
+    try:
+        AdmissionMetrics("m").rejection(extra_args, ValueError(message))
+        labels = {"model_name": "m", "plugin": plugin, "reason": reason}
+        assert REGISTRY.get_sample_value("declab:request_rejections_total", labels) == 1
+    finally:
+        unregister_declab_metrics()
+
+
 # -- servers -------------------------------------------------------------------------------------------------------
 
 
