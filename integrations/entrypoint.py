@@ -42,8 +42,10 @@ def register() -> None:
         # Logits-level plugins implement the V1 runner's logits-processor interface. On GPU vLLM 0.32 may pick
         # Model Runner V2; prefer V1 unless the user chose explicitly (then the engine-args seam explains the clash).
         os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    if any(s.logits is not None or s.proposer is not None for s in specs):
+        needed.append("declab_stat_logger")  # declab:* metrics on /metrics (integrations/stat_logger.py)
     if any(s.logits is not None and s.logits.companions for s in specs):
-        needed += ["prompt_rendering", "request_groups"]
+        needed += ["prompt_rendering", "scheduler_stats_field", "request_groups"]
     for s in specs:
         needed.extend(p for p in s.patches if p not in needed)
     applied = apply_patches(needed)

@@ -45,6 +45,16 @@ def _collect(extra_args: Mapping[str, Any]) -> dict[str, Any] | None:
     return dict(nested)
 
 
+def requested_method(extra_args: Mapping[str, Any] | None) -> Any:
+    """The ``method`` a request's declab arguments name, unvalidated (None if none); for labelling a rejection."""
+    if not extra_args:
+        return None
+    nested = extra_args.get(KEY)
+    if isinstance(nested, Mapping):
+        return nested.get("method")
+    return extra_args.get(_PREFIX + "method")
+
+
 def parse_request_args(
     extra_args: Mapping[str, Any] | None, *, selected: tuple[str, ...] | None = None
 ) -> DeclabRequest | None:

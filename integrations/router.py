@@ -19,6 +19,7 @@ import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
+from declab.integrations import stat_logger
 from declab.integrations.request_args import parse_request_args
 from declab.integrations.sdk.runtime import eos_token_id
 from declab.integrations.sdk.groups import GROUP_KEY, ROLE_MAIN, check_group_sampling_options
@@ -34,14 +35,20 @@ ROUTER_FQCN = "declab.integrations.router:DeclabLogitsRouter"
 class DeclabLogitsRouter(LogitsProcessor):
     @classmethod
     def validate_params(cls, sampling_params) -> None:  # front-end, at admission
-        request = parse_request_args(sampling_params.extra_args)
-        if request is None:
-            return
-        hook = request.spec.logits
-        if hook.companions:
-            check_group_sampling_options(sampling_params, request.spec.name)
-        if hook.check_sampling:
-            load_object(hook.check_sampling)(sampling_params, request.spec.name)
+        try:
+            request = parse_request_args(sampling_params.extra_args)
+            if request is None:
+                return
+            hook = request.spec.logits
+            if hook.companions:
+                check_group_sampling_options(sampling_params, request.spec.name)
+            if hook.check_sampling:
+                load_object(hook.check_sampling)(sampling_params, request.spec.name)
+        except ValueError as e:
+            stat_logger.record_rejection(sampling_params.extra_args, e)
+            raise
+        if not hook.companions:  # a request group is admitted once its companion prompts fit (prompt_rendering)
+            stat_logger.record_request(request.spec.name)
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
         model_config = vllm_config.model_config

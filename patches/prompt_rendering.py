@@ -41,24 +41,31 @@ class PromptRenderingPatch(DeclabPatch):
             request = original(self, *args, **kwargs)
             sp = request.sampling_params
             if sp is not None and sp.extra_args:
+                from declab.integrations import stat_logger
+
                 try:
-                    attach_companion_prompts(self, request)
+                    grouped = attach_companion_prompts(self, request)
                 except ValueError as e:
+                    stat_logger.record_rejection(sp.extra_args, e)
                     raise CompanionPromptError(str(e)) from e
+                if grouped is not None:
+                    stat_logger.record_request(grouped)
             return request
 
         process_inputs.__wrapped__ = original
         return {"process_inputs": process_inputs}
 
 
-def attach_companion_prompts(input_processor: Any, request: Any) -> None:
+def attach_companion_prompts(input_processor: Any, request: Any) -> str | None:
+    """Tokenize the companion prompts of a request whose method has companion rows; return that method (None for
+    other requests)."""
     from declab.integrations.request_args import KEY, parse_request_args
     from declab.integrations.sdk.groups import COMPANION_IDS_KEY, check_group_sampling_options
 
     sp = request.sampling_params
     parsed = parse_request_args(sp.extra_args)
     if parsed is None or not parsed.spec.logits.companions:
-        return
+        return None
     check_group_sampling_options(sp, parsed.spec.name)
     max_model_len = input_processor.model_config.max_model_len
     longest = len(request.prompt_token_ids or ())
@@ -78,3 +85,4 @@ def attach_companion_prompts(input_processor: Any, request: Any) -> None:
     if sp.max_tokens is None or sp.max_tokens > room:
         sp.max_tokens = room
     sp.extra_args[COMPANION_IDS_KEY] = companion_ids
+    return parsed.spec.name

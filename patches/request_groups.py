@@ -26,6 +26,9 @@ How (``vllm.v1.core.sched.scheduler.Scheduler``, engine-core process):
   outputs never leave the engine core.
 * ``finish_requests`` / end of ``update_from_output``: a finished or aborted main request takes its companions with
   it (blocks freed in the same step); a companion never outlives its main request.
+* ``make_stats``: the engine step's ``SchedulerStats`` carries the companion rows in the running and waiting queues
+  (``SchedulerStats.declab``, a field ``plugin_stats`` adds), for ``declab:companion_rows_running`` / ``_waiting``
+  on ``/metrics``: vLLM's own ``num_requests_running`` / ``num_requests_waiting`` count companion rows too.
 
 vLLM version: 0.32.0 (``vllm/v1/core/sched/scheduler.py``; synchronous scheduling: the engine-args seam turns async
 scheduling off when a plugin with companions is selected; CPU never uses it).
@@ -194,6 +197,7 @@ class RequestGroupsPatch(DeclabPatch):
         orig_schedule = target.schedule
         orig_update = target.update_from_output
         orig_finish = target.finish_requests
+        orig_make_stats = target.make_stats
 
         def add_request(self, request) -> None:
             parsed = _group_request(request)
@@ -243,12 +247,29 @@ class RequestGroupsPatch(DeclabPatch):
                     book.forget(request.request_id)
             return finished
 
+        def make_stats(self, *args, **kwargs):
+            stats = orig_make_stats(self, *args, **kwargs)
+            if stats is not None:
+                stats.declab = companion_row_counts(self)
+            return stats
+
         return {
             "add_request": add_request,
             "schedule": schedule,
             "update_from_output": update_from_output,
             "finish_requests": finish_requests,
+            "make_stats": make_stats,
         }
+
+
+def companion_row_counts(scheduler: Any) -> dict[str, int]:
+    """Companion rows in the queues vLLM's ``num_requests_running`` / ``num_requests_waiting`` count
+    (``Scheduler.get_request_counts``), for ``declab:companion_rows_running`` / ``_waiting``."""
+    waiting = (r for queue in (scheduler.waiting, scheduler.kv_holding_waiting) for r in queue)
+    return {
+        "companion_rows_running": sum(_is_companion(r.request_id) for r in scheduler.running),
+        "companion_rows_waiting": sum(_is_companion(r.request_id) for r in waiting),
+    }
 
 
 def _remaining(request: Any) -> int:
