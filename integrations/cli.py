@@ -38,13 +38,13 @@ class ServeCommand:
 
 def serve_command(model: str | None, plugins: str, vllm_args: list[str]) -> ServeCommand:
     """The command line and environment ``declab serve`` runs (separate for testing): the KV cache sized for the
-    model unless the user chose (``serve_memory``)."""
+    model unless the user chose (``serve_memory``); without ``model``, the bundled decoder-29m with CPU defaults."""
     from declab.integrations import registry
-    from declab.integrations.models import default_model
+    from declab.integrations.models import BUNDLED_MODEL
     from declab.integrations.serve_memory import kv_cache_for_serve
 
     registry.parse_selection(plugins)  # fail early on an unknown name
-    served = model or default_model()
+    served = model or str(BUNDLED_MODEL)  # the bundled copy carries a chat template (/v1/chat/completions works)
     args = [*(CPU_DEFAULT_SERVE_ARGS if model is None else []), *vllm_args]
     env = dict(os.environ)
     env[registry.PLUGINS_ENV] = plugins
