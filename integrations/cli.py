@@ -39,7 +39,7 @@ class ServeCommand:
 def serve_command(model: str | None, plugins: str, vllm_args: list[str]) -> ServeCommand:
     """The command line and environment ``declab serve`` runs (separate for testing): the KV cache sized for the
     model unless the user chose (``serve_memory``); without ``model``, the bundled decoder-29m with CPU defaults."""
-    from declab.integrations import registry
+    from declab.integrations import lifetime, registry
     from declab.integrations.models import BUNDLED_MODEL
     from declab.integrations.serve_memory import kv_cache_for_serve
 
@@ -48,6 +48,7 @@ def serve_command(model: str | None, plugins: str, vllm_args: list[str]) -> Serv
     args = [*(CPU_DEFAULT_SERVE_ARGS if model is None else []), *vllm_args]
     env = dict(os.environ)
     env[registry.PLUGINS_ENV] = plugins
+    env[lifetime.ENV] = "1"  # EngineCore and Workers die with the API server, however it ends
     kv_flags, kv_note = kv_cache_for_serve(served, args, env)
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", served, *kv_flags, *args]
     return ServeCommand(cmd, env, [kv_note])
