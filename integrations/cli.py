@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass, field
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -26,27 +27,39 @@ def _cmd_list(args: argparse.Namespace) -> int:
 CPU_DEFAULT_SERVE_ARGS = ["--dtype", "float32", "--max-model-len", "2048", "--enforce-eager"]
 
 
-def serve_command(model: str | None, plugins: str, vllm_args: list[str]) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment ``declab serve`` runs (separate for testing)."""
-    from declab.integrations import registry
-    from declab.integrations.models import default_model
+@dataclass
+class ServeCommand:
+    """What ``declab serve`` runs: the command line, its environment, and lines saying what declab chose."""
+
+    cmd: list[str]
+    env: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+
+def serve_command(model: str | None, plugins: str, vllm_args: list[str]) -> ServeCommand:
+    """The command line and environment ``declab serve`` runs (separate for testing): the KV cache sized for the
+    model unless the user chose (``serve_memory``); without ``model``, the bundled decoder-29m with CPU defaults."""
+    from declab.integrations import lifetime, registry
+    from declab.integrations.models import BUNDLED_MODEL
+    from declab.integrations.serve_memory import kv_cache_for_serve
 
     registry.parse_selection(plugins)  # fail early on an unknown name
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
-    if model is None:
-        cmd += ["--model", default_model(), *CPU_DEFAULT_SERVE_ARGS]
-    else:
-        cmd += ["--model", model]
-    cmd += vllm_args
+    served = model or str(BUNDLED_MODEL)  # the bundled copy carries a chat template (/v1/chat/completions works)
+    args = [*(CPU_DEFAULT_SERVE_ARGS if model is None else []), *vllm_args]
     env = dict(os.environ)
     env[registry.PLUGINS_ENV] = plugins
-    return cmd, env
+    env[lifetime.ENV] = "1"  # EngineCore and Workers die with the API server, however it ends
+    kv_flags, kv_note = kv_cache_for_serve(served, args, env)
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", served, *kv_flags, *args]
+    return ServeCommand(cmd, env, [kv_note])
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    cmd, env = serve_command(args.model, args.plugins, args.vllm_args)
-    print(f"declab serve: {registry_env_line(env)} {' '.join(cmd)}", file=sys.stderr, flush=True)
-    os.execvpe(cmd[0], cmd, env)
+    serve = serve_command(args.model, args.plugins, args.vllm_args)
+    for note in serve.notes:
+        print(f"declab serve: {note}", file=sys.stderr)
+    print(f"declab serve: {registry_env_line(serve.env)} {' '.join(serve.cmd)}", file=sys.stderr, flush=True)
+    os.execvpe(serve.cmd[0], serve.cmd, serve.env)
     return 0  # pragma: no cover
 
 

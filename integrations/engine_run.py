@@ -11,15 +11,18 @@ Benchmarks, the demo and engine tests share this runner.
 
 Every child starts in a process group of its own (``start_new_session``) that is killed as a whole when the call
 ends, times out, or is interrupted (Ctrl-C, ``SIGTERM`` to ``declab bench``): the engine core and the workers vLLM
-starts inside the child never outlive the call. On Linux the direct child also gets ``SIGTERM`` if its parent dies
-without cleaning up (``PR_SET_PDEATHSIG``).
+starts inside the child never outlive the call. If the parent dies without cleaning up (SIGKILL), nothing else
+survives it either (Linux, ``lifetime.py``): the child gets ``SIGTERM`` (``PR_SET_PDEATHSIG``), removes the call's
+temporary folder (``DECLAB_CHILD_DIR``: the folder is the child's to remove when it is terminated) and dies, and the
+engine core and workers it forked die with it (``DECLAB_DIE_WITH_PARENT``).
 """
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +31,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from declab.integrations import lifetime
 
 # Engine settings that suit a 2-core CPU machine and the 29M fixture model.
 CPU_ENGINE_KWARGS: dict[str, Any] = {
@@ -50,6 +55,8 @@ IN_PROCESS_ENGINE_ENV: dict[str, str] = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
 }
 KILL_GRACE_S = 5.0  # SIGTERM, then SIGKILL to whatever of the group is left after this long
+# The call's temporary folder, which the child removes when it is terminated (its parent may be gone).
+OWNED_DIR_ENV = "DECLAB_CHILD_DIR"
 
 
 @dataclass
@@ -114,14 +121,6 @@ def kill_group(pgid: int, grace_s: float = KILL_GRACE_S) -> None:
         pass
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child before exec
-    """``preexec_fn``: the child gets SIGTERM when the process that started it dies (Linux ``PR_SET_PDEATHSIG``)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 class ChildCall:
     """``target(payload)`` running in a fresh Python process, in a process group of its own.
 
@@ -144,9 +143,11 @@ class ChildCall:
             self._log = open(self.log_path, "w")
         argv = [sys.executable, "-m", "declab.integrations.engine_run", "--call", target, str(payload_path),
                 str(self.result_path)]
-        self.proc = subprocess.Popen(argv, env=child_env(env), stdout=self._log,
+        lifetime_env = {lifetime.ENV: "1", OWNED_DIR_ENV: str(folder)}
+        self.proc = subprocess.Popen(argv, env=child_env({**(env or {}), **lifetime_env}), stdout=self._log,
                                      stderr=subprocess.STDOUT if self._log else None, start_new_session=True,
-                                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                                     preexec_fn=functools.partial(lifetime.die_with_parent, os.getpid())
+                                     if lifetime.supported() else None)
         self.pid = self.proc.pid  # == the process group id (start_new_session)
 
     def poll(self) -> int | None:
@@ -330,12 +331,30 @@ def _run_calls(llm, spec: RunSpec) -> list[dict[str, Any]]:
     return out
 
 
+def _remove_when_terminated(folder: Path) -> None:
+    """On ``SIGTERM`` (from the parent, or ``PR_SET_PDEATHSIG`` when the parent died) remove ``folder``, then die of
+    the signal. Processes forked before vLLM sets its own handlers inherit this one: they only die."""
+    owner = os.getpid()
+
+    def terminated(signum, _frame):
+        if os.getpid() == owner:
+            shutil.rmtree(folder, ignore_errors=True)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, terminated)
+
+
 def _main(argv: list[str]) -> int:
     if len(argv) != 4 or argv[0] != "--call":
         print("usage: python -m declab.integrations.engine_run --call module:function PAYLOAD.json RESULT.json",
               file=sys.stderr)
         return 2
     from declab.integrations.sdk.spec import load_object
+
+    lifetime.arm_if_requested()  # the engine core and workers vLLM forks here die with this process
+    if os.environ.get(OWNED_DIR_ENV):
+        _remove_when_terminated(Path(os.environ[OWNED_DIR_ENV]))
 
     target, payload_path, result_path = argv[1:]
     result = load_object(target)(json.loads(Path(payload_path).read_text()))

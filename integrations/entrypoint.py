@@ -3,6 +3,8 @@
 vLLM calls ``register()`` once in every process it starts (API server / front-end, engine core, each worker, the
 model-inspection subprocess). It must be idempotent and cheap:
 
+* ``DECLAB_DIE_WITH_PARENT=1`` (set by ``declab serve`` and declab's benchmark children): this process and the ones it
+  forks die with their parent (``lifetime.py``; no vLLM code patched). Checked first, whatever the plugins.
 * ``DECLAB_PLUGINS`` unset or empty: return at once. Nothing is imported beyond this module, nothing registered,
   nothing patched.
 * Otherwise: validate the names, check the vLLM version against the pin (``DECLAB_SKIP_VERSION_CHECK=1`` to
@@ -23,6 +25,10 @@ _done_for: str | None = None
 
 def register() -> None:
     global _done_for
+    if os.environ.get("DECLAB_DIE_WITH_PARENT") == "1":
+        from declab.integrations import lifetime
+
+        lifetime.arm_if_requested()
     value = os.environ.get("DECLAB_PLUGINS", "").strip()
     if not value or _done_for == value:
         return

@@ -4,8 +4,9 @@
   the profile it needs (``<profile>_engine``, ``<profile>_server``, see ``profiles.py``) and sends it functions.
 * Markers are set from what a test uses: ``engine`` (an engine profile or a start-up check), ``server``, else
   ``core`` (no engine; ``make test-fast`` runs ``-m core``).
-* Tests are ordered core first, then by profile in ``profiles.py`` order, start-up checks, then servers (stable
-  within a group), so each engine starts once and the previous one is shut down before the next starts.
+* Tests are ordered core first, then by profile in ``profiles.py`` order, start-up checks, servers, then the tests
+  that start processes of their own (fixture ``no_shared_engine``; stable within a group), so each engine starts once
+  and the previous one is shut down before the next starts.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from profiles import PROFILES, SERVERS, VANILLA_REFERENCES
 from declab.integrations.models import default_model, fixture_model
 
 STARTUP_FIXTURE = "engine_startup_error"
+OWN_PROCESSES_FIXTURE = "no_shared_engine"
 
 
 @pytest.fixture(scope="session")
@@ -92,6 +94,14 @@ def engine_startup_error(engine_pool):
     return engine_pool.startup_error
 
 
+@pytest.fixture(name=OWN_PROCESSES_FIXTURE)
+def no_shared_engine(engine_pool) -> None:
+    """For a test that starts its own engine or server processes (``declab serve`` with its defaults, process
+    lifetime): the session's live engine or server is shut down first, so that two engines never run side by side.
+    These tests run last."""
+    engine_pool.release()
+
+
 # -- markers and order --------------------------------------------------------------------------------------------
 
 
@@ -103,6 +113,7 @@ def pytest_configure(config):
 _ENGINE_RANK = {p.fixture: i + 1 for i, p in enumerate(PROFILES)}
 _STARTUP_RANK = len(PROFILES) + 1
 _SERVER_RANK = {p.fixture: _STARTUP_RANK + 1 + i for i, p in enumerate(SERVERS)}
+_OWN_PROCESSES_RANK = _STARTUP_RANK + 1 + len(SERVERS)
 
 
 def _rank(item) -> tuple[tuple[int, int], str]:
@@ -110,6 +121,8 @@ def _rank(item) -> tuple[tuple[int, int], str]:
     uses, and within a group the tests that also use an earlier profile (the vanilla references) come first, while
     that engine may still be alive."""
     names = set(getattr(item, "fixturenames", ()))
+    if OWN_PROCESSES_FIXTURE in names:
+        return (_OWN_PROCESSES_RANK, _OWN_PROCESSES_RANK), "engine"
     servers = [_SERVER_RANK[n] for n in names if n in _SERVER_RANK]
     if servers:
         return (max(servers), min(servers)), "server"

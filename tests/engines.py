@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
+import functools
 import glob
 import os
 import signal
@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping
 import cloudpickle
 from helpers import child_env, declab_server
 
+from declab.integrations import lifetime
 from declab.integrations.engine_run import CPU_ENGINE_KWARGS, IN_PROCESS_ENGINE_ENV
 from declab.integrations.models import default_model
 
@@ -44,15 +45,9 @@ RUN_TIMEOUT_S = 1800
 # The environment of every host (a profile may override any of it).
 HOST_ENV = IN_PROCESS_ENGINE_ENV
 
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
 def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
     """A ``preexec_fn``: the child gets ``sig`` when pytest (its parent) exits, however it exits."""
-    def preexec() -> None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, int(sig))
-    return preexec
+    return functools.partial(lifetime.die_with_parent, os.getpid(), sig)
 
 
 def _torch_libgomp() -> str | None:

@@ -28,33 +28,48 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# What the shared test servers add to `declab serve`'s defaults: a small memory share, the example chat template.
+TEST_SERVE_ARGS = ("--gpu-memory-utilization", "0.3", "--chat-template", str(CHAT_TEMPLATE))
+
+
+def declab_serve_argv(plugins: str, port: int, *vllm_args: str,
+                      test_args: tuple[str, ...] = TEST_SERVE_ARGS) -> list[str]:
+    """``declab serve --plugins PLUGINS`` on the default model at 127.0.0.1:PORT, served as ``decoder-29m``."""
+    return [sys.executable, "-m", "declab.integrations.cli", "serve", "--plugins", plugins, "--", "--host",
+            "127.0.0.1", "--port", str(port), "--served-model-name", "decoder-29m", *test_args, *vllm_args]
+
+
+def wait_healthy(proc: subprocess.Popen, base: str, log: Path, startup_s: float = 600) -> None:
+    """Until the server at ``base`` answers ``/health``; AssertionError with its log if it exits or takes too long."""
+    deadline = time.time() + startup_s
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if requests.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if time.time() > deadline:
+            raise AssertionError(f"server did not become healthy:\n{log.read_text()[-4000:]}")
+        time.sleep(2)
+
+
 @contextlib.contextmanager
 def declab_server(plugins: str, log: Path, *vllm_args: str, startup_s: float = 600,
-                  env: dict[str, str | None] | None = None, preexec_fn=None) -> Iterator[str]:
+                  env: dict[str, str | None] | None = None, preexec_fn=None,
+                  test_args: tuple[str, ...] = TEST_SERVE_ARGS) -> Iterator[str]:
     """``declab serve --plugins PLUGINS`` on the default model; yields the base URL, stops the server after.
-    ``env`` changes the server's environment (None removes a key); ``preexec_fn`` runs in the child before exec."""
+    ``env`` changes the server's environment (None removes a key); ``preexec_fn`` runs in the child before exec;
+    ``test_args=()`` leaves `declab serve`'s own defaults (memory, chat template) alone."""
     port = free_port()
     with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "declab.integrations.cli", "serve", "--plugins", plugins,
-             "--", "--host", "127.0.0.1", "--port", str(port), "--gpu-memory-utilization", "0.3",
-             "--served-model-name", "decoder-29m", "--chat-template", str(CHAT_TEMPLATE), *vllm_args],
-            stdout=fh, stderr=subprocess.STDOUT, env=child_env(**(env or {})), start_new_session=True,
-            preexec_fn=preexec_fn)
+        proc = subprocess.Popen(declab_serve_argv(plugins, port, *vllm_args, test_args=test_args), stdout=fh,
+                                stderr=subprocess.STDOUT, env=child_env(**(env or {})), start_new_session=True,
+                                preexec_fn=preexec_fn)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + startup_s
     try:
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                if requests.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.time() > deadline:
-                raise AssertionError(f"server did not become healthy:\n{log.read_text()[-4000:]}")
-            time.sleep(2)
+        wait_healthy(proc, base, log, startup_s)
         yield base
     finally:
         # The server's whole process group (API server, engine core, worker): SIGTERM, SIGKILL after 60 s.

@@ -86,7 +86,8 @@ def test_every_plugin_folder_is_packaged():
 
 
 def test_serve_command_selects_plugins_and_uses_api_server():
-    cmd, env = serve_command(None, "momentum", ["--port", "8123"])
+    serve = serve_command(None, "momentum", ["--port", "8123"])
+    cmd, env = serve.cmd, serve.env
     assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     assert env["DECLAB_PLUGINS"] == "momentum"
     assert cmd[-2:] == ["--port", "8123"]
@@ -99,6 +100,7 @@ def test_serve_cli_splits_vllm_args_at_double_dash(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(cli.os, "execvpe", lambda exe, cmd, env: seen.update(cmd=cmd, env=env))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # "MODEL" is no folder: its config is not looked up on the hub
     cli.main(["serve", "MODEL", "--plugins", "momentum", "--", "--host", "127.0.0.1", "--port", "9"])
     assert seen["cmd"][3:] == ["--model", "MODEL", "--host", "127.0.0.1", "--port", "9"]
     assert seen["env"]["DECLAB_PLUGINS"] == "momentum"
