@@ -37,6 +37,13 @@ GRAMMAR_PARAMS = (
 )
 
 
+# A structured output masks the row before the grammar processor and must accept the token after it: where the two
+# grammars disagree the engine terminated the request (xgrammar "Failed to advance FSM", an HTTP 500).
+GRAMMAR_REFUSED_OPTIONS = ("structured_outputs",)
+GRAMMAR_REFUSED_REASON = ("the grammar decides which tokens may come next, and a second grammar can leave none that "
+                          "satisfies both; give one grammar")
+
+
 def validate_request(params: Mapping[str, Any], *, prefix: str = "declab") -> None:
     """Admission-time check (front-end): exactly one grammar parameter is given, and it parses.
 
@@ -57,6 +64,7 @@ SPEC = PluginSpec(
     ),
     params=GRAMMAR_PARAMS,
     logits=LogitsHook(row_processor="declab.plugins.asap.core:GcdProcessor",
-                      validate="declab.plugins.asap.gcd_spec:validate_request"),
+                      validate="declab.plugins.asap.gcd_spec:validate_request",
+                      refused_options=GRAMMAR_REFUSED_OPTIONS, refused_reason=GRAMMAR_REFUSED_REASON),
     baseline_of="asap",
 )

@@ -5,7 +5,7 @@ lazily, on first use."""
 from __future__ import annotations
 
 from declab.integrations.sdk import BenchEntry, LogitsHook, ParamSpec, PluginSpec
-from declab.plugins.asap.gcd_spec import GRAMMAR_PARAMS
+from declab.plugins.asap.gcd_spec import GRAMMAR_PARAMS, GRAMMAR_REFUSED_OPTIONS, GRAMMAR_REFUSED_REASON
 from declab.plugins.asap.gcd_spec import SPEC as GCD_SPEC
 from declab.plugins.asap.gcd_spec import validate_request
 
@@ -38,7 +38,8 @@ SPEC = PluginSpec(
         ),
     ),
     logits=LogitsHook(row_processor="declab.plugins.asap.core:AsapProcessor",
-                      validate="declab.plugins.asap.spec:validate_request"),
+                      validate="declab.plugins.asap.spec:validate_request",
+                      refused_options=GRAMMAR_REFUSED_OPTIONS, refused_reason=GRAMMAR_REFUSED_REASON),
     benches=(
         BenchEntry(name="grammar", module="declab.plugins.asap.bench", paper=35,
                    help="ASAp vs GCD exactness; JSON-Schema-Test-Suite over vLLM's backends and gcd / asap "
