@@ -37,11 +37,14 @@ GRAMMAR_PARAMS = (
 )
 
 
-# A structured output masks the row before the grammar processor and must accept the token after it: where the two
-# grammars disagree the engine terminated the request (xgrammar "Failed to advance FSM", an HTTP 500).
-GRAMMAR_REFUSED_OPTIONS = ("structured_outputs",)
-GRAMMAR_REFUSED_REASON = ("the grammar decides which tokens may come next, and a second grammar can leave none that "
-                          "satisfies both; give one grammar")
+# vLLM options that constrain tokens besides the grammar. vLLM masks allowed_token_ids / bad_words before the router
+# runs and a structured output both masks before and checks the sampled token after it; where no token satisfies
+# both constraints, one of them had to be broken (the grammar processor used to win: a 200 with tokens outside
+# allowed_token_ids, or a request terminated by the structured-output grammar, an HTTP 500). min_tokens composes
+# for gcd (vLLM bans EOS before the grammar mask applies; a grammar that must end earlier still ends: README).
+GRAMMAR_REFUSED_OPTIONS = ("structured_outputs", "allowed_token_ids", "bad_words")
+GRAMMAR_REFUSED_REASON = ("the grammar decides which tokens may come next, and a second token constraint can leave "
+                          "none that satisfies both; put the restriction into the grammar")
 
 
 def validate_request(params: Mapping[str, Any], *, prefix: str = "declab") -> None:
