@@ -31,7 +31,18 @@ class DeclabRequest:
     params: dict[str, Any]
 
 
+def _refuse_misspelt_keys(extra_args: Mapping[str, Any]) -> None:
+    """A key that is ``declab`` / ``declab.*`` but for its capitalisation would be silently ignored: refuse it."""
+    for key in extra_args:
+        if not isinstance(key, str):
+            continue
+        low = key.lower()
+        if (low == KEY or low.startswith(_PREFIX)) and not (key == KEY or key.startswith(_PREFIX)):
+            raise ValueError(f"{key} is not a declab argument (they are lower-case): did you mean {low}?")
+
+
 def _collect(extra_args: Mapping[str, Any]) -> dict[str, Any] | None:
+    _refuse_misspelt_keys(extra_args)
     nested = extra_args.get(KEY)
     flat = {k[len(_PREFIX):]: v for k, v in extra_args.items() if k.startswith(_PREFIX)}
     if nested is None and not flat:
@@ -68,6 +79,9 @@ def parse_request_args(
     if args is None:
         return None
     method = args.pop("method", None)
+    if method is None and any(k.lower() == "method" for k in args if isinstance(k, str)):
+        given = next(k for k in args if isinstance(k, str) and k.lower() == "method")
+        raise ValueError(f"{KEY}.{given} is not a parameter: did you mean {KEY}.method?")
     if method is None:
         raise ValueError(f"{KEY}.method is required (one of: {', '.join(_logits_plugins())})")
     if not isinstance(method, str) or method not in registry.all_specs():

@@ -24,6 +24,7 @@ from declab.integrations.request_args import parse_request_args
 from declab.integrations.sdk.runtime import eos_token_id
 from declab.integrations.sdk.groups import GROUP_KEY, ROLE_MAIN, check_group_sampling_options
 from declab.integrations.sdk.rows import RowContext, RowProcessor
+from declab.integrations.sdk.sampling_options import refuse_sampling_options
 from declab.integrations.sdk.sampling import SamplingSettings, force_token
 from declab.integrations.sdk.spec import load_object
 
@@ -42,6 +43,7 @@ class DeclabLogitsRouter(LogitsProcessor):
             hook = request.spec.logits
             if hook.companions:
                 check_group_sampling_options(sampling_params, request.spec.name)
+            refuse_sampling_options(sampling_params, request.spec.name, hook.refused_options, hook.refused_reason)
             if hook.check_sampling:
                 load_object(hook.check_sampling)(sampling_params, request.spec.name)
         except ValueError as e:

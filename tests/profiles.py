@@ -52,6 +52,8 @@ PROFILES: tuple[EngineProfile, ...] = (
 SERVERS: tuple[ServerProfile, ...] = (
     ServerProfile("momentum", "momentum"),
     ServerProfile("contrastive", "cad,lqcd"),
+    # The token-choosing methods side by side: admission regressions of issue #13 (test_admission_regressions.py).
+    ServerProfile("grammar_mixed", "asap,gcd,extractive,momentum"),
 )
 
 

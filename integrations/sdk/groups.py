@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from declab.integrations.sdk.sampling_options import refuse_sampling_options
+
 # Keys of SamplingParams.extra_args written by the engine (never by users).
 GROUP_KEY = "declab_group"  # {"id": main request id, "role": ROLE_MAIN | companion name, "sampling": {...}}
 COMPANION_IDS_KEY = "declab_companion_prompt_ids"  # {companion name: prompt token ids}, filled at admission
@@ -18,22 +20,12 @@ ROLE_MAIN = "main"
 # SamplingParams options a request group cannot honour: the engine decodes every member greedily over a one-hot
 # row chosen by the group's processor, so the engine's own penalties, biases and masks would act after that choice
 # (or empty the row), and a dropped step must not carry prompt logprobs.
-_UNSUPPORTED_OPTIONS = (
-    ("presence_penalty", 0.0),
-    ("frequency_penalty", 0.0),
-    ("repetition_penalty", 1.0),
-    ("min_tokens", 0),
-    ("logit_bias", None),
-    ("allowed_token_ids", None),
-    ("bad_words", None),
-    ("prompt_logprobs", None),
-    ("structured_outputs", None),
+GROUP_REFUSED_OPTIONS = (
+    "presence_penalty", "frequency_penalty", "repetition_penalty", "min_tokens", "logit_bias", "allowed_token_ids",
+    "bad_words", "prompt_logprobs", "structured_outputs",
 )
 
 
 def check_group_sampling_options(sampling_params: Any, method: str) -> None:
     """Reject (ValueError naming the option) what a request with companion rows cannot combine with."""
-    for name, neutral in _UNSUPPORTED_OPTIONS:
-        value = getattr(sampling_params, name, neutral)
-        if value is not None and value != neutral and not (neutral is None and not value):
-            raise ValueError(f"{name} is not supported together with declab.method={method!r} (got {value!r})")
+    refuse_sampling_options(sampling_params, method, GROUP_REFUSED_OPTIONS)

@@ -83,7 +83,9 @@ def resolve_params(
     known = {s.name: s for s in specs}
     for key in given:
         if key not in known and key not in ignore:
-            raise ValueError(f"{prefix}.{key} is not a parameter of this method (known: {sorted(known)})")
+            alike = [name for name in known if isinstance(key, str) and name.lower() == key.lower()]
+            hint = f"did you mean {prefix}.{alike[0]}? " if alike else ""
+            raise ValueError(f"{prefix}.{key} is not a parameter of this method ({hint}known: {sorted(known)})")
     out: dict[str, Any] = {}
     for spec in specs:
         if spec.name in given:

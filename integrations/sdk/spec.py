@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from declab.integrations.sdk.params import ParamSpec
+from declab.integrations.sdk.sampling_options import NEUTRAL
 
 # How a plugin reaches vLLM (the catalog's "hook" column). Derived from the section a spec fills.
 HOOK_LOGITS = "logits-processor"  # per-request transform, through the one router logits processor
@@ -41,7 +42,10 @@ class LogitsHook:
     ``validate``: optional ``"module:function"`` called with the resolved parameters at admission (cross-field and
     content checks; raise ``ValueError`` naming the parameter).
     ``check_sampling``: optional ``"module:function"`` called with ``(sampling_params, method)`` at admission, to
-    refuse vLLM sampling options the method cannot honour.
+    refuse vLLM sampling options the method cannot honour (cross-option checks).
+    ``refused_options``: names of ``SamplingParams`` options the method cannot combine with
+    (``declab.integrations.sdk.sampling_options.NEUTRAL`` lists them), refused at admission with a ``ValueError``
+    naming the option; ``refused_reason`` says why, in the message.
     ``companions``: names of this method's string parameters that are prompts of *companion rows*: each is
     tokenized at admission (prompt-rendering seam) and decoded as a hidden request in lockstep with the main
     request (request-group seam), which needs vLLM's synchronous scheduler (the engine-args seam turns async
@@ -52,6 +56,8 @@ class LogitsHook:
     row_processor: str
     validate: str | None = None
     check_sampling: str | None = None
+    refused_options: tuple[str, ...] = ()
+    refused_reason: str = ""
     companions: tuple[str, ...] = ()
 
 
@@ -141,6 +147,9 @@ class PluginSpec:
         hooks = [h for h in (self.logits, self.proposer, self.search) if h is not None]
         if len(hooks) > 1:
             raise ValueError(f"plugin {self.name}: declare one hook section (logits, proposer or search)")
+        unknown = [o for o in (self.logits.refused_options if self.logits else ()) if o not in NEUTRAL]
+        if unknown:
+            raise ValueError(f"plugin {self.name}: refused_options {unknown} are not among {sorted(NEUTRAL)}")
         if self.logits is not None and self.logits.companions:
             names = {p.name for p in self.params}
             missing = [c for c in self.logits.companions if c not in names]

@@ -88,6 +88,7 @@ import torch
 import xgrammar as xgr
 
 from declab.integrations.sdk.rows import RowContext, RowProcessor
+from declab.plugins.asap.language import language_is_empty
 
 NEG_INF = float("-inf")
 
@@ -152,15 +153,18 @@ def _compiler_message(exc: BaseException) -> str:
 def _parse_error(param: str, text: str) -> str | None:
     try:
         if param == "grammar":
-            xgr.Grammar.from_ebnf(text)
+            grammar = xgr.Grammar.from_ebnf(text)
         elif param == "json_schema":
-            xgr.Grammar.from_json_schema(text)
+            grammar = xgr.Grammar.from_json_schema(text)
         elif param == "regex":
-            xgr.Grammar.from_regex(text)
+            grammar = xgr.Grammar.from_regex(text)
         else:  # pragma: no cover - declaration error
             raise ValueError(f"unknown grammar parameter {param!r}")
     except Exception as e:  # noqa: BLE001 - xgrammar raises RuntimeError (and friends) with the parser message
         return _compiler_message(e)
+    if language_is_empty(grammar):
+        return ("the grammar accepts no string (its root rule never derives a finite string: a rule that only "
+                "refers to itself or to rules without a base case, or an empty character class [])")
     return None
 
 

@@ -37,6 +37,16 @@ GRAMMAR_PARAMS = (
 )
 
 
+# vLLM options that constrain tokens besides the grammar. vLLM masks allowed_token_ids / bad_words before the router
+# runs and a structured output both masks before and checks the sampled token after it; where no token satisfies
+# both constraints, one of them had to be broken (the grammar processor used to win: a 200 with tokens outside
+# allowed_token_ids, or a request terminated by the structured-output grammar, an HTTP 500). min_tokens composes
+# for gcd (vLLM bans EOS before the grammar mask applies; a grammar that must end earlier still ends: README).
+GRAMMAR_REFUSED_OPTIONS = ("structured_outputs", "allowed_token_ids", "bad_words")
+GRAMMAR_REFUSED_REASON = ("the grammar decides which tokens may come next, and a second token constraint can leave "
+                          "none that satisfies both; put the restriction into the grammar")
+
+
 def validate_request(params: Mapping[str, Any], *, prefix: str = "declab") -> None:
     """Admission-time check (front-end): exactly one grammar parameter is given, and it parses.
 
@@ -57,6 +67,7 @@ SPEC = PluginSpec(
     ),
     params=GRAMMAR_PARAMS,
     logits=LogitsHook(row_processor="declab.plugins.asap.core:GcdProcessor",
-                      validate="declab.plugins.asap.gcd_spec:validate_request"),
+                      validate="declab.plugins.asap.gcd_spec:validate_request",
+                      refused_options=GRAMMAR_REFUSED_OPTIONS, refused_reason=GRAMMAR_REFUSED_REASON),
     baseline_of="asap",
 )

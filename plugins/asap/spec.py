@@ -5,7 +5,7 @@ lazily, on first use."""
 from __future__ import annotations
 
 from declab.integrations.sdk import BenchEntry, LogitsHook, ParamSpec, PluginSpec
-from declab.plugins.asap.gcd_spec import GRAMMAR_PARAMS
+from declab.plugins.asap.gcd_spec import GRAMMAR_PARAMS, GRAMMAR_REFUSED_OPTIONS, GRAMMAR_REFUSED_REASON
 from declab.plugins.asap.gcd_spec import SPEC as GCD_SPEC
 from declab.plugins.asap.gcd_spec import validate_request
 
@@ -37,8 +37,13 @@ SPEC = PluginSpec(
             "a new namespace starts from an empty trie (independent runs).",
         ),
     ),
+    # Besides gcd's: min_tokens and logit_bias change the row before ASAp reads it, and what it learns from that row
+    # goes into the trie shared by every request with the same prompt and grammar (which may not use them).
     logits=LogitsHook(row_processor="declab.plugins.asap.core:AsapProcessor",
-                      validate="declab.plugins.asap.spec:validate_request"),
+                      validate="declab.plugins.asap.spec:validate_request",
+                      refused_options=GRAMMAR_REFUSED_OPTIONS + ("min_tokens", "logit_bias"),
+                      refused_reason=GRAMMAR_REFUSED_REASON + " (min_tokens and logit_bias would bias ASAp's trie, "
+                                     "which requests with the same prompt and grammar share)"),
     benches=(
         BenchEntry(name="grammar", module="declab.plugins.asap.bench", paper=35,
                    help="ASAp vs GCD exactness; JSON-Schema-Test-Suite over vLLM's backends and gcd / asap "

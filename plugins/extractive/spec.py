@@ -46,8 +46,13 @@ SPEC = PluginSpec(
             doc="Its first token may also end the span (use with SamplingParams(stop=[...])); '' = EOS only.",
         ),
     ),
+    # A structured output masks the row before the span constraint and must accept the token after it: where they
+    # disagree the engine terminated the request (HTTP 500).
     logits=LogitsHook(row_processor="declab.plugins.extractive.core:ExtractiveProcessor",
-                      validate="declab.plugins.extractive.spec:validate_request"),
+                      validate="declab.plugins.extractive.spec:validate_request",
+                      refused_options=("structured_outputs",),
+                      refused_reason="the answer is a span of the passage; a second grammar over it can leave no "
+                                     "token that satisfies both"),
 )
 
 
