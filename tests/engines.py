@@ -100,6 +100,8 @@ class ServerProfile:
 
     name: str
     plugins: str
+    args: tuple[str, ...] = ()  # more ``vllm serve`` flags
+    env: Mapping[str, str | None] = field(default_factory=dict)  # more environment (None: unset)
 
     @property
     def fixture(self) -> str:
@@ -217,7 +219,8 @@ class RunningServer:
         self.profile = profile
         self._stack = contextlib.ExitStack()
         self.url = self._stack.enter_context(declab_server(
-            profile.plugins, workdir / f"server-{profile.name}.log", env=dict(HOST_ENV_SERVER),
+            profile.plugins, workdir / f"server-{profile.name}.log", *profile.args,
+            env={**HOST_ENV_SERVER, **profile.env},
             preexec_fn=die_with_parent(signal.SIGTERM)))
 
     def close(self) -> None:
