@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping
 import cloudpickle
 from helpers import child_env, declab_server
 
-from declab.integrations.engine_run import CPU_ENGINE_KWARGS, IN_PROCESS_ENGINE_ENV
+from declab.integrations.engine_run import CPU_ENGINE_KWARGS, IN_PROCESS_ENGINE_ENV, kill_group
 from declab.integrations.models import default_model
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -204,6 +204,9 @@ class EngineHost:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # its own group: the host and anything it started
             proc.wait()
+        # The host exits without shutting its engine down: tensor-parallel workers it started (same process group)
+        # would otherwise spin on their message queues for minutes after it, slowing the next engine's start.
+        kill_group(proc.pid, grace_s=5.0)
         conn.close()
         self._proc = self._conn = None
 

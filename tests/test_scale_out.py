@@ -121,9 +121,15 @@ def all_plugins(llm) -> dict:
     return result
 
 
+def stats_path(worker) -> str | None:
+    """Where the worker's proposer writes its statistics (None: it does not)."""
+    return worker.model_runner.drafter._stats_path  # noqa: SLF001
+
+
 def token_recycling_run(llm, prompts: list[str], max_tokens: int, batch1: int) -> dict:
-    """``greedy_run`` and each worker's Token Recycling state."""
-    return {**greedy_run(llm, prompts, max_tokens, batch1), "workers": llm.collective_rpc(plugin_digest)}
+    """``greedy_run``, each worker's Token Recycling state and statistics file."""
+    return {**greedy_run(llm, prompts, max_tokens, batch1), "workers": llm.collective_rpc(plugin_digest),
+            "stats_paths": llm.collective_rpc(stats_path)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -199,6 +205,8 @@ def _token_recycling_checks(run: dict, base: dict, tree: bool) -> None:
     assert len(ranks) == 2 and ranks[0] == ranks[1], ranks  # same matrix, same drafts on both workers
     assert ranks[0]["tr_seen_rows"] > 0
     assert (ranks[0]["tr_stats"]["tree_drafts"] > 0) == tree
+    if tree:  # the profile asks for a statistics file: one writer, the first worker
+        assert run["stats_paths"][0] and run["stats_paths"][1] is None, run["stats_paths"]
 
 
 @pytest.mark.parametrize("mode", ["chain", "tree"])
