@@ -40,6 +40,7 @@ def register() -> None:
 
     names = registry.parse_selection(value)
     check_vllm_version()
+    carry_to_ray_workers()
     specs = [registry.get_spec(n) for n in names]
     # The fixes of vLLM, then the seams the selected plugins need (from what their specs declare), then the
     # plugins' own patches.
@@ -61,3 +62,18 @@ def register() -> None:
     logger.info(
         "declab: plugins %s enabled in pid %d; patches applied: %s", ",".join(names), os.getpid(), applied or "none"
     )
+
+
+RAY_PREFIXES_ENV = "VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY"
+DECLAB_PREFIX = "DECLAB_"
+
+
+def carry_to_ray_workers() -> None:
+    """Have vLLM's Ray backend copy ``DECLAB_*`` (the selection, deprecated settings variables) to the workers and
+    engine cores it starts, as it copies ``VLLM_*``: a Ray worker on another node has only the environment of its
+    ``ray start`` plus what vLLM copies, and a worker without ``DECLAB_PLUGINS`` would run without the selected
+    plugins' worker patches. vLLM's own setting, extended (never replaced); read when the executor starts, after
+    this entry point has run in that process (``EngineCore`` loads plugins first)."""
+    prefixes = [p.strip() for p in os.environ.get(RAY_PREFIXES_ENV, "").split(",") if p.strip()]
+    if DECLAB_PREFIX not in prefixes:
+        os.environ[RAY_PREFIXES_ENV] = ",".join([*prefixes, DECLAB_PREFIX])

@@ -34,7 +34,7 @@ import cloudpickle
 from helpers import child_env, declab_server
 
 from declab.integrations import lifetime
-from declab.integrations.engine_run import CPU_ENGINE_KWARGS, IN_PROCESS_ENGINE_ENV
+from declab.integrations.engine_run import CPU_ENGINE_KWARGS, IN_PROCESS_ENGINE_ENV, kill_group
 from declab.integrations.models import default_model
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -95,6 +95,8 @@ class ServerProfile:
 
     name: str
     plugins: str
+    args: tuple[str, ...] = ()  # more ``vllm serve`` flags
+    env: Mapping[str, str | None] = field(default_factory=dict)  # more environment (None: unset)
 
     @property
     def fixture(self) -> str:
@@ -197,6 +199,9 @@ class EngineHost:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # its own group: the host and anything it started
             proc.wait()
+        # The host exits without shutting its engine down: tensor-parallel workers it started (same process group)
+        # would otherwise spin on their message queues for minutes after it, slowing the next engine's start.
+        kill_group(proc.pid, grace_s=5.0)
         conn.close()
         self._proc = self._conn = None
 
@@ -212,7 +217,8 @@ class RunningServer:
         self.profile = profile
         self._stack = contextlib.ExitStack()
         self.url = self._stack.enter_context(declab_server(
-            profile.plugins, workdir / f"server-{profile.name}.log", env=dict(HOST_ENV_SERVER),
+            profile.plugins, workdir / f"server-{profile.name}.log", *profile.args,
+            env={**HOST_ENV_SERVER, **profile.env},
             preexec_fn=die_with_parent(signal.SIGTERM)))
 
     def close(self) -> None:

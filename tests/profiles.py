@@ -19,8 +19,28 @@ def token_recycling(k: int) -> dict:
     return {"method": "custom_class", "model": PROPOSER_PATH, "num_speculative_tokens": k}
 
 
+def tensor_parallel(profile: EngineProfile, size: int = 2) -> EngineProfile:
+    """``profile`` on ``size`` tensor-parallel workers (vLLM's multiprocessing executor; the engine core stays in the
+    host), named ``<name>_tp<size>``. Each CPU worker is bound to one core of its own (``VLLM_CPU_OMP_THREADS_BIND``):
+    without it vLLM refuses to start a second worker on a 2-core machine."""
+    return EngineProfile(f"{profile.name}_tp{size}", profile.plugins,
+                         env={**profile.env, "VLLM_CPU_OMP_THREADS_BIND": "|".join(map(str, range(size)))},
+                         engine_kwargs={**profile.engine_kwargs, "tensor_parallel_size": size})
+
+
 SEEDED_CHUNKED_BUDGET = 128  # tokens per step of the seeded_chunked engine
 TR_TREE = '{"mode": "tree"}'  # DECLAB_TOKEN_RECYCLING: the paper's 80-node tree, verified inside the engine
+
+# Scale-out (tests/test_scale_out.py): every logits-level plugin on one engine (extractive's exact mode needs all
+# log-probs), on one worker and on two tensor-parallel workers; Token Recycling chain and tree on two workers.
+ALL_LOGITS = EngineProfile("all_logits", plugins="momentum,extractive,asap,gcd,cad,lqcd,m3id",
+                           engine_kwargs={"max_logprobs": -1, "block_size": 32})
+TR_CHAIN = EngineProfile("tr_chain", plugins="token_recycling",
+                         engine_kwargs={"speculative_config": token_recycling(6), "disable_log_stats": False})
+TR_TREE_PROFILE = EngineProfile("tr_tree", plugins="token_recycling",
+                                env={"DECLAB_TOKEN_RECYCLING": TR_TREE,
+                                     "DECLAB_TOKEN_RECYCLING_STATS": "{workdir}/tr_tree.json"},
+                                engine_kwargs={"speculative_config": token_recycling(80), "disable_log_stats": False})
 
 PROFILES: tuple[EngineProfile, ...] = (
     # vLLM with plugin loading off: the reference every lossless check compares against (VanillaGreedy).
@@ -32,11 +52,8 @@ PROFILES: tuple[EngineProfile, ...] = (
     # lets prefix caching reuse these short prompts between the search's requests.
     EngineProfile("extractive", plugins="extractive", engine_kwargs={"max_logprobs": -1, "block_size": 32}),
     EngineProfile("asap", plugins="asap,gcd"),
-    EngineProfile("tr_chain", plugins="token_recycling",
-                  engine_kwargs={"speculative_config": token_recycling(6), "disable_log_stats": False}),
-    EngineProfile("tr_tree", plugins="token_recycling",
-                  env={"DECLAB_TOKEN_RECYCLING": TR_TREE, "DECLAB_TOKEN_RECYCLING_STATS": "{workdir}/tr_tree.json"},
-                  engine_kwargs={"speculative_config": token_recycling(80), "disable_log_stats": False}),
+    TR_CHAIN,
+    TR_TREE_PROFILE,
     EngineProfile("contrastive", plugins="cad,lqcd,m3id", engine_kwargs={"block_size": 32}),
     # Chunked prefill with a small token budget, so a prompt is split when others are scheduled before it; any
     # plugin selected applies the seeded-chunked-prefill patch; no prefix caching (a cached prefix skips prefill).
@@ -47,6 +64,10 @@ PROFILES: tuple[EngineProfile, ...] = (
     EngineProfile("contrastive_preempt", plugins="cad,lqcd",
                   engine_kwargs={"block_size": 32, "num_gpu_blocks_override": 20, "max_model_len": 256,
                                  "max_num_seqs": 64}),
+    ALL_LOGITS,
+    tensor_parallel(ALL_LOGITS),
+    tensor_parallel(TR_CHAIN),
+    tensor_parallel(TR_TREE_PROFILE),
 )
 
 SERVERS: tuple[ServerProfile, ...] = (
@@ -54,6 +75,10 @@ SERVERS: tuple[ServerProfile, ...] = (
     ServerProfile("contrastive", "cad,lqcd"),
     # The token-choosing methods side by side: admission regressions of issue #13 (test_admission_regressions.py).
     ServerProfile("grammar_mixed", "asap,gcd,extractive,momentum"),
+    # Two engine cores (one core each) with the plugins and settings of ALL_LOGITS (tests/test_scale_out.py).
+    ServerProfile("dp2", ALL_LOGITS.plugins, args=("--data-parallel-size", "2", "--block-size", "32",
+                                                   "--max-logprobs", "-1"),
+                  env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"}),
 )
 
 
@@ -75,5 +100,7 @@ VANILLA_REFERENCES: dict[str, Reference] = {
     "bench12": Reference(greedy_run, lambda: (default_bench_prompts(12), 48)),
     "spec_bench_reduced": Reference(greedy_run, lambda: (spec_bench_reduced(), 64, 6)),  # + 6 at batch 1
     "stack_t1": Reference(sample_run, lambda: (STACK_PROMPT, 1500, 1.0, 5)),
+    # tests/test_scale_out.py: the code prompts of its mixed batch, 32 tokens; the first also alone.
+    "scale_out": Reference(greedy_run, lambda: (list(CODE_PROMPTS[:3]), 32, 1)),
     "stack_t07": Reference(sample_run, lambda: (STACK_PROMPT, 1500, 0.7, 5)),  # a wrong distribution (control)
 }

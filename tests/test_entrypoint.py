@@ -36,6 +36,19 @@ register()  # idempotent
     assert "PATCHED ['create_engine_config']" in out
 
 
+def test_selection_is_carried_to_ray_workers():
+    """vLLM's Ray backend copies to its workers only the variables it knows (VLLM_*, HF_*, ...); a selection also
+    carries DECLAB_* (the user's own extra prefixes are kept)."""
+    code = PROBE + """
+from vllm.ray.ray_env import get_env_vars_to_copy
+copied = get_env_vars_to_copy()
+print("COPIED", "DECLAB_PLUGINS" in copied, "MY_SETTING" in copied)
+"""
+    assert "COPIED True True" in _run(code, DECLAB_PLUGINS="momentum", MY_SETTING="1",
+                                      VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY="MY_")
+    assert "COPIED False False" in _run(code)  # nothing selected: nothing changed
+
+
 def test_unknown_plugin_name_fails_loudly():
     with pytest.raises(subprocess.CalledProcessError) as err:
         _run(PROBE, DECLAB_PLUGINS="momentum,nope")

@@ -1,6 +1,6 @@
 """What a plugin may ask of the running engine: which plugins are selected, its engine-wide settings, model facts.
 
-No torch import; vLLM objects are passed in by the caller.
+No torch import at module level; vLLM objects are passed in by the caller.
 """
 
 from __future__ import annotations
@@ -34,9 +34,24 @@ def require_selected(name: str, what: str) -> None:
                          "(it applies the patches the plugin needs)")
 
 
-def proposer_stats_path() -> str | None:
-    """Where the running proposer may write its statistics (``PROPOSER_STATS_ENV``), or None."""
-    return os.environ.get(PROPOSER_STATS_ENV) or None
+def proposer_stats_path(*fallback_envs: str) -> str | None:
+    """Where the running proposer may write its statistics: ``PROPOSER_STATS_ENV``, else the first of
+    ``fallback_envs`` that is set; None when none is, or in any worker but the first of its tensor-parallel group.
+    Under tensor parallelism every worker runs the proposer on the same all-gathered logits (vLLM reads the drafts
+    of the first one); one writer keeps the file whole."""
+    if not is_first_tensor_parallel_worker():
+        return None
+    for name in (PROPOSER_STATS_ENV, *fallback_envs):
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+def is_first_tensor_parallel_worker() -> bool:
+    """True outside a worker, with one worker, and in tensor-parallel rank 0."""
+    from vllm.distributed.parallel_state import get_tensor_model_parallel_rank, model_parallel_is_initialized
+
+    return not model_parallel_is_initialized() or get_tensor_model_parallel_rank() == 0
 
 
 def eos_token_id(model_config: Any) -> int | None:

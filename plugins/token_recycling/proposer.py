@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 
 import torch
@@ -85,7 +84,7 @@ class TokenRecyclingProposer(DeclabProposer):
         # Tree mode: per live request, whether it is drafted as a tree (the seam can verify it) or as a chain.
         self._drafts_tree: dict[str, bool] = {}
         self._step_started = 0.0
-        self._stats_path = runtime.proposer_stats_path() or os.environ.get(STATS_ENV) or None
+        self._stats_path = runtime.proposer_stats_path(STATS_ENV)  # None on TP ranks > 0
         self.stats = {"propose_calls": 0, "propose_seconds": 0.0, "rows_updated": 0,
                       "matrix_bytes": self.matrix.nbytes, "successors": self.matrix.k, "chain_len": self.k,
                       "mode": config["mode"], "tree_drafts": 0, "chain_drafts": 0}
