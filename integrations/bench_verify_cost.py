@@ -125,6 +125,9 @@ def reproject(report: dict[str, Any], spec_report: dict[str, Any] | None, log) -
     """An earlier verify-cost report with its projections redone from ``spec_report``."""
     if spec_report is None:
         raise ValueError("--cost-from needs --spec-report (there is nothing else to compute)")
+    # The costs keep where they were measured; the report written now gets this run's own provenance.
+    if "provenance" in report:
+        report["cost_provenance"] = report.pop("provenance")
     for name, m in report["models"].items():
         for b, row in m["by_batch_size"].items():
             phase = {"1": "batch1", "16": "batch16"}.get(b)
