@@ -21,7 +21,7 @@ import signal
 from typing import Any
 
 from declab.integrations import registry
-from declab.integrations.sdk.bench import write_report
+from declab.integrations.sdk.bench import load_average, write_report
 from declab.integrations.sdk.spec import BenchEntry
 
 # Benchmarks that name no plugin.
@@ -93,8 +93,9 @@ def main(args) -> int:
     _exit_on_termination()
     entry, _ = benches()[args.kind]
     mod = importlib.import_module(entry.module)
+    load_at_start = load_average()
     report: dict[str, Any] = mod.run(args)
-    jpath, ppath = write_report(report, args.out, report_name(args), mod.plot)
+    jpath, ppath = write_report(report, args.out, report_name(args), mod.plot, load_at_start)
     text = mod.summary(report) if hasattr(mod, "summary") else ""
     if text:
         print(text)

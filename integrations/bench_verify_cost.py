@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_option(parser, "--batch-sizes", default="1,16",
                help="comma list: sequences per pass (each with its own context and q new tokens)")
     add_option(parser, "--spec-report", default=None, help="a `declab bench spec` JSON to project speed-ups from")
+    add_option(parser, "--threads", type=int, default=0,
+               help="torch threads (0: torch's default). On a shared CPU, 1: spinning threads competing with other "
+                    "processes make the timings meaningless")
     add_option(parser, "--cost-from", default=None,
                help="an earlier verify-cost JSON (e.g. from a GPU machine): project from its costs, measure nothing")
     return parser
@@ -125,6 +128,9 @@ def reproject(report: dict[str, Any], spec_report: dict[str, Any] | None, log) -
     """An earlier verify-cost report with its projections redone from ``spec_report``."""
     if spec_report is None:
         raise ValueError("--cost-from needs --spec-report (there is nothing else to compute)")
+    # The costs keep where they were measured; the report written now gets this run's own provenance.
+    if "provenance" in report:
+        report["cost_provenance"] = report.pop("provenance")
     for name, m in report["models"].items():
         for b, row in m["by_batch_size"].items():
             phase = {"1": "batch1", "16": "batch16"}.get(b)
@@ -157,6 +163,8 @@ def run(args) -> dict[str, Any]:
 
     log = (lambda m: print(m, file=sys.stderr, flush=True))
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     dtype = {"auto": torch.bfloat16 if device == "cuda" else torch.float32, "float32": torch.float32,
              "bfloat16": torch.bfloat16}[args.dtype]
     model_path = args.model or default_model()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from declab.integrations.engine_run import IN_PROCESS_ENGINE_ENV
+from declab.integrations.sdk.bench import load_average, provenance
 from declab.integrations.sdk.demo import DemoPanel, DemoRow, EngineJob, EngineProfile
 
 PANEL_MODULE = "demo"  # plugins/<name>/demo.py
@@ -115,13 +116,6 @@ def run_engine(plan: EnginePlan, model: str, options: dict[str, Any], timeout: f
     return run_in_child(spec, timeout=timeout)
 
 
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # pragma: no cover - not on every platform
-        return None
-
-
 def run_all(plans: list[EnginePlan], model: str, options: dict[str, Any], timeout: float):
     """Run every engine, one after the other. Returns (job outputs by (panel, key), errors by panel, engine log)."""
     outputs: dict[tuple[str, str], dict[str, Any]] = {}
@@ -131,7 +125,7 @@ def run_all(plans: list[EnginePlan], model: str, options: dict[str, Any], timeou
         panels = sorted({p for p, _ in plan.jobs})
         _say(f"engine {i}/{len(plans)}: {plan.describe()} for {', '.join(panels)} ...")
         record = {"plugins": list(plan.profile.plugins), "env": dict(plan.profile.env),
-                  "engine_kwargs": dict(plan.profile.engine_kwargs), "panels": panels, "load_before": _loadavg()}
+                  "engine_kwargs": dict(plan.profile.engine_kwargs), "panels": panels, "load_before": load_average()}
         t = time.perf_counter()
         try:
             result = run_engine(plan, model, options, timeout)
@@ -142,7 +136,7 @@ def run_all(plans: list[EnginePlan], model: str, options: dict[str, Any], timeou
             engines.append(record)
             _say(f"  engine {plan.label} FAILED (see demo.json)")
             continue
-        record.update(startup_s=result["startup_s"], wall_s=time.perf_counter() - t, load_after=_loadavg(),
+        record.update(startup_s=result["startup_s"], wall_s=time.perf_counter() - t, load_after=load_average(),
                       calls={f"{p}:{job.key}": c["wall_s"] for (p, job), c in zip(plan.jobs, result["calls"])})
         engines.append(record)
         for (panel, job), call in zip(plan.jobs, result["calls"]):
@@ -246,7 +240,7 @@ def main(args) -> int:
     from declab.integrations.models import default_model
 
     t0 = time.perf_counter()
-    load_start = _loadavg()
+    load_start = load_average()
     model = args.model or default_model()
     try:
         panels = select_panels(discover_panels(), getattr(args, "panels", None))
@@ -268,8 +262,11 @@ def main(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     wall = time.perf_counter() - t0
     report = {"model": model, "options": options, "wall_s": wall, "cpu_count": os.cpu_count(),
-              "load_average": {"start": load_start, "end": _loadavg()}, "engines": engines, "table": table,
+              "load_average": {"start": load_start, "end": load_average()}, "engines": engines, "table": table,
               "panels": numbers}
+    # The same provenance as every `declab bench` report (command line, machine, versions, date), so a README can
+    # cite a committed demo.json (tests/test_measurements.py).
+    report["provenance"] = provenance(load_start)
     (out / "demo.json").write_text(json.dumps(report, indent=1))
     plot(panels, numbers, out / "demo.png", f"declab demo: {Path(model).name}, vLLM 0.32, {len(plans)} engines",
          run_notes(engines, wall, load_start))

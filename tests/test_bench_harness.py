@@ -20,7 +20,7 @@ from declab.integrations.sdk.bench import ChildFailed, ChildTimeout, call_in_chi
 def test_declab_bench_finds_generic_and_plugin_benchmarks():
     found = bench.benches()
     assert set(found) == {"overhead", "plugin", "spec", "verify-cost", "degeneration", "spec-tree", "contrastive",
-                          "grammar"}
+                          "diverse-beam", "grammar"}
     for name, (entry, plugin) in found.items():
         if plugin is None:
             assert entry.module.startswith("declab.integrations."), name
@@ -146,11 +146,14 @@ def test_interrupting_declab_bench_kills_the_running_child(tmp_path, sig):
 
 def test_write_report_records_provenance(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["declab", "bench", "overhead", "--prompts", "2"])
-    jpath, ppath = write_report({"benchmark": "x"}, tmp_path, "x", lambda report, path: path.write_bytes(b"png"))
+    jpath, ppath = write_report({"benchmark": "x"}, tmp_path, "x", lambda report, path: path.write_bytes(b"png"),
+                                load_at_start=[0.5, 0.25, 0.125])
     report = json.loads(jpath.read_text())
     prov = report["provenance"]
     assert prov["command"] == "declab bench overhead --prompts 2"
     assert prov["vllm"] and prov["date"] and prov["machine"]["cpus"] == os.cpu_count()
+    assert prov["machine"]["load_avg_at_start"] == [0.5, 0.25, 0.125]
+    assert len(prov["machine"]["load_avg_at_end"]) == 3
     assert ppath.read_bytes() == b"png"
 
 

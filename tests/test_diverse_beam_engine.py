@@ -4,64 +4,12 @@ engine (the ``installed`` profile: the search loop needs no plugin selected)."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
-from declab.integrations.prompts import CODE_PROMPTS
+from declab.plugins.diverse_beam.bench import beam_searches  # also `declab bench diverse-beam`
 
 pytestmark = pytest.mark.engine
-
-
-def beam_searches(llm) -> dict:
-    """vLLM's ``LLM.beam_search`` and our search loop (several groups / penalties) on the same prompts."""
-    from vllm.sampling_params import BeamSearchParams
-
-    from declab.plugins.diverse_beam.core import distinct_n
-    from declab.plugins.diverse_beam.search import diverse_beam_search
-
-    prompts = list(CODE_PROMPTS[:4])
-    beam_width, max_tokens = 4, 16
-    out: dict = {"prompts": prompts}
-    tokenizer = llm.get_tokenizer()
-    prompt_ids = [list(tokenizer.encode(p)) for p in prompts]
-    llm.generate(prompts[:1], use_tqdm=False)  # warm-up
-
-    t = time.perf_counter()
-    ref = llm.beam_search([{"prompt": p} for p in prompts],
-                          BeamSearchParams(beam_width=beam_width, max_tokens=max_tokens))
-    out["vllm_s"] = time.perf_counter() - t
-    out["vllm_prompt_prefix_ok"] = [list(s.tokens[: len(ids)]) == ids for o, ids in zip(ref, prompt_ids)
-                                    for s in o.sequences]
-    out["vllm"] = [[{"token_ids": list(s.tokens[len(ids):]), "cum_logprob": s.cum_logprob} for s in o.sequences]
-                   for o, ids in zip(ref, prompt_ids)]
-
-    def run(num_groups: int, penalty: float) -> dict:
-        t = time.perf_counter()
-        res = diverse_beam_search(llm, prompts, beam_width=beam_width, num_groups=num_groups,
-                                  diversity_penalty=penalty, max_tokens=max_tokens)
-        return {"seconds": time.perf_counter() - t, "beams": [[b.as_dict() for b in beams] for beams in res]}
-
-    out["dbs"] = {}
-    for groups, penalty in ((1, 0.0), (4, 1.0), (2, 0.5), (4, 0.5)):
-        out["dbs"][f"G{groups}_lambda{penalty}"] = run(groups, penalty)
-
-    def summary(per_prompt: list[list[dict]]) -> dict:
-        k = len(per_prompt)
-        return {
-            **{f"distinct_{n}": sum(distinct_n([b["token_ids"] for b in beams], n) for beams in per_prompt) / k
-               for n in (1, 2, 3)},
-            "distinct_first_tokens": sum(len({b["token_ids"][0] for b in beams}) for beams in per_prompt) / k,
-            "best_cum_logprob": sum(beams[0]["cum_logprob"] for beams in per_prompt) / k,
-            "mean_cum_logprob": sum(sum(b["cum_logprob"] for b in beams) / len(beams) for beams in per_prompt) / k,
-        }
-
-    out["summary"] = {"vllm_beam_search": summary(out["vllm"])}
-    for name, r in out["dbs"].items():
-        out["summary"][name] = summary(r["beams"])
-    out["texts_G4_lambda1.0_prompt0"] = [b["text"] for b in out["dbs"]["G4_lambda1.0"]["beams"][0]]
-    out["texts_vllm_prompt0"] = [tokenizer.decode(b["token_ids"]) for b in out["vllm"][0]]
-    return out
 
 
 @pytest.fixture(scope="session")

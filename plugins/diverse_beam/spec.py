@@ -1,6 +1,6 @@
 """Declaration of the Diverse Beam Search plugin (plain data: no torch, no vLLM)."""
 
-from declab.integrations.sdk import SearchHook, ParamSpec, PluginSpec
+from declab.integrations.sdk import BenchEntry, ParamSpec, PluginSpec, SearchHook
 
 SPEC = PluginSpec(
     name="diverse_beam",
@@ -50,5 +50,10 @@ SPEC = PluginSpec(
             doc="vLLM's: score = cum_logprob / length**length_penalty, length counting the prompt",
         ),
         ParamSpec("ignore_eos", bool, default=False, doc="keep expanding through EOS instead of finishing a beam"),
+    ),
+    benches=(
+        BenchEntry(name="diverse-beam", module="declab.plugins.diverse_beam.bench",
+                   help="vLLM's beam search vs diverse beam search (groups, penalties): distinct-n, log-probs, "
+                        "exact match at G=1"),
     ),
 )

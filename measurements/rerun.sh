@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Regenerates every report the READMEs cite (tests/test_measurements.py checks that each committed report's command
+# line is listed here). Run from anywhere on a quiet machine (timings on shared cores are not comparable: every
+# report records the load average at its start and end). The sizes are those that finished on the shared 2-core
+# machine these reports were made on; larger runs (e.g. --items 400, spec without --limit) change the README's
+# figures, which tests/test_measurements.py then reports one by one.
+#   measurements/rerun.sh            # all CPU reports
+#   measurements/rerun.sh overhead   # only the lines whose command contains "overhead"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH" VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
+
+COMMANDS=(
+  # generic benches: reports in measurements/
+  "declab bench overhead --out measurements"
+  "declab bench spec --limit 1 --out measurements"
+  "declab bench verify-cost --batch-sizes 1 --threads 1 --spec-report measurements/spec.json --out measurements"
+  # plugin benches: reports in plugins/<name>/measurements/
+  "declab bench contrastive --items 100 --out plugins/cad/measurements"
+  "declab bench spec-tree --limit 1 --out plugins/token_recycling/measurements"
+  "declab bench verify-cost --cost-from plugins/token_recycling/measurements/verify-cost-h100.json --spec-report measurements/spec.json --out plugins/token_recycling/measurements/h100-projection"
+  "declab bench diverse-beam --out plugins/diverse_beam/measurements"
+  "declab bench degeneration --prompts 16 --max-tokens 128 --repeats 2 --latency-prompts 2 --out plugins/momentum/measurements"
+  "declab bench grammar --kl-n 300 --checkpoints 100,300 --limit 1 --backends xgrammar,gcd,asap --budget-requests 200 --out plugins/asap/measurements"
+  # the README's main job
+  "declab demo --out measurements/demo"
+)
+# Made on another machine; not rerun by this script (the lent H100 had no vLLM, only torch + transformers):
+#   declab bench verify-cost --synthetic llama-7b --out plugins/token_recycling/measurements    (then renamed to
+#   verify-cost-h100.json; a second run: verify-cost-h100-run2.json)
+
+for command in "${COMMANDS[@]}"; do
+  if [[ $# -eq 0 || "$command" == *"$1"* ]]; then
+    echo "== $command (load $(cut -d' ' -f1-3 /proc/loadavg))"
+    $command
+  fi
+done
