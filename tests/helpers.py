@@ -78,6 +78,6 @@ def assert_lossless(outputs: list[list[int]], reference: list[list[int]], accept
     really accepted (``accepted``: accepted draft tokens over the run). A proposer that never drafts is trivially
     identical to vanilla, so identity alone proves nothing about the verifier."""
     assert len(outputs) == len(reference) > 0, f"{what}: {len(outputs)} outputs for {len(reference)} reference rows"
-    mismatches = [i for i, (a, b) in enumerate(zip(outputs, reference)) if a != b]
+    mismatches = [i for i, (a, b) in enumerate(zip(outputs, reference, strict=True)) if a != b]
     assert not mismatches, f"{what}: rows {mismatches} differ from the reference"
     assert accepted > 0, f"{what}: no draft token was accepted, so the run never speculated"

@@ -190,7 +190,7 @@ def engine_checks(llm) -> dict:
             params.append(p)
             kinds.append((kind, next(iter(grammar))))
     result["mixed"] = [{**o, "kind": k, "grammar": g}
-                       for o, (k, g) in zip(_outs(llm.generate(prompts, params, use_tqdm=False)), kinds)]
+                       for o, (k, g) in zip(_outs(llm.generate(prompts, params, use_tqdm=False)), kinds, strict=True)]
 
     # 2. Concurrent requests sharing one (prompt, grammar): one batch, one trie.
     shared = llm.generate(["I saw a"] * 24, [sp("asap", grammar=pets, namespace="shared")] * 24, use_tqdm=False)

@@ -447,7 +447,7 @@ def test_reference_plain_equals_hf_generate_and_batching_is_exact(hf_model):
     items = reference.load_set("conflict", 6)
     pairs = [(it["prompt_with_context"], it["prompt_without_context"]) for it in items]
     plain = reference.generate_pairs(model, tok, pairs, None, max_tokens=6, batch_size=6, stop_at_newline=False)
-    for (prompt, _), g in zip(pairs, plain):
+    for (prompt, _), g in zip(pairs, plain, strict=True):
         ids = torch.tensor([reference.encode(tok, prompt)])
         ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
         assert g.token_ids == ref[0, ids.shape[1]:].tolist()[: len(g.token_ids)]

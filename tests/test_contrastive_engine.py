@@ -41,7 +41,7 @@ def mixed_batches(llm, n: int) -> dict:
     t0 = time.perf_counter()
     outs = generate(llm, prompts, params)
     mixed_s = time.perf_counter() - t0
-    by_name = dict(zip(names, outs))
+    by_name = dict(zip(names, outs, strict=True))
     after_mixed = engine_state(llm)
 
     # The same contrastive requests one at a time: a pair's result must not depend on the batch around it.
@@ -105,7 +105,7 @@ def preempted_batch(llm, n: int) -> dict:
         "start": start,
         "end": engine_state(llm),
         "num_preemptions_seen": preemptions[0],
-        "contrastive": {name: out for (name, _, _), out in zip(contrast, outs)},
+        "contrastive": {name: out for (name, _, _), out in zip(contrast, outs, strict=True)},
     }
 
 

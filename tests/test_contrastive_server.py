@@ -125,7 +125,7 @@ def test_concurrent_mixed_requests_with_aborts(server):
     assert sum(1 for kind, _ in results if kind == "abort") == N_CONCURRENT // 4
 
     # Every finished greedy output equals the same request run alone.
-    for (kind, body), (_, text) in zip(jobs, results):
+    for (kind, body), (_, text) in zip(jobs, results, strict=True):
         if kind != "abort":
             alone = _post(server, body).json()["choices"][0]["text"]
             assert text == alone, (kind, body["prompt"][:60])

@@ -70,7 +70,7 @@ def reference_beam_search(prompt, model, *, beam_width, max_tokens, eos, length_
             break
         outs = model([b[0] for b in beams])
         new = []
-        for (tokens, cum), lps in zip(beams, outs):
+        for (tokens, cum), lps in zip(beams, outs, strict=True):
             for tok, lp in lps.items():
                 cand = (tokens + [tok], cum + lp)
                 if tok == eos and not ignore_eos:
@@ -216,7 +216,7 @@ def test_batch_of_prompts_equals_separate_runs_with_one_call_per_step():
     batched_model = Bigram(12, 7, 8)
     batched = diverse_beam_search_batch(prompts, batched_model, **kw)
     assert len(batched_model.calls) == 5
-    for p, beams in zip(prompts, batched):
+    for p, beams in zip(prompts, batched, strict=True):
         assert as_triples(beams) == as_triples(diverse_beam_search(p, Bigram(12, 7, 8), **kw))
 
 

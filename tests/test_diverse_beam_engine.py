@@ -31,10 +31,10 @@ def beam_searches(llm) -> dict:
     ref = llm.beam_search([{"prompt": p} for p in prompts],
                           BeamSearchParams(beam_width=beam_width, max_tokens=max_tokens))
     out["vllm_s"] = time.perf_counter() - t
-    out["vllm_prompt_prefix_ok"] = [list(s.tokens[: len(ids)]) == ids for o, ids in zip(ref, prompt_ids)
+    out["vllm_prompt_prefix_ok"] = [list(s.tokens[: len(ids)]) == ids for o, ids in zip(ref, prompt_ids, strict=True)
                                     for s in o.sequences]
     out["vllm"] = [[{"token_ids": list(s.tokens[len(ids):]), "cum_logprob": s.cum_logprob} for s in o.sequences]
-                   for o, ids in zip(ref, prompt_ids)]
+                   for o, ids in zip(ref, prompt_ids, strict=True)]
 
     def run(num_groups: int, penalty: float) -> dict:
         t = time.perf_counter()
@@ -75,10 +75,10 @@ def test_one_group_no_penalty_equals_vllm_beam_search(result):
     assert all(result["vllm_prompt_prefix_ok"])  # our tokenization of the prompts is vLLM's
     ours = result["dbs"]["G1_lambda0.0"]["beams"]
     assert len(ours) == len(result["vllm"]) == 4
-    for mine, ref in zip(ours, result["vllm"]):
+    for mine, ref in zip(ours, result["vllm"], strict=True):
         assert len(mine) == len(ref) == 4
         assert [b["token_ids"] for b in mine] == [b["token_ids"] for b in ref]
-        for a, b in zip(mine, ref):
+        for a, b in zip(mine, ref, strict=True):
             assert a["cum_logprob"] == pytest.approx(b["cum_logprob"], abs=1e-4)
 
 
