@@ -59,9 +59,24 @@ def beam_searches(llm) -> dict:
     out["summary"] = {"vllm_beam_search": summary(out["vllm"])}
     for name, r in out["dbs"].items():
         out["summary"][name] = summary(r["beams"])
+    out["rescored"] = {name: rescore(llm, prompt_ids, r["beams"]) for name, r in out["dbs"].items()}
     out["texts_G4_lambda1.0_prompt0"] = [b["text"] for b in out["dbs"]["G4_lambda1.0"]["beams"][0]]
     out["texts_vllm_prompt0"] = [tokenizer.decode(b["token_ids"]) for b in out["vllm"][0]]
     return out
+
+
+def rescore(llm, prompt_ids: list[list[int]], beams: list[list[dict]]) -> list[list[float]]:
+    """The log-probability of each beam's tokens after its prompt, scored offline in one forward pass per beam
+    (``prompt_logprobs``), not step by step as the search does."""
+    from vllm import SamplingParams, TokensPrompt
+
+    seqs = [(ids, b["token_ids"]) for ids, per_prompt in zip(prompt_ids, beams, strict=True) for b in per_prompt]
+    outs = llm.generate([TokensPrompt(prompt_token_ids=ids + toks) for ids, toks in seqs],
+                        SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False), use_tqdm=False)
+    scores = [sum(step[t].logprob for step, t in zip(o.prompt_logprobs[len(ids):], toks, strict=True))
+              for (ids, toks), o in zip(seqs, outs, strict=True)]
+    it = iter(scores)
+    return [[next(it) for _ in per_prompt] for per_prompt in beams]
 
 
 @pytest.fixture(scope="session")
@@ -90,5 +105,14 @@ def test_diverse_groups_raise_distinct_2(result):
     for beams in result["dbs"]["G4_lambda1.0"]["beams"]:
         assert sorted(b["group"] for b in beams) == [0, 1, 2, 3]
         assert [b["score"] for b in beams] == sorted((b["score"] for b in beams), reverse=True)
-    # both best-beam log-probs are reported (printed with the summary); they are finite negatives
-    assert plain["best_cum_logprob"] < 0 and diverse["best_cum_logprob"] < 0
+
+
+def test_reported_log_probs_are_the_models(result):
+    """Every beam's cum_logprob (the diversity penalty only ranks candidates) equals the model's log-probability of
+    its tokens, re-scored offline in one forward pass."""
+    for name, run in result["dbs"].items():
+        for beams, scores in zip(run["beams"], result["rescored"][name], strict=True):
+            assert len(beams) == 4
+            for b, offline in zip(beams, scores, strict=True):
+                assert b["cum_logprob"] == pytest.approx(offline, abs=2e-3), (name, b)
+
