@@ -1,5 +1,6 @@
 """Diverse Beam Search on a real vLLM engine (decoder-29m, CPU): vLLM's beam search and our search loop on the same
-engine (the ``installed`` profile: the search loop needs no plugin selected)."""
+engine (the ``installed`` profile: the search loop needs no plugin selected); the HTTP client against a running
+``declab serve`` (the ``momentum`` server: plain requests run unchanged there) gives the offline search's beams."""
 
 from __future__ import annotations
 
@@ -116,3 +117,31 @@ def test_reported_log_probs_are_the_models(result):
             for b, offline in zip(beams, scores, strict=True):
                 assert b["cum_logprob"] == pytest.approx(offline, abs=2e-3), (name, b)
 
+
+HTTP_RUNS = (("G4_lambda1.0", 4, 1.0), ("G2_lambda0.5", 2, 0.5))  # (offline run, groups, penalty) of beam_searches
+
+
+def test_http_client_on_declab_serve_equals_the_offline_search(result, momentum_server):
+    from declab.plugins.diverse_beam.search import diverse_beam_search_http
+
+    for name, groups, penalty in HTTP_RUNS:
+        for prompt, offline in zip(result["prompts"], result["dbs"][name]["beams"], strict=True):
+            beams = [b.as_dict() for b in diverse_beam_search_http(
+                momentum_server, "decoder-29m", prompt, beam_width=4, num_groups=groups, diversity_penalty=penalty,
+                max_tokens=16)]  # the EOS id comes from the served model folder (/v1/models)
+            assert [(b["token_ids"], b["group"], b["finish_reason"]) for b in beams] == \
+                [(b["token_ids"], b["group"], b["finish_reason"]) for b in offline], (name, prompt)
+            for b, o in zip(beams, offline, strict=True):
+                assert b["cum_logprob"] == pytest.approx(o["cum_logprob"], abs=1e-4), (name, prompt)
+                if b["finish_reason"] == "length":  # /detokenize keeps a final EOS, the offline text skips it
+                    assert b["text"] == o["text"], (name, prompt)
+
+
+def test_http_client_errors_on_declab_serve(momentum_server):
+    from declab.plugins.diverse_beam.search import diverse_beam_search_http
+
+    kw = dict(num_groups=1, diversity_penalty=0.0, max_tokens=2)
+    with pytest.raises(ValueError, match="max allowed"):  # 22 log-probs per step: the server's 400 as ValueError
+        diverse_beam_search_http(momentum_server, "decoder-29m", [1, 2], beam_width=11, **kw)
+    beams = diverse_beam_search_http(momentum_server, "decoder-29m", [1, 2], beam_width=2, ignore_eos=True, **kw)
+    assert len(beams) == 2 and all(len(b.token_ids) == 2 for b in beams)
