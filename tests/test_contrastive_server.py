@@ -137,10 +137,24 @@ def test_completions_contrast_like_the_offline_engine(server, offline):
         assert r.json()["choices"][0]["text"] == offline["cad"][i] != offline["plain"][i], i
 
 
+def _tokens(base: str, text: str) -> list[int]:
+    r = requests.post(f"{base}/tokenize", json={"model": "decoder-29m", "prompt": text, "add_special_tokens": False},
+                      timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()["tokens"]
+
+
 def test_chat_with_contrast_prompt_contrasts_like_the_offline_engine(server, offline):
     """The chat path: the user turn rendered with the server's chat template, the contrast conversation rendered
     the same way (contrast_prompt's contract for chat requests)."""
     conflict, _ = _items()
+    # The offline rendering is the server's (helpers.declab_server passes CHAT_TEMPLATE; should the bundled model
+    # bring its own template and the server use it, this says so instead of a confusing answer mismatch).
+    messages = [{"role": "user", "content": conflict[0]["prompt_with_context"]}]
+    served = requests.post(f"{server}/tokenize", json={"model": "decoder-29m", "messages": messages,
+                                                       "add_generation_prompt": True}, timeout=60)
+    assert served.status_code == 200, served.text
+    assert served.json()["tokens"] == _tokens(server, offline["chats"][0][0]), "server and test render chats apart"
     for i in _changed(offline, "chat_plain", "chat_cad"):
         contrast = offline["chats"][i][1]
         body = {"model": "decoder-29m", "max_tokens": MAX_TOKENS, "temperature": 0,
