@@ -300,7 +300,7 @@ def spec_counters(llm) -> dict[str, float]:
 
 def greedy_run(llm, prompts: list[str], max_tokens: int, batch1: int = 0) -> dict[str, Any]:
     """Greedy outputs of ``prompts`` in one concurrent batch, and of the first ``batch1`` prompts one at a time;
-    ``spec``: the speculative-decoding counters over the batch."""
+    ``spec`` / ``single_spec``: the speculative-decoding counters over the batch / over the one-at-a-time runs."""
     from vllm import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
@@ -308,9 +308,11 @@ def greedy_run(llm, prompts: list[str], max_tokens: int, batch1: int = 0) -> dic
     outs = llm.generate(prompts, params, use_tqdm=False)
     after = spec_counters(llm)
     singles = [list(llm.generate([p], params, use_tqdm=False)[0].outputs[0].token_ids) for p in prompts[:batch1]]
+    after_singles = spec_counters(llm)
     return {"prompts": list(prompts), "token_ids": [list(o.outputs[0].token_ids) for o in outs],
             "texts": [o.outputs[0].text for o in outs], "single_token_ids": singles,
-            "spec": {k: v - before.get(k, 0) for k, v in after.items()}}
+            "spec": {k: v - before.get(k, 0) for k, v in after.items()},
+            "single_spec": {k: v - after.get(k, 0) for k, v in after_singles.items()}}
 
 
 def sample_run(llm, prompt: str, n: int, temperature: float, max_tokens: int) -> dict[str, Any]:

@@ -86,3 +86,13 @@ def prometheus_value(base: str, metric: str) -> float:
             found = True
     assert found, f"{metric} not on /metrics"
     return total
+
+
+def assert_lossless(outputs: list[list[int]], reference: list[list[int]], accepted: float, what: str = "") -> None:
+    """A speculative run is lossless: one output per reference row, each token-identical to it, and drafts were
+    really accepted (``accepted``: accepted draft tokens over the run). A proposer that never drafts is trivially
+    identical to vanilla, so identity alone proves nothing about the verifier."""
+    assert len(outputs) == len(reference) > 0, f"{what}: {len(outputs)} outputs for {len(reference)} reference rows"
+    mismatches = [i for i, (a, b) in enumerate(zip(outputs, reference, strict=True)) if a != b]
+    assert not mismatches, f"{what}: rows {mismatches} differ from the reference"
+    assert accepted > 0, f"{what}: no draft token was accepted, so the run never speculated"

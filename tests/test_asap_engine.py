@@ -5,6 +5,8 @@
   each finite grammar of ``EXPERIMENTS`` the exact grammar-conditioned distribution over strings and plain GCD's
   exact distribution are computed in transformers (float32, ``declab.plugins.asap.grammar_reference``, shared with
   ``declab bench grammar``), then ``N`` outputs are sampled through the engine with each method at temperature 1.
+  ASAp's samples after a burn-in go through a goodness-of-fit test against the exact target (``stats.py``), which
+  GCD's samples and a sampler with a persistent 0.3-nat bias must fail (negative controls).
 * Engine behaviour (issue #5, acceptance 4): a mixed batch of asap, gcd and plain rows; concurrent requests sharing
   one (prompt, grammar) update one trie consistently; the trie survives aborts. The engine runs inside its host, so
   the scenarios read the worker's trie store directly."""
@@ -16,6 +18,8 @@ import math
 import time
 
 import pytest
+
+from stats import goodness_of_fit
 
 from declab.integrations import registry
 from declab.plugins.asap.grammar_reference import (
@@ -34,8 +38,14 @@ from declab.integrations.request_args import parse_request_args
 from declab.plugins.asap.core import AsapTrie, GrammarCache, GrammarSource, _logsumexp
 
 pytestmark = pytest.mark.engine
-N = 1000
-CHECKPOINTS = (100, 300, 1000)
+N = 2000
+CHECKPOINTS = (100, 300, 1000, 2000)
+# ASAp converges: its first samples are biased by design (unexplored prefixes keep EFG 1). The fit is tested on the
+# samples after BURN_IN, allowing a residual bias of TOLERANCE nats. Measured on samples 1000-2000 (vLLM CPU,
+# decoder-29m): KL 0.008 (bits3) and 0.006 (pets), G 1.3 (3 df) and 10.8 (5 df); GCD's KL to the target is 1.5-2.9.
+BURN_IN = 1000
+TOLERANCE = 0.01
+BIAS_NATS = 0.3  # the persistent bias of the synthetic negative control
 JSON_SCHEMA = json.dumps({"type": "object", "properties": {"name": {"type": "string", "maxLength": 6},
                                                            "n": {"type": "integer"}}, "required": ["name", "n"]})
 CODE = ("def fibonacci(n):\n    ", "import os\nimport sys\n\n\ndef main():\n    ",
@@ -58,20 +68,19 @@ def kl_sampling(llm, prompt_ids: dict[str, list[int]], n: int) -> dict:
                               namespace=f"test-{name}")
         asap_s = time.perf_counter() - t
         result["experiments"][name] = {"gcd_samples": gcd, "asap_samples": asap, "gcd_s": gcd_s, "asap_s": asap_s}
-    # Admission: an invalid grammar is rejected naming the parameter once request_args calls the spec's validate
-    # hook. Without it the worker would raise on the request, so it is only sent when the front-end rejects it.
+    # Admission: the front-end (request_args, which the HTTP server calls too) rejects an invalid grammar naming the
+    # parameter. Were it not to, the worker would raise on the request, so it is only sent when the front-end
+    # rejects it (and the test fails on ``front_end_error``).
     bad = {"declab": {"method": "asap", "grammar": "root ::= ("}}
     try:
         parse_request_args(bad)
-        wired = False
-    except ValueError:
-        wired = True
-    if not wired:
-        result["bad_grammar_error"] = "not-wired"
-    else:
+        result["front_end_error"] = None
+    except ValueError as e:
+        result["front_end_error"] = f"{type(e).__name__}: {e}"
+    result["bad_grammar_error"] = None
+    if result["front_end_error"]:
         try:
             llm.generate(["x"], SamplingParams(max_tokens=2, extra_args=bad), use_tqdm=False)
-            result["bad_grammar_error"] = None
         except Exception as e:  # noqa: BLE001
             result["bad_grammar_error"] = f"{type(e).__name__}: {e}"
     after = llm.generate(["x"], SamplingParams(max_tokens=2), use_tqdm=False)
@@ -81,9 +90,7 @@ def kl_sampling(llm, prompt_ids: dict[str, list[int]], n: int) -> dict:
 
 @pytest.fixture(scope="session")
 def experiment(asap_engine, model_path):
-    missing = {"asap", "gcd"} - set(registry.all_specs())
-    if missing:
-        pytest.skip(f"plugins {sorted(missing)} are not in the registry yet")
+    assert {"asap", "gcd"} <= set(registry.all_specs())
     tok, model = tokenizer_and_model(model_path)
     t0 = time.perf_counter()
     refs = {name: public(exact_reference(model_path, prompt, grammar, tok=tok, model=model))
@@ -129,20 +136,46 @@ def test_every_sample_is_grammatical(exp):
 def test_gcd_samples_its_own_distorted_distribution(exp):
     """vLLM + the gcd plugin sample what the exact (transformers) GCD distribution predicts, which is far from the
     grammar-conditioned target: the distortion ASAp removes."""
-    assert kl_divergence(empirical(exp["gcd_samples"]), exp["gcd"]) < 0.05
+    own, target = goodness_of_fit(exp["gcd_samples"], exp["gcd"]), goodness_of_fit(exp["gcd_samples"], exp["target"])
+    print(f"\ngcd vs its exact distribution: {own}\ngcd vs the target: {target}")
+    assert own.passes, own
+    assert not target.passes, target  # negative control: the same test sees the distortion
     assert kl_divergence(exp["gcd"], exp["target"]) > 0.3
 
 
-def test_asap_kl_falls_with_n_and_ends_below_a_third_of_gcd(exp):
-    ks = _kls(exp)
-    asap = [ks["asap"][n] for n in CHECKPOINTS]
-    assert asap[2] < asap[1] < asap[0], ks
-    assert asap[2] <= ks["gcd"][N] / 3, ks
+def biased_sampler(target: dict[str, float], distorted: dict[str, float], nats: float, n: int) -> list[str]:
+    """``n`` samples of the mixture of ``target`` and ``distorted`` whose KL to ``target`` is ``nats`` (bisection
+    on the weight), seeded: a sampler with a persistent bias of that size."""
+    import random
+
+    def mixture(w: float) -> dict[str, float]:
+        return {s: (1 - w) * target.get(s, 0.0) + w * distorted.get(s, 0.0) for s in target}
+
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if kl_divergence(mixture(mid), target) < nats else (lo, mid)
+    q = mixture(hi)
+    assert kl_divergence(q, target) >= nats * 0.99
+    return random.Random(0).choices(list(q), weights=list(q.values()), k=n)
+
+
+def test_asap_samples_the_grammar_conditioned_distribution_after_burn_in(exp):
+    late = slice(BURN_IN, N)
+    asap = goodness_of_fit(exp["asap_samples"][late], exp["target"], TOLERANCE)
+    gcd = goodness_of_fit(exp["gcd_samples"][late], exp["target"], TOLERANCE)
+    biased = goodness_of_fit(biased_sampler(exp["target"], exp["gcd"], BIAS_NATS, N - BURN_IN), exp["target"],
+                             TOLERANCE)
+    print(f"\nasap: {asap}\ngcd: {gcd}\n{BIAS_NATS}-nat biased sampler: {biased}")
+    assert asap.passes, (asap, _kls(exp))
+    # Negative controls: the same test fails plain GCD and a sampler with a persistent 0.3-nat bias.
+    assert not gcd.passes, gcd
+    assert not biased.passes, biased
 
 
 def test_invalid_grammar_is_rejected_at_admission(experiment):
-    if experiment.get("bad_grammar_error") == "not-wired":
-        pytest.skip("request_args does not call the plugin's validate_request hook yet")
+    assert experiment["front_end_error"] and "declab.grammar" in experiment["front_end_error"], \
+        "the front-end (request_args) did not call the plugin's validate_request hook"
     err = experiment["bad_grammar_error"]
     assert err and "declab.grammar" in err, err
     assert experiment["after_error_tokens"] > 0  # the engine keeps serving
@@ -190,7 +223,7 @@ def engine_checks(llm) -> dict:
             params.append(p)
             kinds.append((kind, next(iter(grammar))))
     result["mixed"] = [{**o, "kind": k, "grammar": g}
-                       for o, (k, g) in zip(_outs(llm.generate(prompts, params, use_tqdm=False)), kinds)]
+                       for o, (k, g) in zip(_outs(llm.generate(prompts, params, use_tqdm=False)), kinds, strict=True)]
 
     # 2. Concurrent requests sharing one (prompt, grammar): one batch, one trie.
     shared = llm.generate(["I saw a"] * 24, [sp("asap", grammar=pets, namespace="shared")] * 24, use_tqdm=False)

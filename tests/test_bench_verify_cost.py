@@ -33,8 +33,9 @@ def test_project_charges_drafting_steps_their_pass_and_others_one_token():
 
 
 def test_forward_ms_times_every_query_length_on_a_tiny_model():
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
+
     config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=2, num_key_value_heads=2, vocab_size=100)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()

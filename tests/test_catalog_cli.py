@@ -20,13 +20,28 @@ def test_catalog_lists_all_65_papers():
         assert e.title and e.reason and e.status in registry.STATUSES
 
 
-def test_every_plugin_is_in_the_catalog_with_its_spec_status():
-    by_plugin = {e.plugin: e for e in catalog() if e.plugin}
+# Written by hand, not read from the specs: the catalog takes its statuses from the specs, so comparing the two
+# proves nothing. Promoting or demoting a plugin is a deliberate edit of this table. plugin -> (paper, status).
+EXPECTED_PLUGINS = {
+    "m3id": (1, "partial"),
+    "momentum": (15, "working"),
+    "diverse_beam": (20, "working"),
+    "token_recycling": (21, "partial"),
+    "lqcd": (25, "working"),
+    "bench grammar": (35, "working"),  # a benchmark paper built in a plugin folder (asap's)
+    "cad": (53, "working"),
+    "extractive": (55, "partial"),
+    "asap": (65, "working"),
+}
+
+
+def test_every_plugin_is_in_the_catalog_with_its_expected_status():
+    by_plugin = {e.plugin: (e.id, e.status) for e in catalog() if e.plugin}
+    assert by_plugin == EXPECTED_PLUGINS
+    listed = json.loads(subprocess.run([sys.executable, "-m", "declab.integrations.cli", "list", "--json"],
+                                       capture_output=True, text=True, check=True).stdout)
+    assert {i["plugin"]: (i["id"], i["status"]) for i in listed if i["plugin"]} == EXPECTED_PLUGINS
     for name, spec in registry.all_specs().items():
-        if spec.paper == 0:  # a baseline method (e.g. gcd for asap), not a paper of the list
-            continue
-        assert by_plugin[name].id == spec.paper
-        assert by_plugin[name].status == spec.status
         if spec.status == "partial":
             assert spec.reason, f"{name} is partial without a reason"
 

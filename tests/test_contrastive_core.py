@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from stats import goodness_of_fit
 
 from declab.integrations import registry
 from declab.integrations.sdk.params import resolve_params
@@ -394,23 +395,28 @@ def test_seeded_draw_depends_only_on_seed_and_step():
 
 
 def test_draw_frequencies_match_softmax():
+    """G-test (``stats.goodness_of_fit``) of seeded draws against softmax(logits / T), with negative controls that
+    must fail the same test: draws that ignore the temperature, and seeds whose streams repeat."""
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, NEG])
-    p = torch.softmax(logits.double(), -1)
+
+    def softmax(temperature: float) -> dict[int, float]:
+        return dict(enumerate(torch.softmax(logits.double() / temperature, -1).tolist()))
+
+    def draws(temperature: float, seeds, step: int) -> list[int]:
+        # One seeded draw per request seed: also checks the streams are independent across seeds.
+        return [draw_token(logits, SamplingSettings(temperature=temperature, seed=i), step) for i in seeds]
+
     n = 20_000
-    counts = torch.zeros(6, dtype=torch.float64)
-    for i in range(n):  # one seeded draw per request seed: also checks the streams are independent across seeds
-        counts[draw_token(logits, SamplingSettings(temperature=1.0, seed=i), 0)] += 1
-    assert counts[5] == 0  # a -inf token is never drawn
-    expected = p[:5] * n
-    chi2 = float((((counts[:5] - expected) ** 2) / expected).sum())
-    assert chi2 < 20.5, (counts, expected, chi2)  # chi-square, 4 degrees of freedom: p < 0.0004
-    # Temperature 2 flattens: same test against softmax(logits / 2).
-    p2 = torch.softmax(logits.double() / 2, -1)
-    counts2 = torch.zeros(6, dtype=torch.float64)
-    for i in range(n):
-        counts2[draw_token(logits, SamplingSettings(temperature=2.0, seed=10**6 + i), 7)] += 1
-    chi2 = float((((counts2[:5] - p2[:5] * n) ** 2) / (p2[:5] * n)).sum())
-    assert chi2 < 20.5, (counts2, chi2)
+    t1 = draws(1.0, range(n), 0)
+    t2 = draws(2.0, range(10**6, 10**6 + n), 7)  # temperature 2 flattens
+    assert 5 not in t1 + t2  # a -inf token is never drawn (the test would fail too: p = 0)
+    assert goodness_of_fit(t1, softmax(1.0)).passes, goodness_of_fit(t1, softmax(1.0))
+    assert goodness_of_fit(t2, softmax(2.0)).passes, goodness_of_fit(t2, softmax(2.0))
+    # Negative controls: a sampler that ignores the temperature draws t1 at T=2; one whose streams depend on the
+    # seed modulo 100 repeats 100 draws.
+    assert not goodness_of_fit(t1, softmax(2.0)).passes
+    repeated = draws(1.0, [i % 100 for i in range(n // 4)], 0)
+    assert not goodness_of_fit(repeated, softmax(1.0)).passes, goodness_of_fit(repeated, softmax(1.0))
 
 
 def test_force_token_and_settings_roundtrip():
@@ -447,7 +453,7 @@ def test_reference_plain_equals_hf_generate_and_batching_is_exact(hf_model):
     items = reference.load_set("conflict", 6)
     pairs = [(it["prompt_with_context"], it["prompt_without_context"]) for it in items]
     plain = reference.generate_pairs(model, tok, pairs, None, max_tokens=6, batch_size=6, stop_at_newline=False)
-    for (prompt, _), g in zip(pairs, plain):
+    for (prompt, _), g in zip(pairs, plain, strict=True):
         ids = torch.tensor([reference.encode(tok, prompt)])
         ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
         assert g.token_ids == ref[0, ids.shape[1]:].tolist()[: len(g.token_ids)]

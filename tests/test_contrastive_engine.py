@@ -41,7 +41,7 @@ def mixed_batches(llm, n: int) -> dict:
     t0 = time.perf_counter()
     outs = generate(llm, prompts, params)
     mixed_s = time.perf_counter() - t0
-    by_name = dict(zip(names, outs))
+    by_name = dict(zip(names, outs, strict=True))
     after_mixed = engine_state(llm)
 
     # The same contrastive requests one at a time: a pair's result must not depend on the batch around it.
@@ -105,7 +105,7 @@ def preempted_batch(llm, n: int) -> dict:
         "start": start,
         "end": engine_state(llm),
         "num_preemptions_seen": preemptions[0],
-        "contrastive": {name: out for (name, _, _), out in zip(contrast, outs)},
+        "contrastive": {name: out for (name, _, _), out in zip(contrast, outs, strict=True)},
     }
 
 
@@ -142,12 +142,20 @@ def test_plain_requests_in_the_batch_are_unaffected(mixed):
     assert batched == alone
 
 
-def test_contrast_changes_some_answers(mixed):
-    plain = [o["text"] for o in mixed["plain_alone"][:N_ITEMS]]
-    cad = [mixed["contrastive"][f"cad{i}"]["text"] for i in range(N_ITEMS)]
-    lqcd = [mixed["contrastive"][f"lqcd{i}"]["text"] for i in range(N_ITEMS)]
-    plain_leading = [o["text"] for o in mixed["plain_alone"][N_ITEMS:]]
-    assert cad != plain or lqcd != plain_leading
+# Answers (of N_ITEMS, greedy, 12 tokens, alpha 0.5) that differ from plain greedy decoding of the same prompt.
+# Measured on decoder-29m (vLLM CPU 0.32): CAD 4/24, LQCD 23/24; the bounds leave a margin of one to three answers
+# for numerical changes (a dropped contrast changes none).
+MIN_CHANGED = {"cad": 3, "lqcd": 20}
+
+
+def test_contrast_changes_many_answers(mixed):
+    plain = {"cad": [o["text"] for o in mixed["plain_alone"][:N_ITEMS]],
+             "lqcd": [o["text"] for o in mixed["plain_alone"][N_ITEMS:]]}
+    for method, minimum in MIN_CHANGED.items():
+        answers = [mixed["contrastive"][f"{method}{i}"]["text"] for i in range(N_ITEMS)]
+        changed = sum(a != p for a, p in zip(answers, plain[method], strict=True))
+        print(f"{method}: {changed}/{N_ITEMS} answers differ from plain greedy")
+        assert changed >= minimum, (method, changed)
 
 
 def test_result_does_not_depend_on_the_batch(mixed):

@@ -34,7 +34,7 @@ def engine_answers_of(llm, n: int) -> dict:
     outs = generate(llm, [p for _, p, _ in contrast], [sp for _, _, sp in contrast])
     wall = time.perf_counter() - t0
     by_method: dict[str, list[str]] = {"cad": [], "lqcd": [], "m3id": []}
-    for (name, _, _), out in zip(contrast, outs):
+    for (name, _, _), out in zip(contrast, outs, strict=True):
         by_method[name.rstrip("0123456789")].append(first_line_answer(out["text"]))
     return {"n": n, "wall_s": wall, "answers": by_method, "start": start, "end": engine_state(llm)}
 
@@ -59,7 +59,7 @@ def test_engine_equals_two_pass_reference(engine_answers, reference, method):
     expected = ref.run(method, SET_OF[method], params, limit=N_ITEMS, max_tokens=12, model=model, tok=tok)["answers"]
     got = engine_answers["answers"][method]
     assert len(got) == len(expected) == N_ITEMS
-    differ = [(i, g, e) for i, (g, e) in enumerate(zip(got, expected)) if g != e]
+    differ = [(i, g, e) for i, (g, e) in enumerate(zip(got, expected, strict=True)) if g != e]
     print(f"{method}: {N_ITEMS - len(differ)}/{N_ITEMS} identical answers; differing: {differ[:10]}")
     assert (N_ITEMS - len(differ)) / N_ITEMS >= 0.99, differ[:10]
 

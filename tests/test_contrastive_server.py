@@ -1,6 +1,7 @@
-"""Contrastive decoding through a running ``declab serve --plugins cad,lqcd``: HTTP 400 for bad input, and 64
-concurrent plain / CAD / LQCD requests (some aborted midway) that all finish, equal the same requests run alone,
-and leave the KV cache as they found it."""
+"""Contrastive decoding through a running ``declab serve --plugins cad,lqcd``: HTTP 400 for bad input; completions
+and chat answers equal to the offline engine (the ``contrastive`` profile) on the items where CAD's answer differs
+from plain greedy, so a server that dropped the contrast fails; and 64 concurrent plain / CAD / LQCD requests (some
+aborted midway) that all finish, equal the offline answers, and leave the KV cache as they found it."""
 
 from __future__ import annotations
 
@@ -11,17 +12,65 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from helpers import prometheus_value
+from contrastive_requests import MAX_TOKENS
+from helpers import CHAT_TEMPLATE, prometheus_value
 
 from declab.integrations.models import eval_file
 
 pytestmark = pytest.mark.server
 N_CONCURRENT = 64
+ALPHA = 0.5
+# Items (of N_CONCURRENT) where the offline CAD answer differs from plain greedy; measured on decoder-29m (vLLM CPU
+# 0.32): 15 for completions, 33 for chat. Each is sent over HTTP and must get the offline CAD answer.
+MIN_CHANGED = {"cad": 10, "chat_cad": 25}
+
+
+def offline_answers(llm, conflict: list[dict], leading: list[dict], chats: list[tuple[str, str]]) -> dict:
+    """Greedy answers of the offline engine: plain and CAD on the knowledge-conflict items, LQCD on the leading
+    queries, and plain and CAD on the chat-rendered conflict items (``chats``: (main, contrast) rendered texts)."""
+    from contrastive_requests import contrastive, generate
+    from vllm import SamplingParams
+
+    plain = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
+
+    def texts(prompts, params):
+        return [o["text"] for o in generate(llm, prompts, params)]
+
+    return {
+        "plain": texts([it["prompt_with_context"] for it in conflict], plain),
+        "cad": texts([it["prompt_with_context"] for it in conflict],
+                     [contrastive("cad", it["prompt_without_context"], alpha=ALPHA) for it in conflict]),
+        "lqcd": texts([it["leading_prompt"] for it in leading],
+                      [contrastive("lqcd", it["neutral_prompt"], alpha=ALPHA) for it in leading]),
+        "chat_plain": texts([main for main, _ in chats], plain),
+        "chat_cad": texts([main for main, _ in chats], [contrastive("cad", c, alpha=ALPHA) for _, c in chats]),
+    }
+
+
+def render_chat(content: str) -> str:
+    """One user turn rendered with the chat template the test server is started with (helpers.CHAT_TEMPLATE)."""
+    from transformers import AutoTokenizer
+
+    from declab.integrations.models import default_model
+
+    tok = AutoTokenizer.from_pretrained(default_model())
+    return tok.apply_chat_template([{"role": "user", "content": content}], chat_template=CHAT_TEMPLATE.read_text(),
+                                   tokenize=False, add_generation_prompt=True)
+
+
+@pytest.fixture(scope="session")
+def offline(contrastive_engine):
+    """The offline engine's answers for the items the HTTP tests send (computed before the server starts)."""
+    conflict, leading = _items()
+    conflict, leading = conflict[:N_CONCURRENT], leading[:N_CONCURRENT]
+    chats = [(render_chat(it["prompt_with_context"]), render_chat(it["prompt_without_context"])) for it in conflict]
+    return {"chats": chats, **contrastive_engine.run(offline_answers, conflict, leading, chats)}
 
 
 @pytest.fixture
-def server(contrastive_server):
-    """``declab serve --plugins cad,lqcd``, shared by this module's tests (profiles.SERVERS)."""
+def server(offline, contrastive_server):
+    """``declab serve --plugins cad,lqcd``, shared by this module's tests (profiles.SERVERS); the offline answers
+    are computed first, so the engine and the server start once each."""
     return contrastive_server
 
 
@@ -38,7 +87,7 @@ def _items():
 
 
 def _body(prompt, xargs=None, **extra):
-    body = {"model": "decoder-29m", "prompt": prompt, "max_tokens": 12, "temperature": 0}
+    body = {"model": "decoder-29m", "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0}
     if xargs:
         body["vllm_xargs"] = xargs
     body.update(extra)
@@ -50,7 +99,7 @@ def _post(base, body, timeout=300):
 
 
 def _cad(item, **more):
-    return {"declab.method": "cad", "declab.alpha": 0.5, "declab.contrast_prompt": item["prompt_without_context"],
+    return {"declab.method": "cad", "declab.alpha": ALPHA, "declab.contrast_prompt": item["prompt_without_context"],
             **more}
 
 
@@ -72,15 +121,48 @@ def test_bad_input_is_rejected_with_400(server, xargs, extra, needle):
     assert _post(server, _body("Question: Where is it?\nAnswer:")).status_code == 200
 
 
-def test_chat_request_with_contrast_prompt(server):
+def _changed(offline: dict, plain: str, cad: str) -> list[int]:
+    """Items whose offline CAD answer differs from the offline plain greedy one (a dropped contrast shows there)."""
+    changed = [i for i, (p, c) in enumerate(zip(offline[plain], offline[cad], strict=True)) if p != c]
+    print(f"\n{cad}: {len(changed)}/{len(offline[cad])} items differ from {plain}")
+    assert len(changed) >= MIN_CHANGED[cad], changed
+    return changed
+
+
+def test_completions_contrast_like_the_offline_engine(server, offline):
     conflict, _ = _items()
-    item = conflict[0]
-    body = {"model": "decoder-29m", "max_tokens": 8, "temperature": 0,
-            "messages": [{"role": "user", "content": item["prompt_with_context"]}],
-            "vllm_xargs": _cad(item)}
-    r = requests.post(f"{server}/v1/chat/completions", json=body, timeout=120)
+    for i in _changed(offline, "plain", "cad"):
+        r = _post(server, _body(conflict[i]["prompt_with_context"], _cad(conflict[i])))
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == offline["cad"][i] != offline["plain"][i], i
+
+
+def _tokens(base: str, text: str) -> list[int]:
+    r = requests.post(f"{base}/tokenize", json={"model": "decoder-29m", "prompt": text, "add_special_tokens": False},
+                      timeout=60)
     assert r.status_code == 200, r.text
-    assert r.json()["choices"][0]["message"]["content"] is not None
+    return r.json()["tokens"]
+
+
+def test_chat_with_contrast_prompt_contrasts_like_the_offline_engine(server, offline):
+    """The chat path: the user turn rendered with the server's chat template, the contrast conversation rendered
+    the same way (contrast_prompt's contract for chat requests)."""
+    conflict, _ = _items()
+    # The offline rendering is the server's (helpers.declab_server passes CHAT_TEMPLATE; should the bundled model
+    # bring its own template and the server use it, this says so instead of a confusing answer mismatch).
+    messages = [{"role": "user", "content": conflict[0]["prompt_with_context"]}]
+    served = requests.post(f"{server}/tokenize", json={"model": "decoder-29m", "messages": messages,
+                                                       "add_generation_prompt": True}, timeout=60)
+    assert served.status_code == 200, served.text
+    assert served.json()["tokens"] == _tokens(server, offline["chats"][0][0]), "server and test render chats apart"
+    for i in _changed(offline, "chat_plain", "chat_cad"):
+        contrast = offline["chats"][i][1]
+        body = {"model": "decoder-29m", "max_tokens": MAX_TOKENS, "temperature": 0,
+                "messages": [{"role": "user", "content": conflict[i]["prompt_with_context"]}],
+                "vllm_xargs": {"declab.method": "cad", "declab.alpha": ALPHA, "declab.contrast_prompt": contrast}}
+        r = requests.post(f"{server}/v1/chat/completions", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == offline["chat_cad"][i] != offline["chat_plain"][i], i
 
 
 def _stream_and_abort(base, body, keep_chunks=2) -> int:
@@ -97,9 +179,9 @@ def _stream_and_abort(base, body, keep_chunks=2) -> int:
     return got
 
 
-def test_concurrent_mixed_requests_with_aborts(server):
+def test_concurrent_mixed_requests_with_aborts(server, offline):
     conflict, leading = _items()
-    jobs = []  # (kind, body)
+    jobs = []  # (kind, body, offline answer)
     for i in range(N_CONCURRENT):
         c, q = conflict[i], leading[i]
         kind = ("plain", "cad", "lqcd")[i % 3]
@@ -108,12 +190,12 @@ def test_concurrent_mixed_requests_with_aborts(server):
         elif kind == "cad":
             body = _body(c["prompt_with_context"], _cad(c))
         else:
-            body = _body(q["leading_prompt"], {"declab.method": "lqcd", "declab.alpha": 0.5,
+            body = _body(q["leading_prompt"], {"declab.method": "lqcd", "declab.alpha": ALPHA,
                                                "declab.contrast_prompt": q["neutral_prompt"]})
-        jobs.append(("abort" if i % 4 == 3 else kind, body))
+        jobs.append(("abort" if i % 4 == 3 else kind, body, offline[kind][i]))
 
     def run(job):
-        kind, body = job
+        kind, body, _ = job
         if kind == "abort":
             return kind, _stream_and_abort(server, body)
         r = _post(server, body)
@@ -124,11 +206,13 @@ def test_concurrent_mixed_requests_with_aborts(server):
         results = list(pool.map(run, jobs))
     assert sum(1 for kind, _ in results if kind == "abort") == N_CONCURRENT // 4
 
-    # Every finished greedy output equals the same request run alone.
-    for (kind, body), (_, text) in zip(jobs, results):
+    # Every finished greedy output equals the offline engine's answer to the same request, and the contrast
+    # changed some of them (a server that dropped it would answer like plain greedy).
+    for (kind, body, expected), (_, text) in zip(jobs, results, strict=True):
         if kind != "abort":
-            alone = _post(server, body).json()["choices"][0]["text"]
-            assert text == alone, (kind, body["prompt"][:60])
+            assert text == expected, (kind, body["prompt"][:60])
+    cad_rows = [i for i, (kind, _, _) in enumerate(jobs) if kind == "cad"]
+    assert sum(offline["cad"][i] != offline["plain"][i] for i in cad_rows) >= 2
 
     # Aborted requests and their companions are gone and the KV cache is back to empty.
     for _ in range(60):

@@ -1,12 +1,10 @@
-"""Diverse Beam Search core (pure Python) on a toy deterministic bigram model; the HTTP adapter on a fake server."""
+"""Diverse Beam Search core (pure Python) on a toy deterministic bigram model (the HTTP adapter against a real server
+is in ``test_diverse_beam_engine.py``)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -70,7 +68,7 @@ def reference_beam_search(prompt, model, *, beam_width, max_tokens, eos, length_
             break
         outs = model([b[0] for b in beams])
         new = []
-        for (tokens, cum), lps in zip(beams, outs):
+        for (tokens, cum), lps in zip(beams, outs, strict=True):
             for tok, lp in lps.items():
                 cand = (tokens + [tok], cum + lp)
                 if tok == eos and not ignore_eos:
@@ -216,7 +214,7 @@ def test_batch_of_prompts_equals_separate_runs_with_one_call_per_step():
     batched_model = Bigram(12, 7, 8)
     batched = diverse_beam_search_batch(prompts, batched_model, **kw)
     assert len(batched_model.calls) == 5
-    for p, beams in zip(prompts, batched):
+    for p, beams in zip(prompts, batched, strict=True):
         assert as_triples(beams) == as_triples(diverse_beam_search(p, Bigram(12, 7, 8), **kw))
 
 
@@ -268,81 +266,16 @@ def test_spec_is_plain_data_and_declares_the_parameters():
 
 
 # ------------------------------------------------------------------------------------------------ HTTP adapter
+# Against a real ``declab serve`` in test_diverse_beam_engine.py; here only what a real server cannot show.
 
 
-class _FakeServer(BaseHTTPRequestHandler):
-    """Speaks the bits of vLLM's OpenAI server the HTTP adapter uses; the model is a Bigram."""
+def test_http_adapter_needs_an_eos_id_when_the_served_model_is_not_a_local_folder(monkeypatch):
+    from declab.plugins.diverse_beam import search
 
-    model: Bigram
-    requests: list = []
+    def served(url, payload, timeout, headers):
+        assert url.endswith("/v1/models") and payload is None
+        return {"data": [{"id": "toy", "root": "/nonexistent/toy"}]}
 
-    def log_message(self, *args):  # quiet
-        pass
-
-    def _send(self, code, obj):
-        body = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):  # /v1/models: a model that is not a local folder
-        self._send(200, {"data": [{"id": "toy", "root": "/nonexistent/toy"}]})
-
-    def do_POST(self):
-        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append((self.path, req))
-        if self.path == "/tokenize":
-            self._send(200, {"tokens": [1 + (ord(c) % 5) for c in req["prompt"]], "count": 0, "max_model_len": 99})
-        elif self.path == "/detokenize":
-            self._send(200, {"prompt": " ".join(map(str, req["tokens"]))})
-        elif self.path == "/v1/completions":
-            if req["logprobs"] > 20:
-                self._send(400, {"error": {"message": "Requested sample logprobs of 22, which is greater than "
-                                                      "max allowed: 20"}})
-                return
-            assert req["return_tokens_as_token_ids"] is True and req["max_tokens"] == 1
-            choices = []
-            for i, seq in enumerate(req["prompt"]):
-                top = self.model.top(seq[-1])
-                choices.append({"index": i, "finish_reason": "length",
-                                "logprobs": {"top_logprobs": [{f"token_id:{t}": lp for t, lp in top.items()}]}})
-            self._send(200, {"choices": choices[::-1]})  # any order: the adapter sorts by index
-        else:
-            self._send(404, {})
-
-
-@pytest.fixture
-def fake_server():
-    _FakeServer.model = Bigram(12, 5, 8)
-    _FakeServer.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeServer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", _FakeServer
-    server.shutdown()
-    server.server_close()
-
-
-def test_http_adapter_matches_the_core(fake_server):
-    url, handler = fake_server
-    kw = dict(beam_width=4, num_groups=2, diversity_penalty=0.6, max_tokens=5)
-    beams = diverse_beam_search_http(url + "/v1", "toy", "abc", eos_token_id=0, **kw)
-    prompt = [1 + (ord(c) % 5) for c in "abc"]
-    expected = diverse_beam_search(prompt, Bigram(12, 5, 8), eos_token_id=0, **kw)
-    assert as_triples(beams) == as_triples(expected)
-    assert [b.text for b in beams] == [" ".join(map(str, b.token_ids)) for b in expected]
-    steps = [r for p, r in handler.requests if p == "/v1/completions"]
-    assert len(steps) == 5 and all(r["logprobs"] == 8 for r in steps)
-
-
-def test_http_adapter_errors(fake_server):
-    url, _ = fake_server
-    kw = dict(num_groups=1, diversity_penalty=0.0, max_tokens=2)
-    with pytest.raises(ValueError, match="eos_token_id"):  # not a local model folder, no eos given
-        diverse_beam_search_http(url, "toy", [1, 2], beam_width=2, **kw)
-    with pytest.raises(ValueError, match="max allowed"):  # the server's 400 surfaces as ValueError
-        diverse_beam_search_http(url, "toy", [1, 2], beam_width=11, eos_token_id=0, **kw)
-    beams = diverse_beam_search_http(url, "toy", [1, 2], beam_width=2, ignore_eos=True, **kw)
-    assert len(beams) == 2
+    monkeypatch.setattr(search, "_request", served)
+    with pytest.raises(ValueError, match="eos_token_id"):
+        search._server_eos("http://127.0.0.1:9", "toy", 1.0, {})

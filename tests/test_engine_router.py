@@ -67,19 +67,19 @@ def mixed(router_engine):
 
 def test_plain_rows_in_a_mixed_batch_are_untouched(mixed, vanilla):
     base = vanilla("bench12")
-    vanilla_by_prompt = dict(zip(base["prompts"], base["token_ids"]))
-    plain = [(p, t) for p, t, k in zip(mixed["prompts"], mixed["token_ids"], mixed["kinds"]) if k == "plain"
-             and p in vanilla_by_prompt]
+    vanilla_by_prompt = dict(zip(base["prompts"], base["token_ids"], strict=True))
+    plain = [(p, t) for p, t, k in zip(mixed["prompts"], mixed["token_ids"], mixed["kinds"], strict=True)
+             if k == "plain" and p in vanilla_by_prompt]
     assert len(plain) >= 5
     for prompt, tokens in plain:
         assert tokens == vanilla_by_prompt[prompt], prompt
 
 
 def test_momentum_rows_change_and_repeat_less(mixed):
-    plain = [t for t, k in zip(mixed["token_ids"], mixed["kinds"]) if k == "plain"][:6]
-    mom = [t for t, k in zip(mixed["token_ids"], mixed["kinds"]) if k == "momentum"]
+    plain = [t for t, k in zip(mixed["token_ids"], mixed["kinds"], strict=True) if k == "plain"][:6]
+    mom = [t for t, k in zip(mixed["token_ids"], mixed["kinds"], strict=True) if k == "momentum"]
     assert len(plain) == len(mom) == 6
-    assert any(a != b for a, b in zip(plain, mom))
+    assert any(a != b for a, b in zip(plain, mom, strict=True))
     assert repetition_stats(mom)["rep_4"] < repetition_stats(plain)["rep_4"]
 
 

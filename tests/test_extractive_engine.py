@@ -83,9 +83,9 @@ def exact_extract_run(llm, n_items: int, n_brute: int) -> dict:
         if ids and ids[-1] in terminators:
             ids = ids[:-1]
         greedy_ids.append(ids)
-    greedy_not_span = [i for i, (ids, sam) in enumerate(zip(greedy_ids, automata)) if not sam.is_span(ids)]
+    greedy_not_span = [i for i, (ids, sam) in enumerate(zip(greedy_ids, automata, strict=True)) if not sam.is_span(ids)]
     greedy_text_not_in_passage = [
-        i for i, (o, p) in enumerate(zip(greedy, passages)) if first_line(o.outputs[0].text) not in p
+        i for i, (o, p) in enumerate(zip(greedy, passages, strict=True)) if first_line(o.outputs[0].text) not in p
     ]
 
     # 3. exact mode, all items in one interleaved search loop; terminated by EOS (the paper's definition, the token
@@ -98,7 +98,7 @@ def exact_extract_run(llm, n_items: int, n_brute: int) -> dict:
     for name, end in ends.items():
         rows_before, calls_before = scorer.stats.rows, scorer.stats.generate_calls
         t0 = time.perf_counter()
-        exact[name] = exact_extract_batch(llm, list(zip(prompts, passages)), scorer=scorer, end_id=end)
+        exact[name] = exact_extract_batch(llm, list(zip(prompts, passages, strict=True)), scorer=scorer, end_id=end)
         exact_stats[name] = {
             "wall_s": time.perf_counter() - t0,
             "generate_calls": scorer.stats.generate_calls - calls_before,
@@ -109,7 +109,7 @@ def exact_extract_run(llm, n_items: int, n_brute: int) -> dict:
     # Exact mode is the argmax, so its span scores at least as high as the greedy-mode span under the same
     # terminator (one batched scoring call for both terminators).
     jobs, owners = [], []
-    for i, (ids, sam) in enumerate(zip(greedy_ids, automata)):
+    for i, (ids, sam) in enumerate(zip(greedy_ids, automata, strict=True)):
         if ids and sam.is_span(ids) and not terminators & set(ids) and len(ids) <= 32:
             pid = scorer.prompt_ids(prompts[i])
             for k in range(len(ids) + 1):
@@ -143,10 +143,10 @@ def exact_extract_run(llm, n_items: int, n_brute: int) -> dict:
                 use_tqdm=False,
             )
             lps = []
-            for s, o in zip(cand, outs):
+            for s, o in zip(cand, outs, strict=True):
                 toks = s + [end]
                 plp = o.prompt_logprobs[-len(toks):]
-                lps.append(sum(d[t].logprob for d, t in zip(plp, toks)))
+                lps.append(sum(d[t].logprob for d, t in zip(plp, toks, strict=True)))
             brute_s = time.perf_counter() - t0
             best = max(range(len(cand)), key=lambda j: (lps[j], -j))
             # exact mode again on its own (no interleaving with other items), for a per-item wall time
@@ -213,7 +213,7 @@ def run(extractive_engine):
 
 
 def _share(answers, gold) -> float:
-    return sum(a == g for a, g in zip(answers, gold)) / len(gold)
+    return sum(a == g for a, g in zip(answers, gold, strict=True)) / len(gold)
 
 
 def _report(out) -> None:
@@ -249,7 +249,7 @@ def test_greedy_mode_answers_are_passage_spans(run):
 def test_exact_answers_are_spans_and_beat_greedy_mode(run):
     for answers in run["exact"].values():
         assert len(answers) == len(run["passages"]) == run["n_items"]
-        for ans, passage in zip(answers, run["passages"]):
+        for ans, passage in zip(answers, run["passages"], strict=True):
             assert ans and ans in passage
     for name, lps in run["greedy_logprob"].items():  # exact is the argmax, so it is >= the greedy-mode span
         assert len(lps) >= run["n_items"] // 2

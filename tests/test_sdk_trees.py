@@ -71,7 +71,6 @@ def test_tree_attention_on_a_chain_is_causal_attention():
 @pytest.mark.parametrize("isa", ["vec", "vec16"])
 @pytest.mark.parametrize("block_size", [16, 32, 128])
 def test_paged_context_reads_what_vllms_cpu_cache_writer_wrote(isa, block_size):
-    pytest.importorskip("vllm")
     from declab.integrations.sdk.tree_verification import check_cpu_cache_layout
 
     check_cpu_cache_layout(isa, num_kv_heads=2, head_size=32 if isa == "vec16" else 64, block_size=block_size)

@@ -42,10 +42,10 @@ def beam_searches(llm, n_prompts: int = 4, beam_width: int = 4, max_tokens: int 
     ref = llm.beam_search([{"prompt": p} for p in prompts],
                           BeamSearchParams(beam_width=beam_width, max_tokens=max_tokens))
     out["vllm_s"] = time.perf_counter() - t
-    out["vllm_prompt_prefix_ok"] = [list(s.tokens[: len(ids)]) == ids for o, ids in zip(ref, prompt_ids)
+    out["vllm_prompt_prefix_ok"] = [list(s.tokens[: len(ids)]) == ids for o, ids in zip(ref, prompt_ids, strict=True)
                                     for s in o.sequences]
     out["vllm"] = [[{"token_ids": list(s.tokens[len(ids):]), "cum_logprob": s.cum_logprob} for s in o.sequences]
-                   for o, ids in zip(ref, prompt_ids)]
+                   for o, ids in zip(ref, prompt_ids, strict=True)]
 
     def run(num_groups: int, penalty: float) -> dict:
         t = time.perf_counter()
