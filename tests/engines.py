@@ -96,10 +96,12 @@ class EngineProfile:
 
 @dataclass(frozen=True)
 class ServerProfile:
-    """A ``declab serve --plugins PLUGINS`` shared by the server tests that name its fixture ``<name>_server``."""
+    """A ``declab serve --plugins PLUGINS [-- VLLM_ARGS]`` shared by the server tests that name its fixture
+    ``<name>_server``."""
 
     name: str
     plugins: str
+    vllm_args: tuple[str, ...] = ()  # more `vllm serve` flags (e.g. a speculative config)
 
     @property
     def fixture(self) -> str:
@@ -217,7 +219,7 @@ class RunningServer:
         self.profile = profile
         self._stack = contextlib.ExitStack()
         self.url = self._stack.enter_context(declab_server(
-            profile.plugins, workdir / f"server-{profile.name}.log", env=dict(HOST_ENV_SERVER),
+            profile.plugins, workdir / f"server-{profile.name}.log", *profile.vllm_args, env=dict(HOST_ENV_SERVER),
             preexec_fn=die_with_parent(signal.SIGTERM)))
 
     def close(self) -> None:

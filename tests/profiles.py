@@ -8,8 +8,11 @@ here only when no existing one has the environment and engine kwargs they need.
 
 from __future__ import annotations
 
+import json
+
 from engines import EngineProfile, Reference, ServerProfile, greedy_run, sample_run
 
+from declab.integrations import registry
 from declab.integrations.prompts import CODE_PROMPTS, default_bench_prompts, spec_bench_prompts
 from declab.plugins.token_recycling.spec import PROPOSER_PATH
 
@@ -49,9 +52,15 @@ PROFILES: tuple[EngineProfile, ...] = (
                                  "max_num_seqs": 64}),
 )
 
+# Every discovered logits plugin on one server (the fuzz suite, tests/test_fuzz.py), and a proposer's server.
+FUZZ_LOGITS_PLUGINS = ",".join(n for n, s in registry.all_specs().items() if s.hook == registry.HOOK_LOGITS)
+
 SERVERS: tuple[ServerProfile, ...] = (
     ServerProfile("momentum", "momentum"),
     ServerProfile("contrastive", "cad,lqcd"),
+    ServerProfile("fuzz_logits", FUZZ_LOGITS_PLUGINS),
+    ServerProfile("fuzz_proposer", "token_recycling",
+                  ("--speculative-config", json.dumps(token_recycling(4)))),
 )
 
 
