@@ -42,6 +42,8 @@ def register() -> None:
         # Logits-level plugins implement the V1 runner's logits-processor interface. On GPU vLLM 0.32 may pick
         # Model Runner V2; prefer V1 unless the user chose explicitly (then the engine-args seam explains the clash).
         os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    else:  # no router: the request's declab arguments are validated by a seam of their own
+        needed.append("declab_args_admission")
     if any(s.logits is not None and s.logits.companions for s in specs):
         needed += ["prompt_rendering", "request_groups"]
     for s in specs:
