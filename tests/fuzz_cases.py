@@ -4,7 +4,8 @@ A case is one request a hostile but fair user could send: a plugin's ``declab`` 
 ``ParamSpec`` of its spec (a valid value, a borderline one, a value of the wrong type, or nothing), sometimes an
 unknown or wrongly capitalised key, combined with vLLM's own sampling options and an endpoint. Nothing here names a
 plugin: a new plugin is fuzzed from its ``PluginSpec`` alone. ``VALID_TEXT`` only helps string parameters whose
-valid values have a syntax (a grammar, a JSON Schema), so that enough cases get past admission and generate.
+valid values have a syntax (a grammar, a JSON Schema), so that enough cases get past admission and generate;
+``REFUSED_TEXT`` adds strings of the right type that must be refused all the same (an empty-language grammar).
 
 The oracle is the declaration itself: a case whose declab arguments a ``ParamSpec`` refuses (or that miss a required
 one, or carry an unknown key) is ``bad``: the request must be refused with a 4xx (offline: a ValueError) naming one
@@ -35,6 +36,15 @@ VALID_TEXT: dict[str, tuple[str, ...]] = {
     "passage": ("Mikagro Works is headquartered in Marrator.", "def fibonacci(n): return n", "a b c d e"),
     "stop": ("\n", ".", "Answer"),
     "namespace": ("", "run-1", "ns ü"),
+}
+# Strings of the right type that must still be refused (their syntax or content), by parameter name: the oracle adds
+# them to ``Case.bad`` (a declaration's types and ranges cannot say it).
+REFUSED_TEXT: dict[str, tuple[str, ...]] = {
+    "grammar": ('root ::= root "a"', 'root ::= a\na ::= b\nb ::= a', "root ::= [^\\x00-\\U0010FFFF]",
+                "root ::= ", 'root := "a"'),  # empty languages, then syntax errors
+    "json_schema": ("{", '{"type": "nope"}', "[]"),
+    "regex": ("(", "[z-a]"),
+    "passage": ("", "   "),
 }
 PLAIN_TEXT = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=24)
 
@@ -154,6 +164,7 @@ def borderline_value(spec: ParamSpec) -> st.SearchStrategy:
         edges += [str(c).upper() for c in spec.choices if isinstance(c, str)] + [f" {spec.choices[0]}"]
     if spec.max_length is not None:
         edges += ["x" * spec.max_length, "x" * (spec.max_length + 1)]
+    edges += REFUSED_TEXT.get(spec.name, ())
     return st.sampled_from(edges)
 
 
@@ -244,7 +255,7 @@ def declared_values(draw, params: tuple[ParamSpec, ...], prefix: str, fill_defau
             value, given = p.default, True
         if given:
             values[p.name] = value
-            if refuses(p, value):
+            if refuses(p, value) or (isinstance(value, str) and value in REFUSED_TEXT.get(p.name, ())):
                 bad.add(f"{prefix}.{p.name}")
                 if isinstance(value, bool):
                     tags.add("bool_as_number")
@@ -281,6 +292,8 @@ def plugin_cases(draw, spec: PluginSpec, endpoints: tuple[str, ...] = ("completi
         declab["method"] = draw(st.sampled_from((spec.name.upper(), "nope", "", 1, None)))
         if declab["method"] is None:
             del declab["method"]
+            if not declab:  # nothing left to send: a plain request
+                bad.discard("declab.method")
         tags.add("method")
         bad.add("declab.method")
     declab_key = "declab"

@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 from fuzz_cases import Case
 
+from declab.integrations import registry
+
 
 @dataclass
 class Outcome:
@@ -75,9 +77,15 @@ class Known:
     matches: Callable[[Case, Outcome, str], bool]
 
 
+def _bad_only(case: Case, why: Callable[[str, Any], bool]) -> bool:
+    """Every refused name of ``case`` is a declab parameter whose (name, value) ``why`` explains."""
+    names = [n.split(".", 1)[1] for n in case.bad]
+    return bool(case.bad) and all(n.startswith("declab.") for n in case.bad) and all(
+        name in case.declab and why(name, case.declab[name]) for name in names)
+
+
 def _bad_only_bools(case: Case) -> bool:
-    return bool(case.bad) and all(isinstance(case.declab.get(n.split(".", 1)[1]), bool) for n in case.bad
-                                  if n.startswith("declab."))
+    return _bad_only(case, lambda name, value: isinstance(value, bool))
 
 
 KNOWN: tuple[Known, ...] = (
@@ -87,14 +95,26 @@ KNOWN: tuple[Known, ...] = (
     Known("vllm-structured-outputs-with-allowed-token-ids-or-bad-words-5xx", "vLLM 0.32 (not declab)",
           lambda c, o, v: "structured" in c.tags and v.startswith("status 5")
           and ("allowed_token_ids" in c.sampling or "bad_words" in c.sampling)),
-    Known("structured-outputs-with-asap-or-extractive-5xx", "admission helper (issue #13)",
-          lambda c, o, v: c.plugin in ("asap", "extractive") and "structured" in c.tags and v.startswith("status 5")),
+    Known("structured-outputs-with-asap-gcd-or-extractive-5xx", "admission helper (issue #13)",
+          lambda c, o, v: c.plugin in ("asap", "gcd", "extractive") and "structured" in c.tags
+          and v.startswith("status 5")),
     Known("json-boolean-accepted-as-number-over-http", "admission helper (issue #13)",
           lambda c, o, v: v == "refused argument accepted" and o.error is None and _bad_only_bools(c)),
     Known("wrong-cased-declab-namespace-ignored", "admission helper (issue #13)",
           lambda c, o, v: v == "refused argument accepted" and "wrong_case_namespace" in c.tags),
+    Known("empty-language-grammar-accepted", "admission helper (issue #13)",
+          lambda c, o, v: v == "refused argument accepted" and c.plugin in ("asap", "gcd")
+          and _bad_only(c, lambda name, value: name == "grammar")),
+    Known("extractive-blank-passage-accepted", "admission helper (issue #13)",
+          lambda c, o, v: v == "refused argument accepted" and c.plugin == "extractive"
+          and _bad_only(c, lambda name, value: name == "passage" and isinstance(value, str) and not value.strip())),
     Known("grammar-plugins-override-vllm-constraints", "admission helper (issue #13)",
           lambda c, o, v: c.plugin in ("asap", "gcd") and v.endswith("not honoured")),
+    # Found by this suite: extractive forces its span's tokens whatever allowed_token_ids / min_tokens say (HTTP and
+    # offline). Not fixed here: the refusal belongs in extractive's check_sampling, next to the structured-outputs
+    # refusal the admission helper is adding to the same spec.
+    Known("extractive-overrides-vllm-constraints", "to do: extractive check_sampling (issue #13)",
+          lambda c, o, v: c.plugin == "extractive" and v.endswith("not honoured")),
     # Chat on a server started without a chat template (the bundled model has none yet; the test servers pass
     # examples/chat_template.jinja). Remove when the bundled model carries one.
     Known("chat-template-missing", "chat-template helper (issue #13)",
@@ -103,6 +123,27 @@ KNOWN: tuple[Known, ...] = (
     Known("offline-vllm-validation-error-is-not-a-ValueError", "admission helper (issue #13)",
           lambda c, o, v: o.error == "VLLMValidationError" and v.endswith("is not a ValueError")),
 )
+
+
+# Cases that kill the engine of a known bug: not sent (every later request would fail), counted as skipped. Remove
+# an entry when the fix merges.
+ENGINE_KILLERS: tuple[Known, ...] = (
+    # vLLM 0.32 on CPU, with speculative decoding (its own ngram proposer too, VLLM_PLUGINS=""): a sampled request
+    # (temperature > 0) with top_k > 0 kills the engine: rejection_sampler.apply_sampling_constraints ->
+    # apply_top_k_only -> k.max() on an empty tensor, RuntimeError in the worker, EngineDeadError, every later
+    # request HTTP 500. Reproducer: LLM(speculative_config={"method": "ngram", "num_speculative_tokens": 4,
+    # "prompt_lookup_max": 3}).generate(p, SamplingParams(temperature=0.7, top_k=5, max_tokens=3)).
+    Known("vllm-cpu-spec-decode-sampled-top-k-kills-engine", "vLLM 0.32 CPU (not declab); no fix yet",
+          lambda c, o, v: c.plugin in SPECULATIVE and isinstance(c.sampling.get("top_k"), int)
+          and not isinstance(c.sampling.get("top_k"), bool) and c.sampling["top_k"] > 0
+          and isinstance(c.sampling.get("temperature"), (int, float)) and c.sampling["temperature"] > 0),
+)
+# Plugins whose engine runs speculative decoding: the proposers.
+SPECULATIVE = tuple(n for n, s in registry.all_specs().items() if s.hook == registry.HOOK_PROPOSER)
+
+
+def engine_killer(case: Case) -> str | None:
+    return next((k.name for k in ENGINE_KILLERS if k.matches(case, Outcome(0), "")), None)
 
 
 def known_bug(case: Case, out: Outcome, violation: str) -> str | None:
@@ -122,6 +163,18 @@ class FuzzLog:
     failures: list[dict[str, Any]] = field(default_factory=list)
     known_examples: dict[str, dict[str, Any]] = field(default_factory=dict)
     reasons: collections.Counter = field(default_factory=collections.Counter)  # 4xx messages, first words
+    skipped: collections.Counter = field(default_factory=collections.Counter)  # ENGINE_KILLERS: not sent
+
+    def sendable(self, cases: list[Case]) -> list[Case]:
+        """``cases`` without those that would kill the engine (``ENGINE_KILLERS``), counted as skipped."""
+        out = []
+        for case in cases:
+            killer = engine_killer(case)
+            if killer is None:
+                out.append(case)
+            else:
+                self.skipped[killer] += 1
+        return out
 
     def record(self, case: Case, out: Outcome) -> None:
         self.cases += 1
@@ -141,6 +194,7 @@ class FuzzLog:
     def summary(self) -> dict[str, Any]:
         return {"channel": self.channel, "plugin": self.plugin, "cases": self.cases, "batches": self.batches,
                 "statuses": dict(sorted(self.statuses.items())), "known": dict(self.known),
+                "skipped_engine_killers": dict(self.skipped),
                 "known_examples": self.known_examples, "failures": self.failures[:50],
                 "top_refusals": dict(self.reasons.most_common(25)),
                 "failure_count": len(self.failures)}
@@ -178,7 +232,7 @@ class FuzzReport:
             "cpus": os.cpu_count(), "cases_per_plugin": per_plugin,
             "total_cases": sum(e.cases for e in self.logs),
             "failures": sum(len(e.failures) for e in self.logs),
-            "known_bugs": {k.name: k.fix for k in KNOWN},
+            "known_bugs": {k.name: k.fix for k in KNOWN + ENGINE_KILLERS},
             "runs": [e.summary() for e in self.logs],
         }
         out = Path(path)

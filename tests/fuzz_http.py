@@ -80,6 +80,7 @@ def check_alive(base: str) -> None:
 
 
 def run_batch(base: str, cases: list[Case], log: FuzzLog, threads: int = 16) -> None:
+    cases = log.sendable(cases)
     with ThreadPoolExecutor(threads) as pool:
         outcomes = list(pool.map(lambda c: send(base, c), cases))
     for case, out in zip(cases, outcomes):
