@@ -204,6 +204,19 @@ class FuzzLog:
                                    + "\n".join(json.dumps(f, default=repr) for f in self.failures[:10]))
 
 
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=10, cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
+
+
 class FuzzReport:
     """The session's fuzz logs; written as JSON to ``DECLAB_FUZZ_REPORT`` (a path) when it is set."""
 
@@ -228,7 +241,7 @@ class FuzzReport:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": os.environ.get("DECLAB_FUZZ_COMMAND") or " ".join([Path(sys.executable).name, *sys.argv]),
             "cases_per_plugin_requested": int(os.environ.get("DECLAB_FUZZ_CASES", 0)) or None,
-            "vllm_version": vllm.__version__, "python": platform.python_version(), "machine": platform.machine(),
+            "commit": _git_commit(), "vllm_version": vllm.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "cpus": os.cpu_count(), "cases_per_plugin": per_plugin,
             "total_cases": sum(e.cases for e in self.logs),
             "failures": sum(len(e.failures) for e in self.logs),
