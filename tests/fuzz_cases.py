@@ -290,12 +290,12 @@ def plugin_cases(draw, spec: PluginSpec, endpoints: tuple[str, ...] = ("completi
         tags.add("wrong_case_key")
     elif extra == 2:  # the method itself: wrongly capitalised, unknown, of the wrong type or missing
         declab["method"] = draw(st.sampled_from((spec.name.upper(), "nope", "", 1, None)))
+        tags.add("method")
+        bad.add("declab.method")
         if declab["method"] is None:
             del declab["method"]
             if not declab:  # nothing left to send: a plain request
                 bad.discard("declab.method")
-        tags.add("method")
-        bad.add("declab.method")
     declab_key = "declab"
     if declab and hostile and rnd.random() < 0.1:  # the namespace wrongly capitalised: not to be silently ignored
         declab_key = draw(st.sampled_from(("Declab", "DECLAB", "declaB")))
