@@ -5,7 +5,7 @@ ValueError) names a parameter the case sent, arguments the declaration refuses a
 engine) still answers ``/health`` and a plain request after every batch. Known bugs being fixed elsewhere are
 counted, not failed (``fuzz_checks.KNOWN``).
 
-Size: ``DECLAB_FUZZ_CASES`` cases per plugin and channel (unset, as in ``make test``: one batch per plugin and
+Size: ``DECLAB_FUZZ_CASES`` cases per plugin and channel (unset, as in ``make test``: a few batches per plugin and
 channel, and the proposer's server is not started; its requests are fuzzed offline). The full run::
 
     make fuzz        # DECLAB_FUZZ_CASES=1000, report in measurements/fuzz-<date>.json
@@ -30,8 +30,8 @@ from declab.integrations import registry
 from declab.integrations.sdk.runtime import check_engine_config_section
 from declab.integrations.sdk.spec import load_object
 
-HTTP_CASES = case_budget(16)  # per plugin; make test: one batch each
-OFFLINE_CASES = case_budget(8)
+HTTP_CASES = case_budget(48)  # per plugin; make test: three batches (hypothesis draws its simplest batch first)
+OFFLINE_CASES = case_budget(16)
 SETTINGS_CASES = case_budget(200)  # no engine: cheap
 BATCH = 16
 SEED = int(os.environ.get("DECLAB_FUZZ_SEED", "13"))
