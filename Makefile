@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.declab-installed
 
-.PHONY: install demo test test-fast list clean
+.PHONY: install demo test test-fast fuzz list clean
 
 install: $(STAMP)
 
@@ -28,6 +28,13 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -ra -m core --durations=10 tests
+
+# The fuzz suite at full size (tests/test_fuzz.py): FUZZ_CASES generated cases per plugin and channel (HTTP,
+# offline), summary report in measurements/. `make test` runs the same suite at one batch per plugin.
+FUZZ_CASES ?= 1000
+fuzz: install
+	DECLAB_FUZZ_CASES=$(FUZZ_CASES) DECLAB_FUZZ_REPORT=measurements/fuzz-$$(date -u +%Y-%m-%d).json \
+	DECLAB_FUZZ_COMMAND="make fuzz FUZZ_CASES=$(FUZZ_CASES)" $(PY) -m pytest -q -ra --durations=30 tests/test_fuzz.py
 
 list: install
 	$(VENV)/bin/declab list

@@ -51,6 +51,8 @@ def register() -> None:
         os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
         # Their per-request arguments keep their JSON types over HTTP (booleans are not narrowed to 0 / 1).
         needed += ["xargs_json_types_completion", "xargs_json_types_chat"]
+    else:  # no router: the request's declab arguments are validated by a seam of their own
+        needed.append("declab_args_admission")
     if any(s.logits is not None or s.proposer is not None for s in specs):
         needed.append("declab_stat_logger")  # declab:* metrics on /metrics (integrations/stat_logger.py)
     if any(s.logits is not None and s.logits.companions for s in specs):

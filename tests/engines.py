@@ -91,7 +91,8 @@ class EngineProfile:
 
 @dataclass(frozen=True)
 class ServerProfile:
-    """A ``declab serve --plugins PLUGINS`` shared by the server tests that name its fixture ``<name>_server``."""
+    """A ``declab serve --plugins PLUGINS [-- VLLM_ARGS]`` shared by the server tests that name its fixture
+    ``<name>_server``."""
 
     name: str
     plugins: str

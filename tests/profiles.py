@@ -8,8 +8,11 @@ here only when no existing one has the environment and engine kwargs they need.
 
 from __future__ import annotations
 
+import json
+
 from engines import EngineProfile, Reference, ServerProfile, greedy_run, sample_run
 
+from declab.integrations import registry
 from declab.integrations.prompts import CODE_PROMPTS, default_bench_prompts, spec_bench_prompts
 from declab.plugins.token_recycling.spec import PROPOSER_PATH
 
@@ -31,9 +34,12 @@ def tensor_parallel(profile: EngineProfile, size: int = 2) -> EngineProfile:
 SEEDED_CHUNKED_BUDGET = 128  # tokens per step of the seeded_chunked engine
 TR_TREE = '{"mode": "tree"}'  # DECLAB_TOKEN_RECYCLING: the paper's 80-node tree, verified inside the engine
 
+# Every discovered logits-level plugin (a new plugin joins without editing this file).
+ALL_LOGITS_PLUGINS = ",".join(n for n, s in registry.all_specs().items() if s.hook == registry.HOOK_LOGITS)
+
 # Scale-out (tests/test_scale_out.py): every logits-level plugin on one engine (extractive's exact mode needs all
 # log-probs), on one worker and on two tensor-parallel workers; Token Recycling chain and tree on two workers.
-ALL_LOGITS = EngineProfile("all_logits", plugins="momentum,extractive,asap,gcd,cad,lqcd,m3id",
+ALL_LOGITS = EngineProfile("all_logits", plugins=ALL_LOGITS_PLUGINS,
                            engine_kwargs={"max_logprobs": -1, "block_size": 32})
 TR_CHAIN = EngineProfile("tr_chain", plugins="token_recycling",
                          engine_kwargs={"speculative_config": token_recycling(6), "disable_log_stats": False})
@@ -73,12 +79,15 @@ PROFILES: tuple[EngineProfile, ...] = (
 SERVERS: tuple[ServerProfile, ...] = (
     ServerProfile("momentum", "momentum"),
     ServerProfile("contrastive", "cad,lqcd"),
-    # The token-choosing methods side by side: admission regressions of issue #13 (test_admission_regressions.py).
-    ServerProfile("grammar_mixed", "asap,gcd,extractive,momentum"),
     # Two engine cores (one core each) with the plugins and settings of ALL_LOGITS (tests/test_scale_out.py).
     ServerProfile("dp2", ALL_LOGITS.plugins, args=("--data-parallel-size", "2", "--block-size", "32",
                                                    "--max-logprobs", "-1"),
                   env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"}),
+    # Every discovered logits plugin on one server: the fuzz suite (tests/test_fuzz.py) and the admission
+    # regressions of issue #13 (tests/test_admission_regressions.py).
+    ServerProfile("all_logits", ALL_LOGITS_PLUGINS),
+    ServerProfile("fuzz_proposer", "token_recycling",
+                  args=("--speculative-config", json.dumps(token_recycling(4)))),
 )
 
 

@@ -25,9 +25,9 @@ STRUCTURED = {
 
 
 @pytest.fixture
-def server(grammar_mixed_server):
+def server(all_logits_server):
     """``declab serve --plugins asap,gcd,extractive,momentum`` (profiles.SERVERS)."""
-    return grammar_mixed_server
+    return all_logits_server
 
 
 def _post(base, path="completions", **extra):
