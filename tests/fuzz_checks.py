@@ -95,33 +95,6 @@ KNOWN: tuple[Known, ...] = (
     Known("vllm-structured-outputs-with-allowed-token-ids-or-bad-words-5xx", "vLLM 0.32 (not declab)",
           lambda c, o, v: "structured" in c.tags and v.startswith("status 5")
           and ("allowed_token_ids" in c.sampling or "bad_words" in c.sampling)),
-    Known("structured-outputs-with-asap-gcd-or-extractive-5xx", "admission helper (issue #13)",
-          lambda c, o, v: c.plugin in ("asap", "gcd", "extractive") and "structured" in c.tags
-          and v.startswith("status 5")),
-    Known("json-boolean-accepted-as-number-over-http", "admission helper (issue #13)",
-          lambda c, o, v: v == "refused argument accepted" and o.error is None and _bad_only_bools(c)),
-    Known("wrong-cased-declab-namespace-ignored", "admission helper (issue #13)",
-          lambda c, o, v: v == "refused argument accepted" and "wrong_case_namespace" in c.tags),
-    Known("empty-language-grammar-accepted", "admission helper (issue #13)",
-          lambda c, o, v: v == "refused argument accepted" and c.plugin in ("asap", "gcd")
-          and _bad_only(c, lambda name, value: name == "grammar")),
-    Known("extractive-blank-passage-accepted", "admission helper (issue #13)",
-          lambda c, o, v: v == "refused argument accepted" and c.plugin == "extractive"
-          and _bad_only(c, lambda name, value: name == "passage" and isinstance(value, str) and not value.strip())),
-    Known("grammar-plugins-override-vllm-constraints", "admission helper (issue #13)",
-          lambda c, o, v: c.plugin in ("asap", "gcd") and v.endswith("not honoured")),
-    # Found by this suite: extractive forces its span's tokens whatever allowed_token_ids / min_tokens say (HTTP and
-    # offline). Not fixed here: the refusal belongs in extractive's check_sampling, next to the structured-outputs
-    # refusal the admission helper is adding to the same spec.
-    Known("extractive-overrides-vllm-constraints", "to do: extractive check_sampling (issue #13)",
-          lambda c, o, v: c.plugin == "extractive" and v.endswith("not honoured")),
-    # Chat on a server started without a chat template (the bundled model has none yet; the test servers pass
-    # examples/chat_template.jinja). Remove when the bundled model carries one.
-    Known("chat-template-missing", "chat-template helper (issue #13)",
-          lambda c, o, v: c.endpoint == "chat" and "chat template" in o.message.lower()
-          and v == "error does not name a parameter"),
-    Known("offline-vllm-validation-error-is-not-a-ValueError", "admission helper (issue #13)",
-          lambda c, o, v: o.error == "VLLMValidationError" and v.endswith("is not a ValueError")),
 )
 
 

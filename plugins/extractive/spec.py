@@ -47,12 +47,15 @@ SPEC = PluginSpec(
         ),
     ),
     # A structured output masks the row before the span constraint and must accept the token after it: where they
-    # disagree the engine terminated the request (HTTP 500).
+    # disagree the engine terminated the request (HTTP 500). allowed_token_ids / bad_words mask the row before it too:
+    # where they leave no span token, the span constraint forces EOS (an empty answer), and a forced EOS overrides
+    # min_tokens (all three found by the fuzz suite: 200 with tokens outside allowed_token_ids or fewer than
+    # min_tokens).
     logits=LogitsHook(row_processor="declab.plugins.extractive.core:ExtractiveProcessor",
                       validate="declab.plugins.extractive.spec:validate_request",
-                      refused_options=("structured_outputs",),
-                      refused_reason="the answer is a span of the passage; a second grammar over it can leave no "
-                                     "token that satisfies both"),
+                      refused_options=("structured_outputs", "allowed_token_ids", "bad_words", "min_tokens"),
+                      refused_reason="the answer is a span of the passage; a second restriction over it can leave "
+                                     "no token that satisfies both, and the span ends where the passage allows"),
 )
 
 
