@@ -17,7 +17,8 @@ __all__ = ["DeclabPatch", "PatchConflict", "registry", "VLLM_FIXES"]
 
 # Fixes of vLLM bugs that are no plugin's own: the entry point applies them whenever any plugin is selected (each
 # patch's ``applies()`` still decides whether it is relevant on this platform).
-VLLM_FIXES: tuple[str, ...] = ("seeded_chunked_prefill_cpu", "lone_surrogate_strings")
+VLLM_FIXES: tuple[str, ...] = (
+    "seeded_chunked_prefill_cpu", "lone_surrogate_strings", "cpu_expand_kernel", "spec_decode_top_k_cpu")
 
 
 @lru_cache(maxsize=1)

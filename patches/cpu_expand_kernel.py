@@ -1,17 +1,19 @@
-"""Fix vLLM 0.32's CPU fallback of the rejection sampler's ``expand_kernel`` for float outputs.
+"""Fix vLLM 0.32's CPU fallback of the rejection sampler's ``expand_kernel`` for float and int32 outputs.
 
 Why: on CPU (no Triton) vLLM registers ``vllm.utils.cpu_triton_utils._expand_kernel_impl`` as the implementation of
-``vllm.v1.sample.rejection_sampler.expand_kernel``. It passes ``_ensure_int64(output)``, which for a float32 output
-is a *converted copy*: the C++ kernel writes into the copy and the real output stays uninitialised. The rejection
-sampler uses this kernel to expand per-request temperature (and top-p) to one value per draft token, so under
-speculative decoding every non-greedy request is verified against garbage temperatures: acceptance collapses and the
-output distribution is wrong (greedy requests return early and are unaffected). See
+``vllm.v1.sample.rejection_sampler.expand_kernel``. It passes ``_ensure_int64(output)``, which for any output but
+int64 is a *converted copy*: the C++ kernel writes into the copy and the real output stays uninitialised. The
+rejection sampler uses this kernel to expand per-request temperature, top-p (float32) and top-k (int32) to one value
+per draft token, so under speculative decoding every non-greedy request is verified against garbage temperatures:
+acceptance collapses and the output distribution is wrong (greedy requests return early and are unaffected); a
+top-k request gets garbage ``k`` per draft (a wrong mask, or an out-of-range index that kills the worker). See
 ``../shared/docs/vllm-0.32-hooks.md`` (CPU bug) and ``tests/test_cpu_expand_kernel.py``, which fails without it.
 
-How: replaces the module attribute ``_expand_kernel_impl`` with a dtype-preserving version (float outputs are
-filled with ``repeat_interleave`` in torch; integer outputs still go to the original C++ kernel). It must be in
-place before ``CpuPlatform.register_triton_kernel_overrides`` reads the attribute; the worker loads general plugins
-(and so applies this patch) just before that call (``v1/worker/worker_base.py``).
+How: replaces the module attribute ``_expand_kernel_impl`` with a dtype-preserving version (float and int32
+outputs are filled with ``repeat_interleave`` in torch; int64 outputs, which the C++ kernel writes in place, still go
+to it). It must be in place before ``CpuPlatform.register_triton_kernel_overrides`` reads the attribute; the worker
+loads general plugins (and so applies this patch) just before that call (``v1/worker/worker_base.py``). Applied on
+CPU only, whenever any declab plugin is selected (``VLLM_FIXES``; Token Recycling also declares it).
 
 vLLM version: 0.32.0 (CPU build, ``vllm/utils/cpu_triton_utils.py``).
 
@@ -43,7 +45,7 @@ class CpuExpandKernelPatch(DeclabPatch):
         original = target._expand_kernel_impl
 
         def _expand_kernel_impl(output, input_val, cu_num_tokens, replace_from, replace_to, MAX_NUM_TOKENS=None):
-            if not output.dtype.is_floating_point:
+            if output.dtype == torch.int64:  # the only dtype the C++ kernel writes in place
                 return original(output, input_val, cu_num_tokens, replace_from, replace_to, MAX_NUM_TOKENS)
             ends = cu_num_tokens.to(torch.long)
             counts = torch.diff(ends, prepend=ends.new_zeros(1))

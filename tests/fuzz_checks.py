@@ -101,15 +101,8 @@ KNOWN: tuple[Known, ...] = (
 # Cases that kill the engine of a known bug: not sent (every later request would fail), counted as skipped. Remove
 # an entry when the fix merges.
 ENGINE_KILLERS: tuple[Known, ...] = (
-    # vLLM 0.32 on CPU, with speculative decoding (its own ngram proposer too, VLLM_PLUGINS=""): a sampled request
-    # (temperature > 0) with top_k > 0 kills the engine: rejection_sampler.apply_sampling_constraints ->
-    # apply_top_k_only -> k.max() on an empty tensor, RuntimeError in the worker, EngineDeadError, every later
-    # request HTTP 500. Reproducer: LLM(speculative_config={"method": "ngram", "num_speculative_tokens": 4,
-    # "prompt_lookup_max": 3}).generate(p, SamplingParams(temperature=0.7, top_k=5, max_tokens=3)).
-    Known("vllm-cpu-spec-decode-sampled-top-k-kills-engine", "vLLM 0.32 CPU (not declab); no fix yet",
-          lambda c, o, v: c.plugin in SPECULATIVE and isinstance(c.sampling.get("top_k"), int)
-          and not isinstance(c.sampling.get("top_k"), bool) and c.sampling["top_k"] > 0
-          and isinstance(c.sampling.get("temperature"), (int, float)) and c.sampling["temperature"] > 0),
+    # (none known: vLLM's CPU spec decoding with a sampled top_k request is fixed by patches/spec_decode_top_k_cpu.py
+    # and patches/cpu_expand_kernel.py, VLLM_FIXES; tests/test_spec_decode_top_k.py)
 )
 # Plugins whose engine runs speculative decoding: the proposers.
 SPECULATIVE = tuple(n for n, s in registry.all_specs().items() if s.hook == registry.HOOK_PROPOSER)
