@@ -42,7 +42,11 @@ class Outcome:
 
 def _named(case: Case, message: str) -> bool:
     text = message.lower()
-    return any(name.lower() in text for name in case.names)
+    if any(name.lower() in text for name in case.names):
+        return True
+    # Offline, a wrongly capitalised namespace is one key of extra_args ({"Declab": {...}}): the error names that key,
+    # as sent (compared case-sensitively: "declab" alone is in most messages).
+    return "wrong_case_namespace" in case.tags and f"{case.declab_key} " in message
 
 
 def violations(case: Case, out: Outcome) -> list[str]:
