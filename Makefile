@@ -33,7 +33,7 @@ test-fast: install
 # offline), summary report in measurements/. `make test` runs the same suite at one batch per plugin.
 FUZZ_CASES ?= 1000
 fuzz: install
-	DECLAB_FUZZ_CASES=$(FUZZ_CASES) DECLAB_FUZZ_REPORT=measurements/fuzz-$$(date -u +%Y-%m-%d).json \
+	DECLAB_FUZZ_CASES=$(FUZZ_CASES) DECLAB_FUZZ_REPORT=measurements/fuzz.json \
 	DECLAB_FUZZ_COMMAND="make fuzz FUZZ_CASES=$(FUZZ_CASES)" $(PY) -m pytest -q -ra --durations=30 tests/test_fuzz.py
 
 list: install

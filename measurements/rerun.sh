@@ -22,6 +22,8 @@ COMMANDS=(
   "declab bench diverse-beam --out plugins/diverse_beam/measurements"
   "declab bench degeneration --prompts 16 --max-tokens 128 --repeats 2 --latency-prompts 2 --out plugins/momentum/measurements"
   "declab bench grammar --kl-n 300 --checkpoints 100,300 --limit 1 --backends xgrammar,gcd,asap --budget-requests 200 --out plugins/asap/measurements"
+  # the fuzz suite at full size (issue #13): measurements/fuzz.json
+  "make fuzz FUZZ_CASES=1000"
   # the README's main job
   "declab demo --out measurements/demo"
 )

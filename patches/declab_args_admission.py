@@ -2,7 +2,7 @@
 
 Why: a request's ``declab`` arguments are validated by the logits-processor router's ``validate_params`` at
 admission, and the router is attached only when a logits plugin is selected. With only a proposer (or a search loop)
-selected, ``{"declab.method": "token_recycling"}`` or ``{"declab.method": "momentum"}`` was accepted and silently
+selected, ``{"declab.method": <the proposer's name>}`` or the name of a logits plugin was accepted and silently
 ignored (HTTP 200; found by the fuzz suite, ``tests/test_fuzz.py``), where the docs promise a 400 naming the
 parameter for a method that is not a per-request method or not enabled.
 

@@ -13,11 +13,8 @@ failing the test; remove the entry when the fix merges (the suite then checks th
 from __future__ import annotations
 
 import collections
-import datetime
 import json
 import os
-import platform
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -191,7 +188,10 @@ class FuzzReport:
     """The session's fuzz logs; written as JSON to ``DECLAB_FUZZ_REPORT`` (a path) when it is set."""
 
     def __init__(self) -> None:
+        from declab.integrations.sdk.bench import load_average
+
         self.logs: list[FuzzLog] = []
+        self.load_at_start = load_average()
 
     def log(self, channel: str, plugin: str) -> FuzzLog:
         entry = FuzzLog(channel, plugin)
@@ -202,17 +202,18 @@ class FuzzReport:
         path = path or os.environ.get("DECLAB_FUZZ_REPORT")
         if not path or not self.logs:
             return None
-        import vllm
+        from declab.integrations.sdk.bench import provenance
 
         per_plugin: dict[str, dict[str, int]] = collections.defaultdict(dict)
         for entry in self.logs:
             per_plugin[entry.plugin][entry.channel] = entry.cases
+        made_by = provenance(self.load_at_start)
+        made_by["command"] = os.environ.get("DECLAB_FUZZ_COMMAND") or made_by["command"]
+        made_by["commit"] = _git_commit()
         report = {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": os.environ.get("DECLAB_FUZZ_COMMAND") or " ".join([Path(sys.executable).name, *sys.argv]),
+            "provenance": made_by,
             "cases_per_plugin_requested": int(os.environ.get("DECLAB_FUZZ_CASES", 0)) or None,
-            "commit": _git_commit(), "vllm_version": vllm.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "cpus": os.cpu_count(), "cases_per_plugin": per_plugin,
+            "cases_per_plugin": per_plugin,
             "total_cases": sum(e.cases for e in self.logs),
             "failures": sum(len(e.failures) for e in self.logs),
             "known_bugs": {k.name: k.fix for k in KNOWN + ENGINE_KILLERS},

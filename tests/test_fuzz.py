@@ -8,7 +8,7 @@ counted, not failed (``fuzz_checks.KNOWN``).
 Size: ``DECLAB_FUZZ_CASES`` cases per plugin and channel (unset, as in ``make test``: a few batches per plugin and
 channel, and the proposer's server is not started; its requests are fuzzed offline). The full run::
 
-    make fuzz        # DECLAB_FUZZ_CASES=1000, report in measurements/fuzz-<date>.json
+    make fuzz        # DECLAB_FUZZ_CASES=1000, report in measurements/fuzz.json
 
 ``DECLAB_FUZZ_REPORT=PATH`` writes the summary report of any run; ``DECLAB_FUZZ_SEED`` changes the draws.
 """
