@@ -146,7 +146,7 @@ class ChildCall:
         lifetime_env = {lifetime.ENV: "1", OWNED_DIR_ENV: str(folder)}
         self.proc = subprocess.Popen(argv, env=child_env({**(env or {}), **lifetime_env}), stdout=self._log,
                                      stderr=subprocess.STDOUT if self._log else None, start_new_session=True,
-                                     preexec_fn=functools.partial(lifetime.die_with_parent, os.getpid())
+                                     preexec_fn=functools.partial(_hold_sigterm_and_die_with_parent, os.getpid())
                                      if lifetime.supported() else None)
         self.pid = self.proc.pid  # == the process group id (start_new_session)
 
@@ -331,6 +331,14 @@ def _run_calls(llm, spec: RunSpec) -> list[dict[str, Any]]:
     return out
 
 
+def _hold_sigterm_and_die_with_parent(parent_pid: int) -> None:
+    """In the child between fork and exec: ``SIGTERM`` is blocked (the mask survives exec) until ``_main`` has put its
+    handler in place, so a parent killed while the child's Python starts still gets its folder removed (the signal
+    waits instead of killing the child outright); then the child is armed against its parent's death."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    lifetime.die_with_parent(parent_pid)
+
+
 def _remove_when_terminated(folder: Path) -> None:
     """On ``SIGTERM`` (from the parent, or ``PR_SET_PDEATHSIG`` when the parent died) remove ``folder``, then die of
     the signal. Processes forked before vLLM sets its own handlers inherit this one: they only die."""
@@ -355,6 +363,7 @@ def _main(argv: list[str]) -> int:
     lifetime.arm_if_requested()  # the engine core and workers vLLM forks here die with this process
     if os.environ.get(OWNED_DIR_ENV):
         _remove_when_terminated(Path(os.environ[OWNED_DIR_ENV]))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # held since fork (_hold_sigterm_and_die_with_parent)
 
     target, payload_path, result_path = argv[1:]
     result = load_object(target)(json.loads(Path(payload_path).read_text()))
