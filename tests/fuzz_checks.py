@@ -171,7 +171,9 @@ class FuzzLog:
                 "top_refusals": dict(self.reasons.most_common(25)),
                 "failure_count": len(self.failures)}
 
-    def assert_clean(self) -> None:
+    def assert_clean(self, min_cases: int) -> None:
+        """At least ``min_cases`` cases were sent or counted as engine killers, and none broke a property."""
+        assert self.cases + sum(self.skipped.values()) >= min_cases, (self.channel, self.plugin, self.cases)
         assert not self.failures, (f"{len(self.failures)} fuzz failures ({self.channel}, {self.plugin}):\n"
                                    + "\n".join(json.dumps(f, default=repr) for f in self.failures[:10]))
 

@@ -97,8 +97,7 @@ def _per_engine(plugins: list[str], test) -> dict[str, object]:
 def test_http_logits_plugin(all_logits_server, plugin):
     log = REPORT.log("http", plugin)
     fuzz(plugin_cases(SPECS[plugin]), HTTP_CASES, lambda cases: run_batch(all_logits_server, cases, log))
-    assert log.cases + sum(log.skipped.values()) >= HTTP_CASES
-    log.assert_clean()
+    log.assert_clean(HTTP_CASES)
 
 
 @pytest.mark.skipif("DECLAB_FUZZ_CASES" not in os.environ,
@@ -108,8 +107,7 @@ def test_http_logits_plugin(all_logits_server, plugin):
 def test_http_proposer_server(fuzz_proposer_server, plugin):
     log = REPORT.log("http", plugin)
     fuzz(plugin_cases(SPECS[plugin]), HTTP_CASES, lambda cases: run_batch(fuzz_proposer_server, cases, log))
-    assert log.cases + sum(log.skipped.values()) >= HTTP_CASES
-    log.assert_clean()
+    log.assert_clean(HTTP_CASES)
 
 
 @pytest.mark.parametrize("plugin", SEARCHES)
@@ -124,8 +122,7 @@ def test_http_search_loop(all_logits_server, plugin):
         log.batches += 1
 
     fuzz(search_cases(SPECS[plugin]), HTTP_CASES, run)
-    assert log.cases + sum(log.skipped.values()) >= HTTP_CASES
-    log.assert_clean()
+    log.assert_clean(HTTP_CASES)
 
 
 def _call(fn) -> Outcome:
@@ -206,8 +203,7 @@ def _offline_run(handle, log: FuzzLog):
 def offline_plugin(request, plugin, fixture):
     log = REPORT.log("offline", plugin)
     fuzz(plugin_cases(SPECS[plugin]), OFFLINE_CASES, _offline_run(request.getfixturevalue(fixture), log), batch=8)
-    assert log.cases + sum(log.skipped.values()) >= OFFLINE_CASES
-    log.assert_clean()
+    log.assert_clean(OFFLINE_CASES)
 
 
 globals().update(_per_engine(LOGITS + PROPOSERS, offline_plugin))
@@ -243,8 +239,7 @@ def offline_search_loop(request, plugin, fixture):
         assert alive, "the engine no longer generates after a batch"
 
     fuzz(search_cases(SPECS[plugin]), OFFLINE_CASES, run, batch=8)
-    assert log.cases + sum(log.skipped.values()) >= OFFLINE_CASES
-    log.assert_clean()
+    log.assert_clean(OFFLINE_CASES)
 
 
 globals().update(_per_engine(SEARCHES, offline_search_loop))
@@ -267,5 +262,4 @@ def test_engine_settings(plugin):
         log.batches += 1
 
     fuzz(settings_cases(SPECS[plugin]), SETTINGS_CASES, run, batch=50)
-    assert log.cases >= SETTINGS_CASES
-    log.assert_clean()
+    log.assert_clean(SETTINGS_CASES)
