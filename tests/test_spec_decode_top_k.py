@@ -54,9 +54,11 @@ def top_k_requests(llm, prompts: tuple[str, ...], max_tokens: int) -> dict:
     greedy = SamplingParams(temperature=0.0, max_tokens=max_tokens)
     # top_k=1 at temperature 1: the verifier's target distribution is one-hot on the argmax, so with the top-k mask
     # really applied to the draft tokens the output is the greedy one (a garbage k breaks that, or the engine).
+    # Sampled rows ignore EOS: a sampled end of text is legitimate but would make the length checks flaky (CI saw
+    # a top_k=5 row stop early).
     top_1 = SamplingParams(temperature=1.0, top_k=1, max_tokens=max_tokens)
-    top_5 = SamplingParams(temperature=0.7, top_k=5, max_tokens=max_tokens, logprobs=0)
-    free = SamplingParams(temperature=0.8, max_tokens=max_tokens)
+    top_5 = SamplingParams(temperature=0.7, top_k=5, max_tokens=max_tokens, logprobs=0, ignore_eos=True)
+    free = SamplingParams(temperature=0.8, max_tokens=max_tokens, ignore_eos=True)
 
     def run(batch: list[tuple[str, SamplingParams]]) -> dict:
         before = spec_counters(llm)
