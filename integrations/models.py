@@ -26,6 +26,20 @@ def fixture_model() -> Path | None:
     return path if path and (path / "config.json").is_file() else None
 
 
+def default_draft_model() -> str | None:
+    """The draft model folder a draft-model proposer uses when its ``draft_model`` setting is empty:
+    ``DECLAB_DRAFT_MODEL``, else the shared fixture ``fixtures/draft-5m``, else None. (The package cannot bundle a
+    draft: its tracked files must stay under 64 MiB and decoder-29m takes 59 MB.)"""
+    from declab.integrations.sdk.draft_settings import DRAFT_MODEL_ENV
+
+    env = os.environ.get(DRAFT_MODEL_ENV, "").strip()
+    if env:
+        return env
+    shared = shared_dir()
+    path = shared / "fixtures" / "draft-5m" if shared else None
+    return str(path) if path and (path / "config.json").is_file() else None
+
+
 def default_model() -> str:
     """The shared fixture if present, else the bundled copy (same weights)."""
     return str(fixture_model() or BUNDLED_MODEL)

@@ -1,0 +1,30 @@
+"""Declaration of the RAPID plugin (plain data: no torch, no vLLM)."""
+
+from declab.integrations.sdk import ParamSpec, PluginSpec, ProposerBenchConfig, ProposerHook
+from declab.integrations.sdk.draft_settings import DRAFT_MODEL_PARAM
+
+PROPOSER_PATH = "declab.plugins.rapid.RapidProposer"
+
+SPEC = PluginSpec(
+    name="rapid",
+    paper=58,
+    status="partial",
+    summary="RAPID: a draft model reading a retrieved, shortened context; the target verifies on the full prompt",
+    reason=(
+        "the lossless variant (draft on retrieved chunks, target verification unchanged) runs inside vLLM; retrieval "
+        "is lexical over token ids (the paper uses a dense retriever); the knowledge-transfer variant is not built"
+    ),
+    settings=(
+        DRAFT_MODEL_PARAM,
+        ParamSpec("context_tokens", int, 256, low=16, high=2048,
+                  doc="budget of the draft's context: retrieved chunks + the query (prompts that fit are unchanged)"),
+        ParamSpec("query_tokens", int, 64, low=1, high=1024, doc="the prompt's last tokens taken as the query"),
+        ParamSpec("chunk_tokens", int, 32, low=4, high=512, doc="size of the retrieval chunks, in tokens"),
+    ),
+    patches=("cpu_expand_kernel",),
+    proposer=ProposerHook(
+        proposer=PROPOSER_PATH,
+        max_speculative_tokens=16,
+        bench_configs={"rapid": ProposerBenchConfig(color="#8c564b")},
+    ),
+)

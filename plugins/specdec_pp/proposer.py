@@ -1,0 +1,57 @@
+"""vLLM 0.32 adapter: SpecDec++ as a ``custom_class`` speculative proposer with a draft model of its own.
+
+Usage, with ``DECLAB_PLUGINS`` including ``specdec_pp``::
+
+    speculative_config={"method": "custom_class", "model": "declab.plugins.specdec_pp.SpecDecPPProposer",
+                        "num_speculative_tokens": 8}
+    additional_config={"declab": {"specdec_pp": {"threshold": 0.7}}}
+
+``num_speculative_tokens`` is the longest draft; each request's draft stops earlier when the head's predicted
+probability that some token drafted so far is rejected, ``1 - prod p_accept``, exceeds ``threshold`` (the token
+that crossed it is kept: the paper stops after it). Chains are verified by vLLM's rejection sampler.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from declab.integrations.sdk.draft_model import DraftOutput
+from declab.integrations.sdk.drafting import DraftModelProposer
+from declab.plugins.specdec_pp.head import AcceptanceHead
+from declab.plugins.specdec_pp.spec import SPEC
+
+DEFAULT_HEAD = Path(__file__).with_name("acceptance_head.safetensors")
+
+
+class SpecDecPPProposer(DraftModelProposer):
+    spec = SPEC
+    selected_as = "SpecDec++ as the speculative proposer"
+
+    def __init__(self, vllm_config) -> None:
+        super().__init__(vllm_config)
+        head_path = self.settings["head"] or str(DEFAULT_HEAD)
+        if not Path(head_path).is_file():
+            raise ValueError(f"specdec_pp.head: no acceptance head at {head_path!r}")
+        self.head = AcceptanceHead.load(head_path).eval()
+        self.threshold = float(self.settings["threshold"])
+        self._all_accepted: dict[str, float] = {}  # request -> prod p_accept of the tokens drafted this step
+        self.stats.update({"threshold": self.threshold, "head": head_path, "stopped_by_head": 0})
+        self.open_seams()
+
+    def continue_drafting(self, req_ids: list[str], position: int, out: DraftOutput,
+                          tokens: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            p_accept = self.head.accept_prob(out.hidden.float(), torch.softmax(out.logits, dim=-1)).tolist()
+        go_on = []
+        for req_id, p in zip(req_ids, p_accept):
+            survive = (1.0 if position == 0 else self._all_accepted[req_id]) * p
+            self._all_accepted[req_id] = survive
+            go_on.append(1.0 - survive <= self.threshold)
+        self.stats["stopped_by_head"] += go_on.count(False)
+        return torch.tensor(go_on, dtype=torch.bool)
+
+    def on_request_finish(self, req_id: str) -> None:
+        super().on_request_finish(req_id)
+        self._all_accepted.pop(req_id, None)
