@@ -333,6 +333,49 @@ def sample_run(llm, prompt: str, n: int, temperature: float, max_tokens: int) ->
             "spec": {k: v - before.get(k, 0) for k, v in after.items()}}
 
 
+def sample_run_unpatched_kernel(llm, *args) -> dict:
+    """``sample_run`` with the rejection sampler's ``expand_kernel`` sent back to vLLM's unpatched CPU fallback (the
+    bug ``patches/cpu_expand_kernel.py`` fixes: per-draft temperatures left uninitialised), restored after. The
+    engine core runs in this host process, so the kernel override the worker registered is this module's."""
+    from vllm.utils import cpu_triton_utils
+    from vllm.v1.sample import rejection_sampler
+
+    override = rejection_sampler.expand_kernel  # vLLM's KernelOverride, shared by every reference to the kernel
+    patched = override._impl
+    assert patched is cpu_triton_utils._expand_kernel_impl, "the cpu_expand_kernel patch is not in place"
+    override._impl = override.func = cpu_triton_utils._declab_orig__expand_kernel_impl
+    try:
+        return sample_run(llm, *args)
+    finally:
+        override._impl = override.func = patched
+
+
+def sample_run_accepting_every_draft(llm, *args) -> dict:
+    """``sample_run`` with a deliberately biased verifier: vLLM's ``rejection_sample`` replaced by one that accepts
+    every draft token (then the target's bonus token), restored after. A distribution test must fail on it."""
+    import torch
+    from vllm.v1.sample import rejection_sampler
+
+    original = rejection_sampler.rejection_sample
+
+    def accept_every_draft(draft_token_ids, num_draft_tokens, max_spec_len, cu_num_draft_tokens, draft_probs,
+                           target_logits, bonus_token_ids, *rest, **kwargs):
+        out = torch.full((len(num_draft_tokens), max_spec_len + 1), rejection_sampler.PLACEHOLDER_TOKEN_ID,
+                         dtype=torch.int32, device=target_logits.device)
+        start = 0
+        for i, n in enumerate(num_draft_tokens):
+            out[i, :n] = draft_token_ids[start:start + n]
+            out[i, n] = bonus_token_ids[i, 0]
+            start += n
+        return out
+
+    rejection_sampler.rejection_sample = accept_every_draft
+    try:
+        return sample_run(llm, *args)
+    finally:
+        rejection_sampler.rejection_sample = original
+
+
 @dataclass(frozen=True)
 class Reference:
     """A vanilla computation several tests compare against: ``scenario(llm, *args())`` on the vanilla engine."""

@@ -22,6 +22,14 @@ def token_recycling(k: int) -> dict:
     return {"method": "custom_class", "model": PROPOSER_PATH, "num_speculative_tokens": k}
 
 
+def draft_proposer(plugin: str, k: int, **settings) -> dict:
+    """Engine kwargs running ``plugin``'s draft-model proposer (its class path from its spec), ``k`` tokens at most."""
+    spec = registry.get_spec(plugin)
+    return {"speculative_config": {"method": "custom_class", "model": spec.proposer.proposer,
+                                   "num_speculative_tokens": k},
+            "additional_config": {"declab": {plugin: settings}}, "disable_log_stats": False}
+
+
 def tensor_parallel(profile: EngineProfile, size: int = 2) -> EngineProfile:
     """``profile`` on ``size`` tensor-parallel workers (vLLM's multiprocessing executor; the engine core stays in the
     host), named ``<name>_tp<size>``. Each CPU worker is bound to one core of its own (``VLLM_CPU_OMP_THREADS_BIND``):
@@ -70,6 +78,11 @@ PROFILES: tuple[EngineProfile, ...] = (
     EngineProfile("contrastive_preempt", plugins="cad,lqcd",
                   engine_kwargs={"block_size": 32, "num_gpu_blocks_override": 20, "max_model_len": 256,
                                  "max_num_seqs": 64}),
+    # Draft-model proposers (tests/test_draft_proposers.py), each with ../shared/fixtures/draft-5m. RAPID's draft
+    # context is cut to 64 tokens so that the reduced Spec-Bench prompts are shortened.
+    EngineProfile("pearl", plugins="pearl", engine_kwargs=draft_proposer("pearl", 8, window=4)),
+    EngineProfile("specdec_pp", plugins="specdec_pp", engine_kwargs=draft_proposer("specdec_pp", 8)),
+    EngineProfile("rapid", plugins="rapid", engine_kwargs=draft_proposer("rapid", 4, context_tokens=64)),
     ALL_LOGITS,
     tensor_parallel(ALL_LOGITS),
     tensor_parallel(TR_CHAIN),
@@ -108,8 +121,8 @@ STACK_PROMPT = "class Stack:\n    def __init__(self):\n        self.items = []\n
 VANILLA_REFERENCES: dict[str, Reference] = {
     "bench12": Reference(greedy_run, lambda: (default_bench_prompts(12), 48)),
     "spec_bench_reduced": Reference(greedy_run, lambda: (spec_bench_reduced(), 64, 6)),  # + 6 at batch 1
-    "stack_t1": Reference(sample_run, lambda: (STACK_PROMPT, 1500, 1.0, 5)),
+    "stack_t1": Reference(sample_run, lambda: (STACK_PROMPT, 2000, 1.0, 5)),
     # tests/test_scale_out.py: the code prompts of its mixed batch, 32 tokens; the first also alone.
     "scale_out": Reference(greedy_run, lambda: (list(CODE_PROMPTS[:3]), 32, 1)),
-    "stack_t07": Reference(sample_run, lambda: (STACK_PROMPT, 1500, 0.7, 5)),  # a wrong distribution (control)
+    "stack_t07": Reference(sample_run, lambda: (STACK_PROMPT, 2000, 0.7, 5)),  # a wrong distribution (control)
 }

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from engines import EngineProfile, greedy_run, sample_run, spec_counters
+from engines import EngineProfile, greedy_run, sample_run, sample_run_unpatched_kernel, spec_counters
 from helpers import assert_lossless
 from profiles import TR_TREE, token_recycling
 from stats import homogeneity
@@ -112,23 +112,6 @@ def test_tree_mode_drafts_chains_for_requests_a_tree_cannot_serve(vanilla, tr_tr
     assert out["stats"]["tree_drafts"] > 0 and out["stats"]["chain_drafts"] > 0
 
 
-def sample_run_unpatched_kernel(llm, *args) -> dict:
-    """``sample_run`` with the rejection sampler's ``expand_kernel`` sent back to vLLM's unpatched CPU fallback (the
-    bug ``patches/cpu_expand_kernel.py`` fixes: per-draft temperatures left uninitialised), restored after. The
-    engine core runs in this host process, so the kernel override the worker registered is this module's."""
-    from vllm.utils import cpu_triton_utils
-    from vllm.v1.sample import rejection_sampler
-
-    override = rejection_sampler.expand_kernel  # vLLM's KernelOverride, shared by every reference to the kernel
-    patched = override._impl
-    assert patched is cpu_triton_utils._expand_kernel_impl, "the cpu_expand_kernel patch is not in place"
-    override._impl = override.func = cpu_triton_utils._declab_orig__expand_kernel_impl
-    try:
-        return sample_run(llm, *args)
-    finally:
-        override._impl = override.func = patched
-
-
 @pytest.mark.vanilla("stack_t1", "stack_t07")
 def test_temperature_1_sampling_preserves_the_distribution(vanilla, tr_chain_engine):
     """Two-sample chi-square test (``stats.homogeneity``) of the token at positions 1-4 against vanilla, with two
@@ -140,7 +123,7 @@ def test_temperature_1_sampling_preserves_the_distribution(vanilla, tr_chain_eng
     unpatched = tr_chain_engine.run(sample_run_unpatched_kernel, *args)
     assert tr["spec"]["num_accepted_tokens"] > 200  # the verifier decided many drafts
     v, t, c, u = base["token_ids"], tr["token_ids"], control["token_ids"], unpatched["token_ids"]
-    assert len(v) == len(t) == len(c) == len(u) == 1500
+    assert len(v) == len(t) == len(c) == len(u) == 2000
     for pos in (1, 2, 3, 4):  # positions decided by the verifier (token 0 is sampled before any draft)
         fit = homogeneity([x[pos] for x in v], [x[pos] for x in t])
         controls = {"T=0.7": homogeneity([x[pos] for x in v], [x[pos] for x in c]),

@@ -1,0 +1,108 @@
+"""The draft-model proposers (PEARL, SpecDec++, RAPID; issue #14) through a real vLLM engine (CPU, decoder-29m as
+target, ../shared/fixtures/draft-5m as draft): token-identical greedy output in a concurrent batch and at batch 1,
+the target distribution at temperature 1 (a deliberately biased verifier fails the same test), each paper's
+behaviour visible in its statistics, and bad settings refused at start-up naming the setting.
+
+Engines: ``pearl`` (K=8, window 4), ``specdec_pp`` (K=8, threshold 0.7), ``rapid`` (K=4, draft context 64 tokens),
+compared with the session's vanilla references. ``declab bench spec`` runs every fitting Spec-Bench prompt.
+"""
+
+from __future__ import annotations
+
+import pytest
+from engines import EngineProfile, greedy_run, sample_run, sample_run_accepting_every_draft
+from helpers import assert_lossless
+from profiles import draft_proposer
+from stats import homogeneity
+
+pytestmark = [pytest.mark.engine, pytest.mark.vanilla("spec_bench_reduced", "stack_t1")]
+
+
+def _drafter_stats(worker) -> dict:
+    return dict(worker.model_runner.drafter.stats)
+
+
+def run_with_stats(llm, scenario, *args) -> dict:
+    """``scenario(llm, *args)`` and the proposer's counters over it."""
+    before = llm.collective_rpc(_drafter_stats)[0]
+    out = scenario(llm, *args)
+    after = llm.collective_rpc(_drafter_stats)[0]
+    out["stats"] = {k: v - before.get(k, 0) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+                    for k, v in after.items()}
+    return out
+
+
+def check_greedy(vanilla, engine, name: str) -> dict:
+    base = vanilla("spec_bench_reduced")
+    out = engine.run(run_with_stats, greedy_run, base["prompts"], 64, 6)
+    assert_lossless(out["token_ids"], base["token_ids"], out["spec"]["num_accepted_tokens"], f"{name}, batch")
+    assert_lossless(out["single_token_ids"], base["single_token_ids"], out["single_spec"]["num_accepted_tokens"],
+                    f"{name}, batch 1")
+    return out["stats"]
+
+
+def check_sampling(vanilla, engine, name: str, *, biased_control: bool) -> None:
+    """Two-sample test (``stats.homogeneity``) of the tokens at positions 1-4 against vanilla over 2,000 samples at
+    temperature 1; with ``biased_control`` the same engine with a verifier that accepts every draft must fail it."""
+    base = vanilla("stack_t1")
+    args = (base["prompt"], base["n"], base["temperature"], base["max_tokens"])
+    out = engine.run(sample_run, *args)
+    assert out["spec"]["num_accepted_tokens"] > 200, out["spec"]  # the verifier decided many drafts
+    biased = engine.run(sample_run_accepting_every_draft, *args) if biased_control else None
+    assert len(out["token_ids"]) == base["n"] == 2000
+    for pos in (1, 2, 3, 4):  # token 0 is sampled before any draft
+        fit = homogeneity([x[pos] for x in base["token_ids"]], [x[pos] for x in out["token_ids"]])
+        print(f"{name} position {pos}: {fit}")
+        assert fit.passes, (name, pos, str(fit))
+        if biased is not None:
+            control = homogeneity([x[pos] for x in base["token_ids"]], [x[pos] for x in biased["token_ids"]])
+            print(f"{name} position {pos}, verifier accepting every draft: {control}")
+            assert not control.passes, (name, pos, str(control))
+
+
+# -- PEARL ----------------------------------------------------------------------------------------------------------
+
+def test_pearl_greedy_is_token_identical_and_switches_between_pre_and_post_verify(vanilla, pearl_engine):
+    stats = check_greedy(vanilla, pearl_engine, "pearl")
+    assert stats["pre_verify_steps"] > 0 and stats["post_verify_steps"] > 0, stats
+    assert stats["draft_forwards"] > 0 and stats["drafted_tokens"] >= stats["handed_over_tokens"]
+
+
+def test_pearl_sampling_keeps_the_target_distribution(vanilla, pearl_engine):
+    check_sampling(vanilla, pearl_engine, "pearl", biased_control=True)
+
+
+# -- SpecDec++ ------------------------------------------------------------------------------------------------------
+
+def test_specdec_pp_greedy_is_token_identical_and_the_head_shortens_drafts(vanilla, specdec_pp_engine):
+    stats = check_greedy(vanilla, specdec_pp_engine, "specdec_pp")
+    assert stats["stopped_by_head"] > 0, stats
+    assert stats["drafted_tokens"] < 8 * stats["draft_rows"], stats  # shorter than K on average
+
+
+def test_specdec_pp_sampling_keeps_the_target_distribution(vanilla, specdec_pp_engine):
+    check_sampling(vanilla, specdec_pp_engine, "specdec_pp", biased_control=False)
+
+
+# -- RAPID ----------------------------------------------------------------------------------------------------------
+
+def test_rapid_greedy_is_token_identical_with_a_shortened_draft_context(vanilla, rapid_engine):
+    stats = check_greedy(vanilla, rapid_engine, "rapid")
+    assert 0 < stats["draft_prompt_tokens"] < stats["prompt_tokens"], stats
+
+
+def test_rapid_sampling_keeps_the_target_distribution(vanilla, rapid_engine):
+    check_sampling(vanilla, rapid_engine, "rapid", biased_control=False)
+
+
+# -- start-up -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("plugin,k,settings,message", [
+    ("pearl", 2, {"window": 4}, "pearl.window (4) must not exceed num_speculative_tokens (2)"),
+    ("rapid", 4, {"draft_model": "/nonexistent/draft"}, "draft_model: '/nonexistent/draft' is not a model folder"),
+])
+def test_bad_settings_fail_at_start_up_naming_the_setting(engine_startup_error, plugin, k, settings, message):
+    failure = engine_startup_error(EngineProfile(f"{plugin}_bad_{next(iter(settings))}", plugins=plugin,
+                                                 engine_kwargs=draft_proposer(plugin, k, **settings)))
+    assert failure is not None
+    assert message in failure.log, failure.log[-3000:]
