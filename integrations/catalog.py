@@ -32,6 +32,7 @@ class CatalogEntry:
     reason: str
     params: list[dict]
     settings: list[dict]
+    speculative_config: dict | None = None  # proposer plugins: what a user passes to vLLM
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -56,10 +57,12 @@ def catalog() -> tuple[CatalogEntry, ...]:
     entries = []
     for item in raw:
         spec, bench = covered.get(item["id"], (None, None))
+        spec_config = None
         if spec is None:
             status, reason, hook, plugin = item["status"], item["reason"], item["hook"], None
             params, settings = [], []
         elif bench is None:
+            spec_config = spec.proposer.speculative_config() if spec.proposer else None
             status, reason, hook, plugin = spec.status, spec.reason or spec.summary, spec.hook, spec.name
             params, settings = [p.describe() for p in spec.params], [p.describe() for p in spec.settings]
         else:
@@ -67,7 +70,7 @@ def catalog() -> tuple[CatalogEntry, ...]:
             reason = f"built as `declab bench {bench.name}` (plugin {spec.name}'s folder): {bench.help}"
         entries.append(CatalogEntry(id=item["id"], title=item["title"], short=item["short"], hook=hook,
                                     tier=item["tier"], status=status, plugin=plugin, reason=reason, params=params,
-                                    settings=settings))
+                                    settings=settings, speculative_config=spec_config))
     return tuple(entries)
 
 

@@ -24,13 +24,16 @@ def test_catalog_lists_all_65_papers():
 # proves nothing. Promoting or demoting a plugin is a deliberate edit of this table. plugin -> (paper, status).
 EXPECTED_PLUGINS = {
     "m3id": (1, "partial"),
+    "pearl": (12, "partial"),  # the draft/verify overlap is projected, not realised (one process, drafter after target)
     "momentum": (15, "working"),
     "diverse_beam": (20, "working"),
     "token_recycling": (21, "partial"),
     "lqcd": (25, "working"),
     "bench grammar": (35, "working"),  # a benchmark paper built in a plugin folder (asap's)
+    "specdec_pp": (47, "working"),
     "cad": (53, "working"),
     "extractive": (55, "partial"),
+    "rapid": (58, "partial"),  # lossless variant only; lexical retrieval
     "asap": (65, "working"),
 }
 
@@ -81,6 +84,12 @@ def test_declab_list_json_cli():
     assert sorted(i["id"] for i in items) == list(range(1, 66))
     for i in items:
         assert {"id", "title", "hook", "status", "plugin", "reason"} <= set(i)
+    # A proposer plugin's entry carries the speculative_config a user passes to vLLM.
+    proposers = {i["plugin"]: i["speculative_config"] for i in items if i["hook"] == "speculative-proposer"
+                 and i["plugin"]}
+    assert proposers and all(c["method"] == "custom_class" for c in proposers.values())
+    for name, config in proposers.items():
+        assert config["model"] == registry.get_spec(name).proposer.proposer
 
 
 def test_declab_list_table_cli():

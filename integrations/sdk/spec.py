@@ -67,6 +67,8 @@ class ProposerHook:
 
     ``proposer``: import path of the proposer class as vLLM's ``custom_class`` takes it (``"pkg.module.Class"``).
     ``max_speculative_tokens``: the largest chain length it accepts (tree modes state their own sizes).
+    ``num_speculative_tokens``: the K a user passes by default (``declab list --json`` shows it in the
+    ``speculative_config`` of the plugin's entry).
     ``bench_configs``: configurations ``declab bench spec`` runs for this proposer: name -> ``ProposerBenchConfig``.
     ``bench_alias``: deprecated short name that keeps old ``declab bench spec`` flags working:
     ``--<alias>-config JSON`` (= ``--settings <plugin>=JSON``) and ``--<alias>-k K`` (= this plugin's K).
@@ -74,8 +76,13 @@ class ProposerHook:
 
     proposer: str
     max_speculative_tokens: int = 16
+    num_speculative_tokens: int = 4
     bench_configs: Mapping[str, "ProposerBenchConfig"] = field(default_factory=dict)
     bench_alias: str | None = None
+
+    def speculative_config(self) -> dict[str, Any]:
+        """What a user passes as vLLM's ``speculative_config`` to run this proposer."""
+        return {"method": "custom_class", "model": self.proposer, "num_speculative_tokens": self.num_speculative_tokens}
 
 
 @dataclass(frozen=True)

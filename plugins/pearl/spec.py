@@ -25,6 +25,7 @@ SPEC = PluginSpec(
     proposer=ProposerHook(
         proposer=PROPOSER_PATH,
         max_speculative_tokens=16,
-        bench_configs={"pearl": ProposerBenchConfig(color="#17becf")},
+        num_speculative_tokens=8,
+        bench_configs={"pearl": ProposerBenchConfig(num_speculative_tokens=8, color="#17becf")},
     ),
 )

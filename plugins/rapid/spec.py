@@ -25,6 +25,7 @@ SPEC = PluginSpec(
     proposer=ProposerHook(
         proposer=PROPOSER_PATH,
         max_speculative_tokens=16,
-        bench_configs={"rapid": ProposerBenchConfig(color="#8c564b")},
+        num_speculative_tokens=4,
+        bench_configs={"rapid": ProposerBenchConfig(num_speculative_tokens=4, color="#8c564b")},
     ),
 )

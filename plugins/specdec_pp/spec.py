@@ -25,6 +25,7 @@ SPEC = PluginSpec(
     proposer=ProposerHook(
         proposer=PROPOSER_PATH,
         max_speculative_tokens=16,
+        num_speculative_tokens=8,
         bench_configs={"specdec_pp": ProposerBenchConfig(num_speculative_tokens=8, color="#bcbd22")},
     ),
 )

@@ -40,6 +40,7 @@ SPEC = PluginSpec(
     proposer=ProposerHook(
         proposer=PROPOSER_PATH,
         max_speculative_tokens=16,
+        num_speculative_tokens=6,
         bench_alias="tr",  # declab bench spec --tr-config JSON / --tr-k K (deprecated: --settings, --proposer-k)
         bench_configs={
             # The tree's rank-0 branch, K = the K the ngram sweep picked.
