@@ -50,9 +50,12 @@ Per configuration, group and phase the report gives tokens/s and speed-up vs van
 mean accepted length (vLLM's convention ``1 + accepted / drafts``, over the steps that had a draft), tokens per
 target forward (``generated / (generated - accepted)``: steps without a draft included), acceptance rate per draft
 position (``accepted_at_pos / drafts``), the share of outputs token-identical to vanilla's, the proposer's seconds
-per step (wall time of the worker's ``drafter.propose`` per call: the same measurement for every method) and the
+per step (wall time of the worker's ``drafter.propose`` per call: the same measurement for every method; its
+share of the phase's wall time is ``proposer.share_of_wall_time``, the draft share of time) and the
 proposer's own memory (a plugin proposer's ``declab_bench_memory()``; suffix trees' ``estimate_memory``; ngram
-buffers) next to the worker's RSS; a plugin proposer's own ``stats`` dict is reported as ``proposer.stats``.
+buffers) next to the worker's RSS; a plugin proposer's own ``stats`` dict is reported as ``proposer.stats``
+(a proposer that runs a draft model counts its batched draft passes of the phase there as ``draft_forwards``:
+``declab bench verify-cost`` charges them).
 Acceptance comes from vLLM's per-request counters (``per_request_spec_decode_metrics="summary"``); their sums equal
 the engine counters (``engine_spec_metrics``, ``vllm:spec_decode_*`` over the phase).
 
@@ -63,7 +66,8 @@ Runtime (2 shared cores; measured with other jobs on the machine): the default r
 batch-1 on 2 prompts per group) is about 40 min: 5 engine starts (~1 min each), the sweep (~2 min), and per
 configuration ~7-9 min for the batched phase (Spec-Bench's RAG and summarization prompts, ~1,100 tokens each, are
 two thirds of it) plus ~1 min for batch 1. At 128 tokens the batched phase alone is ~12-14 min per configuration.
-``--limit 3`` takes about 15 min. The tree configuration is several times slower than the others on CPU: over
+``--limit 3`` takes about 15 min. The ``draft_model`` sweep adds one engine per K (30-60 s each on the 14-prompt
+subset at 32 tokens: about 5 min for the default six K). The tree configuration is several times slower than the others on CPU: over
 30 min for the batch-16 phase of the full set, about 12 min with ``--limit 10``.
 """
 
@@ -754,16 +758,11 @@ def run(args) -> dict[str, Any]:
 
     # 2. draft_model sweep (one engine per K)
     if draft_info["available"]:
-        if args.draft_k:
-            k_draft = args.draft_k
-            report["draft_model_sweep"] = {"skipped": True, "given": {"k": k_draft}}
-        else:
-            subset = sweep_subset(items_all, args.sweep_per_category)
-            log(f"draft_model sweep: {len(subset)} prompts, K {draft_ks}, draft {draft_info['path']}")
-            report["draft_model_sweep"] = bench_spec_draft.run_draft_sweep(
-                model=model, draft=draft_info["path"], subset=subset, sampling=sampling, engine_kwargs=engine_kwargs,
-                ks=draft_ks, batch_size=args.batch_size, timeout=args.child_timeout, log=log)
-            k_draft = report["draft_model_sweep"]["chosen"]["k"]
+        report["draft_model_sweep"] = bench_spec_draft.sweep_unless_given(
+            args.draft_k, model=model, draft=draft_info["path"], sampling=sampling, engine_kwargs=engine_kwargs,
+            subset=sweep_subset(items_all, args.sweep_per_category), ks=draft_ks, batch_size=args.batch_size,
+            timeout=args.child_timeout, log=log)
+        k_draft = report["draft_model_sweep"]["chosen"]["k"]
 
     # 3. configurations, each in its own engine (child process)
     common = dict(model=model, prompts=prompts, sampling=sampling, collect_metrics=True)
@@ -864,7 +863,8 @@ def compare(report: dict[str, Any], items) -> dict[str, Any]:
 # Output
 # ----------------------------------------------------------------------------------------------------------------
 
-_COLORS = {"vanilla": "#888888", "ngram": "#1f77b4", "suffix": "#2ca02c", "draft_model": "#9467bd"}  # plugin configurations bring their own
+# plugin configurations bring their own
+_COLORS = {"vanilla": "#888888", "ngram": "#1f77b4", "suffix": "#2ca02c", "draft_model": "#9467bd"}
 
 
 def _color(name: str) -> str | None:
@@ -975,5 +975,7 @@ def summary(report: dict[str, Any]) -> str:
     for c, v in report["configs"].items():
         if not v.get("available"):
             lines.append(f"{c}: not available: {v['reason'][:300]}")
+    if "draft_model_sweep" in report:
+        lines.append(bench_spec_draft.sweep_summary(report["draft_model_sweep"]))
     lines.append(f"runtime {report['runtime_s']:.0f} s")
     return "\n".join(lines)

@@ -52,6 +52,15 @@ def parse_ks(text: str) -> list[int]:
     return ks
 
 
+def sweep_unless_given(k: int | None, **sweep: Any) -> dict[str, Any]:
+    """``report["draft_model_sweep"]``: ``{"skipped": True, "chosen": {"k": k}}`` for a given K (``--draft-k``),
+    else ``run_draft_sweep(**sweep)``."""
+    if k:
+        return {"skipped": True, "chosen": {"k": k}}
+    sweep["log"](f"{NAME} sweep: {len(sweep['subset'])} prompts, K {sweep['ks']}, draft {sweep['draft']}")
+    return run_draft_sweep(**sweep)
+
+
 def run_draft_sweep(*, model: str, draft: str, subset: list[dict[str, Any]], sampling: dict[str, Any],
                     engine_kwargs: dict[str, Any], ks: list[int], batch_size: int, timeout: float,
                     log: Callable[[str], None]) -> dict[str, Any]:
@@ -84,3 +93,13 @@ def run_draft_sweep(*, model: str, draft: str, subset: list[dict[str, Any]], sam
             "draft_model": draft, "criterion": "highest tokens/s on the subset (batches of --batch-size), one "
             "engine per K", "results": rows, "chosen": max(rows, key=lambda r: r["tokens_per_s"]),
             "best_by_tokens_per_forward": max(rows, key=lambda r: r["tokens_per_forward"] or 0.0)}
+
+
+def sweep_summary(sweep: dict[str, Any]) -> str:
+    """One line per sweep for ``declab bench spec``'s printed summary."""
+    if sweep.get("skipped"):
+        return f"{NAME}: K {sweep['chosen']['k']} given (no sweep)"
+    cells = ", ".join(f"K{r['k']} {r['tokens_per_forward']:.2f} tok/fwd {r['tokens_per_s']:.0f} tok/s"
+                      for r in sweep["results"])
+    return (f"{NAME} sweep ({sweep['prompts']} prompts): {cells}; chosen K{sweep['chosen']['k']} (tokens/s), "
+            f"best tokens/forward K{sweep['best_by_tokens_per_forward']['k']}")

@@ -186,7 +186,7 @@ def add_projections(report: dict[str, Any], spec_report: dict[str, Any], log) ->
             for cfg, p in row["projection"].items():
                 log(f"  {name} on {report['device']}, {cfg}: projected {phase} speed-up "
                     f"{p['projected_speedup']:.2f}x (measured where the report ran: "
-                    f"{p.get('measured_speedup') or 1.0:.2f}x)")
+                    f"{p.get('measured_speedup') or 1.0:.2f}x){'; ' + p['note'] if 'note' in p else ''}")
 
 
 def reproject(report: dict[str, Any], spec_report: dict[str, Any] | None, log) -> dict[str, Any]:

@@ -110,6 +110,9 @@ def test_bench_spec_draft_model_configuration(tmp_path, monkeypatch):
     (tmp_path / "fixtures" / "draft-5m").mkdir(parents=True)
     (tmp_path / "fixtures" / "draft-5m" / "config.json").write_text("{}")
     assert default_draft_model() == str(tmp_path / "fixtures" / "draft-5m")
+    rows = [{"k": k, "tokens_per_forward": 1 + k / 10, "tokens_per_s": 100 - k} for k in (1, 4)]
+    line = draft.sweep_summary({"prompts": 2, "results": rows, "chosen": rows[0], "best_by_tokens_per_forward": rows[1]})
+    assert "chosen K1" in line and "best tokens/forward K4" in line
 
 
 def test_child_call_returns_the_targets_result():
