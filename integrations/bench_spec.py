@@ -12,6 +12,10 @@ never share the cores):
 * ``suffix``: vLLM suffix decoding (Arctic Inference's suffix trees, package ``arctic-inference``) with vLLM's
   defaults (K = ``suffix_decoding_max_tree_depth`` = 24 unless ``--suffix-k``). Recorded as
   ``{"available": false, "reason": ...}`` when the package does not import.
+* ``draft_model``: vLLM's draft-model speculation with ``--draft-model`` (default: ``default_draft_model()``), K
+  swept over ``--draft-ks`` on the sweep subset, one engine per K (``bench_spec_draft``), then the full phases at
+  the best K by tokens/s; the sweep is ``report["draft_model_sweep"]``. Unavailable (with the reason) without a
+  draft.
 * every configuration a discovered plugin declares for its speculative proposer (``PluginSpec.proposer``:
   ``bench_configs``, name -> ``ProposerBenchConfig``): ``speculative_config={"method": "custom_class", "model":
   <the plugin's proposer class>, "num_speculative_tokens": K}`` with ``DECLAB_PLUGINS=<plugin>`` and the
@@ -46,9 +50,12 @@ Per configuration, group and phase the report gives tokens/s and speed-up vs van
 mean accepted length (vLLM's convention ``1 + accepted / drafts``, over the steps that had a draft), tokens per
 target forward (``generated / (generated - accepted)``: steps without a draft included), acceptance rate per draft
 position (``accepted_at_pos / drafts``), the share of outputs token-identical to vanilla's, the proposer's seconds
-per step (wall time of the worker's ``drafter.propose`` per call: the same measurement for every method) and the
+per step (wall time of the worker's ``drafter.propose`` per call: the same measurement for every method; its
+share of the phase's wall time is ``proposer.share_of_wall_time``, the draft share of time) and the
 proposer's own memory (a plugin proposer's ``declab_bench_memory()``; suffix trees' ``estimate_memory``; ngram
-buffers) next to the worker's RSS; a plugin proposer's own ``stats`` dict is reported as ``proposer.stats``.
+buffers) next to the worker's RSS; a plugin proposer's own ``stats`` dict is reported as ``proposer.stats``
+(a proposer that runs a draft model counts its batched draft passes of the phase there as ``draft_forwards``:
+``declab bench verify-cost`` charges them).
 Acceptance comes from vLLM's per-request counters (``per_request_spec_decode_metrics="summary"``); their sums equal
 the engine counters (``engine_spec_metrics``, ``vllm:spec_decode_*`` over the phase).
 
@@ -59,7 +66,8 @@ Runtime (2 shared cores; measured with other jobs on the machine): the default r
 batch-1 on 2 prompts per group) is about 40 min: 5 engine starts (~1 min each), the sweep (~2 min), and per
 configuration ~7-9 min for the batched phase (Spec-Bench's RAG and summarization prompts, ~1,100 tokens each, are
 two thirds of it) plus ~1 min for batch 1. At 128 tokens the batched phase alone is ~12-14 min per configuration.
-``--limit 3`` takes about 15 min. The tree configuration is several times slower than the others on CPU: over
+``--limit 3`` takes about 15 min. The ``draft_model`` sweep adds one engine per K (30-60 s each on the 14-prompt
+subset at 32 tokens: about 5 min for the default six K). The tree configuration is several times slower than the others on CPU: over
 30 min for the batch-16 phase of the full set, about 12 min with ``--limit 10``.
 """
 
@@ -75,13 +83,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from declab.integrations import registry
+from declab.integrations import bench_spec_draft, registry
 from declab.integrations.sdk.bench import (
     CPU_ENGINE_KWARGS,
     ChildFailed,
     RunSpec,
     add_option,
     call_in_child,
+    default_draft_model,
     default_model,
     group_order,
     load_prompt_set,
@@ -93,7 +102,7 @@ from declab.integrations.sdk.spec import ProposerBenchConfig
 
 WORKER_CLS = "declab.integrations.bench_spec.SpecBenchWorker"
 PHASES_TARGET = "declab.integrations.bench_spec:run_phases"  # child side of one configuration (engine_run --call)
-BUILTIN_CONFIGS = ("vanilla", "ngram", "suffix")  # vLLM's own methods; plugin proposers are discovered
+BUILTIN_CONFIGS = ("vanilla", "ngram", "suffix", "draft_model")  # vLLM's own methods; plugin proposers are discovered
 # A warm-up prompt outside the benchmark set (so no proposer state is learnt from the prompts measured later).
 WARMUP_PROMPTS = ["The quick brown fox jumps over the lazy dog. The quick brown fox", "def add(a, b):\n    return"]
 PHASES = ("batch16", "batch1")
@@ -175,6 +184,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         add_option(parser, f"--{alias}-config", dest=f"legacy_settings__{plugin}", default=None, metavar="JSON",
                    help=f"deprecated: same as --settings {plugin}=JSON")
     add_option(parser, "--suffix-k", type=int, default=None, help=f"suffix decoding K (default: vLLM's {SUFFIX_DEFAULT_K})")
+    add_option(parser, "--draft-model", default=None,
+         help="draft model of the draft_model configuration (default: $DECLAB_DRAFT_MODEL, else "
+              "../shared/fixtures/draft-5m beside the checkout)")
+    add_option(parser, "--draft-ks", default=",".join(map(str, bench_spec_draft.DEFAULT_DRAFT_KS)),
+         help="draft_model sweep: K values (one engine each on the sweep subset)")
+    add_option(parser, "--draft-k", type=int, default=None, help="skip the draft_model sweep and use this K")
     add_option(parser, "--ignore-eos", action="store_true", help="fixed-length outputs (default: stop at EOS)")
     add_option(parser, "--child-timeout", type=float, default=1800, help="seconds per engine child process")
     return parser
@@ -679,7 +694,11 @@ def run(args) -> dict[str, Any]:
     fixed_ngram = [int(x) for x in args.ngram.split(",")] if args.ngram else None
     suffix_info = _suffix_availability() if "suffix" in configs else {"available": False, "reason": "not requested"}
     suffix_k = args.suffix_k or SUFFIX_DEFAULT_K
+    draft_info = (bench_spec_draft.draft_availability(args.draft_model or default_draft_model())
+                  if "draft_model" in configs else {"available": False, "reason": "not requested"})
+    draft_ks = [args.draft_k] if args.draft_k else bench_spec_draft.parse_ks(args.draft_ks)
     max_k = max([*(ks if not fixed_ngram else [fixed_ngram[2]]), suffix_k if suffix_info["available"] else 0,
+                 *(draft_ks if draft_info["available"] else []),
                  *(c.bench.num_speculative_tokens or proposer_k(args, c.plugin) or 0 for c in selected.values())])
     max_model_len = CPU_ENGINE_KWARGS["max_model_len"]
     items_all, skipped, totals = load_prompt_set(model, max_tokens=max_tokens, max_k=max_k,
@@ -737,7 +756,15 @@ def run(args) -> dict[str, Any]:
     else:
         lmin, lmax, k_ngram = 0, 0, (ks[0] if ks else 4)
 
-    # 2. configurations, each in its own engine (child process)
+    # 2. draft_model sweep (one engine per K)
+    if draft_info["available"]:
+        report["draft_model_sweep"] = bench_spec_draft.sweep_unless_given(
+            args.draft_k, model=model, draft=draft_info["path"], sampling=sampling, engine_kwargs=engine_kwargs,
+            subset=sweep_subset(items_all, args.sweep_per_category), ks=draft_ks, batch_size=args.batch_size,
+            timeout=args.child_timeout, log=log)
+        k_draft = report["draft_model_sweep"]["chosen"]["k"]
+
+    # 3. configurations, each in its own engine (child process)
     common = dict(model=model, prompts=prompts, sampling=sampling, collect_metrics=True)
     specs: dict[str, RunSpec] = {}
     timeouts: dict[str, float] = {}
@@ -750,6 +777,9 @@ def run(args) -> dict[str, Any]:
         specs["suffix"] = RunSpec(name="suffix", env={PLUGINS_ENV: None},
                                   engine_kwargs={**engine_kwargs, "speculative_config": {
                                       "method": "suffix", "num_speculative_tokens": suffix_k}}, **common)
+    if draft_info["available"]:
+        specs["draft_model"] = RunSpec(name="draft_model", env={PLUGINS_ENV: None}, **common, engine_kwargs={
+            **engine_kwargs, "speculative_config": bench_spec_draft.draft_spec(draft_info["path"], k_draft)})
     with tempfile.TemporaryDirectory(prefix="declab-proposer-stats-") as stats_dir:
         for name, c in selected.items():
             k = c.bench.num_speculative_tokens or proposer_k(args, c.plugin) or k_ngram
@@ -772,6 +802,9 @@ def run(args) -> dict[str, Any]:
         report["configs"]["suffix"] = suffix_info
     elif "suffix" in report["configs"]:
         report["configs"]["suffix"]["package"] = suffix_info
+    if "draft_model" in configs:  # a configuration that runs a draft model says so (verify-cost charges its cost)
+        report["configs"]["draft_model"] = ({**report["configs"]["draft_model"], "draft_model": draft_info["path"]}
+                                            if "draft_model" in report["configs"] else draft_info)
     report["comparison"] = compare(report, items)
     report["per_prompt"] = per_prompt(items, results)
     report["runtime_s"] = time.perf_counter() - t_start
@@ -830,7 +863,8 @@ def compare(report: dict[str, Any], items) -> dict[str, Any]:
 # Output
 # ----------------------------------------------------------------------------------------------------------------
 
-_COLORS = {"vanilla": "#888888", "ngram": "#1f77b4", "suffix": "#2ca02c"}  # plugin configurations bring their own
+# plugin configurations bring their own
+_COLORS = {"vanilla": "#888888", "ngram": "#1f77b4", "suffix": "#2ca02c", "draft_model": "#9467bd"}
 
 
 def _color(name: str) -> str | None:
@@ -941,5 +975,7 @@ def summary(report: dict[str, Any]) -> str:
     for c, v in report["configs"].items():
         if not v.get("available"):
             lines.append(f"{c}: not available: {v['reason'][:300]}")
+    if "draft_model_sweep" in report:
+        lines.append(bench_spec_draft.sweep_summary(report["draft_model_sweep"]))
     lines.append(f"runtime {report['runtime_s']:.0f} s")
     return "\n".join(lines)

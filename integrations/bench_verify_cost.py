@@ -16,8 +16,14 @@ transformers (no vLLM, so it runs on a GPU machine without vLLM installed):
 With ``--spec-report PATH`` (a ``declab bench spec`` JSON) it projects each configuration's speed-up on this device
 from that report's acceptance (batch 1 from its batch-1 phase, batch 16 from its batch-16 phase): per target step the cost is ``c(1 + L)`` on drafting steps (``L`` = mean
 draft tokens per drafting step) and ``c(1)`` otherwise, and ``speed-up = tokens_per_forward * c(1) / mean step
-cost``, with ``c`` interpolated linearly in q. It is a projection: acceptance measured on one machine, cost on
-another, and no engine overheads.
+cost``, with ``c`` interpolated linearly in q. A configuration that runs a draft model also pays its drafting:
+``F x d(1)`` per target step, ``d`` the draft model's cost measured the same way (``--draft-model``, default
+``default_draft_model()``, next to ``--model``; ``llama-68m``'s shape, hidden 768, 2 layers, drafting for
+``--synthetic llama-7b``) and ``F`` the draft forwards per target step: the proposer's own count where its stats
+report one (``draft_forwards``: batched draft-model passes in the phase, divided by the phase's ``propose`` calls),
+else, for a configuration whose report names a ``draft_model``, the drafted tokens per step (a chain of L tokens
+needs L draft forwards). Every number is a projection: acceptance measured on one machine, cost on another, and no
+engine overheads.
 
 Run: ``declab bench verify-cost [--synthetic llama-7b] [--spec-report bench-results/spec.json]`` (JSON + PNG).
 """
@@ -31,18 +37,28 @@ import sys
 import time
 from typing import Any
 
-from declab.integrations.sdk.bench import add_option, default_model
+from declab.integrations.sdk.bench import add_option, default_draft_model, default_model
 
 SYNTHETIC = {
     # Llama-2-7B's shape (the paper's 7B models are Llama-2 / Vicuna / Code Llama of this shape)
     "llama-7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
                  "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096},
+    # Llama-68M's shape (a common draft for Llama-7B-shaped targets in the draft-model papers)
+    "llama-68m": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 2, "num_attention_heads": 12,
+                  "num_key_value_heads": 12, "vocab_size": 32000, "max_position_embeddings": 2048},
 }
+SYNTHETIC_DRAFTS = {"llama-7b": "llama-68m"}  # the draft timed with each synthetic target
+DRAFT_ENTRY = "draft"  # the --draft-model entry, the draft of the "model" entry
+PROJECTION_NOTE = ("projection: acceptance from the spec report, forward costs measured here, no engine overheads; "
+                   "a draft-model configuration pays draft_forwards_per_step x d(1) per step")
 DEFAULT_QUERY_LENGTHS = "1,3,5,7,9,17,25,41,81"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_option(parser, "--model", default=None, help="model path (default: decoder-29m)")
+    add_option(parser, "--draft-model", default=None,
+               help="draft model timed with --model (default: $DECLAB_DRAFT_MODEL or ../shared/fixtures/draft-5m; "
+                    "none: draft-model configurations are projected without their draft cost, and say so)")
     add_option(parser, "--out", default="bench-results", help="output folder")
     add_option(parser, "--synthetic", default="", help=f"comma list of synthetic shapes to add: {', '.join(SYNTHETIC)}")
     add_option(parser, "--device", default="auto", help="auto (cuda if available) | cpu | cuda")
@@ -103,11 +119,28 @@ def interpolate(cost: dict[str, float], q: float) -> float:
     return max(c1, c1 + (c1 - c0) * (q - q1) / (q1 - q0))
 
 
-def project(cost: dict[str, float], spec_report: dict[str, Any], phase: str) -> dict[str, Any]:
-    """Projected speed-up of each configuration of a ``declab bench spec`` report on the device that gave ``cost``."""
+def draft_forwards_per_step(cfg: dict[str, Any], phase: dict[str, Any]) -> tuple[float, str] | None:
+    """Draft-model forwards per target step of one configuration's phase, and where the number comes from; None
+    for a configuration that runs no draft model."""
+    stats = phase.get("proposer", {}).get("stats") or {}
+    calls = phase.get("proposer", {}).get("propose_calls")
+    if "draft_forwards" in stats and calls:
+        return stats["draft_forwards"] / calls, "proposer stats: draft_forwards / propose calls"
+    row = phase["groups"]["all"]
+    if cfg.get("draft_model") and row.get("num_drafts"):
+        share = min(1.0, row["draft_step_share"])
+        return share * row["num_draft_tokens"] / row["num_drafts"], "drafted tokens per step (one forward each)"
+    return None
+
+
+def project(cost: dict[str, float], spec_report: dict[str, Any], phase: str,
+            draft_ms: float | None = None) -> dict[str, Any]:
+    """Projected speed-up of each configuration of a ``declab bench spec`` report on the device that gave ``cost``;
+    ``draft_ms`` is the draft model's one-token forward ``d(1)`` on that device (None: not measured)."""
     out: dict[str, Any] = {}
     for name, cfg in spec_report["configs"].items():
-        row = cfg.get("phases", {}).get(phase, {}).get("groups", {}).get("all")
+        ph = cfg.get("phases", {}).get(phase, {})
+        row = ph.get("groups", {}).get("all")
         if not row:
             continue
         if not row.get("num_drafts"):
@@ -117,11 +150,43 @@ def project(cost: dict[str, float], spec_report: dict[str, Any], phase: str) -> 
         draft_share = min(1.0, row["draft_step_share"])
         draft_len = row["num_draft_tokens"] / row["num_drafts"]
         step = draft_share * interpolate(cost, 1 + draft_len) + (1 - draft_share) * cost["1"]
-        out[name] = {"tokens_per_forward": per_forward, "draft_step_share": draft_share,
-                     "mean_draft_tokens": draft_len, "mean_step_ms": step,
-                     "projected_speedup": per_forward * cost["1"] / step,
+        entry = {"tokens_per_forward": per_forward, "draft_step_share": draft_share, "mean_draft_tokens": draft_len,
+                 "verify_ms_per_step": step}
+        forwards = draft_forwards_per_step(cfg, ph)
+        if forwards is not None:
+            entry.update(draft_forwards_per_step=forwards[0], draft_forwards_from=forwards[1], draft_ms_per_forward=
+                         draft_ms, draft_ms_per_step=forwards[0] * draft_ms if draft_ms is not None else None)
+            if draft_ms is None:
+                entry["note"] = "draft cost not measured: left out of this projection"
+            else:
+                step += forwards[0] * draft_ms
+        out[name] = {**entry, "mean_step_ms": step, "projected_speedup": per_forward * cost["1"] / step,
                      "measured_speedup": row.get("speedup_vs_vanilla")}
     return out
+
+
+def _draft_ms(report: dict[str, Any], target: str, batch_size: str) -> float | None:
+    """``d(1)`` of ``target``'s draft (its entry's ``draft``) at ``batch_size``, if that draft was timed."""
+    draft = report["models"].get(report["models"][target].get("draft") or "")
+    row = draft["by_batch_size"].get(batch_size) if draft else None
+    return row["forward_ms"].get("1") if row else None
+
+
+def add_projections(report: dict[str, Any], spec_report: dict[str, Any], log) -> None:
+    """Each target entry's rows (batch 1 / 16) get the projection of ``spec_report``'s configurations."""
+    report["projection_note"] = PROJECTION_NOTE
+    for name, m in report["models"].items():
+        if m.get("role") == "draft":
+            continue
+        for b, row in m["by_batch_size"].items():
+            phase = {"1": "batch1", "16": "batch16"}.get(b)
+            if not phase or "1" not in row["forward_ms"]:
+                continue
+            row["projection"] = project(row["forward_ms"], spec_report, phase, _draft_ms(report, name, b))
+            for cfg, p in row["projection"].items():
+                log(f"  {name} on {report['device']}, {cfg}: projected {phase} speed-up "
+                    f"{p['projected_speedup']:.2f}x (measured where the report ran: "
+                    f"{p.get('measured_speedup') or 1.0:.2f}x){'; ' + p['note'] if 'note' in p else ''}")
 
 
 def reproject(report: dict[str, Any], spec_report: dict[str, Any] | None, log) -> dict[str, Any]:
@@ -131,15 +196,7 @@ def reproject(report: dict[str, Any], spec_report: dict[str, Any] | None, log) -
     # The costs keep where they were measured; the report written now gets this run's own provenance.
     if "provenance" in report:
         report["cost_provenance"] = report.pop("provenance")
-    for name, m in report["models"].items():
-        for b, row in m["by_batch_size"].items():
-            phase = {"1": "batch1", "16": "batch16"}.get(b)
-            if phase and "1" in row["forward_ms"]:
-                row["projection"] = project(row["forward_ms"], spec_report, phase)
-                for cfg, p in row["projection"].items():
-                    log(f"{name} on {report['device']}, {cfg}: projected {phase} speed-up "
-                        f"{p['projected_speedup']:.2f}x (measured where the report ran: "
-                        f"{p.get('measured_speedup') or 1.0:.2f}x)")
+    add_projections(report, spec_report, log)
     report["projected_from"] = spec_report.get("model"), spec_report.get("prompts", {}).get("total")
     return report
 
@@ -174,6 +231,10 @@ def run(args) -> dict[str, Any]:
     unknown = [n for n in names[1:] if n not in SYNTHETIC]
     if unknown:
         raise ValueError(f"--synthetic: unknown shape(s) {unknown}; known: {list(SYNTHETIC)}")
+    draft_path = args.draft_model or default_draft_model()
+    drafts = {t: d for t, d in [("model", DRAFT_ENTRY if draft_path else None), *SYNTHETIC_DRAFTS.items()]
+              if d and t in names}
+    names += [d for d in drafts.values() if d not in names]
     spec_report = json.loads(open(args.spec_report).read()) if args.spec_report else None
     if args.cost_from:
         return reproject(json.loads(open(args.cost_from).read()), spec_report, log)
@@ -182,11 +243,15 @@ def run(args) -> dict[str, Any]:
         "torch": torch.__version__, "dtype": str(dtype), "context": args.context, "repeats": args.repeats,
         "threads": torch.get_num_threads(), "batch_sizes": batch_sizes, "models": {},
     }
+    paths = {"model": model_path, DRAFT_ENTRY: draft_path}
     for name in names:
-        model = _load(name, model_path, device, dtype)
+        model = _load(name, paths.get(name, ""), device, dtype)
         params = sum(p.numel() for p in model.parameters())
-        entry: dict[str, Any] = {"path": model_path if name == "model" else name, "parameters": params,
-                                 "by_batch_size": {}}
+        entry: dict[str, Any] = {"path": paths.get(name, name), "parameters": params, "by_batch_size": {}}
+        if name in drafts:
+            entry["draft"] = drafts[name]
+        if name in drafts.values():
+            entry.update(role="draft", drafts_for=[t for t, d in drafts.items() if d == name])
         for b in batch_sizes:
             cost = forward_ms(model, device=device, context=args.context, query_lengths=qs, repeats=args.repeats,
                               batch_size=b)
@@ -194,17 +259,13 @@ def run(args) -> dict[str, Any]:
                 + ", ".join(f"q={q}: {v:.2f} ms" for q, v in cost.items()))
             row: dict[str, Any] = {"forward_ms": cost, "relative_to_q1": {q: v / cost["1"] for q, v in cost.items()}
                                    if "1" in cost else {}}
-            phase = {1: "batch1", 16: "batch16"}.get(b)
-            if spec_report is not None and "1" in cost and phase:
-                row["projection"] = project(cost, spec_report, phase)
-                for cfg, p in row["projection"].items():
-                    log(f"  {cfg}: projected {phase} speed-up {p['projected_speedup']:.2f}x "
-                        f"(measured where the report ran: {p.get('measured_speedup') or 1.0:.2f}x)")
             entry["by_batch_size"][str(b)] = row
         report["models"][name] = entry
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
+    if spec_report is not None:
+        add_projections(report, spec_report, log)
     return report
 
 

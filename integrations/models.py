@@ -45,6 +45,21 @@ def default_model() -> str:
     return str(fixture_model() or BUNDLED_MODEL)
 
 
+DRAFT_MODEL_ENV = "DECLAB_DRAFT_MODEL"
+
+
+def default_draft_model() -> str | None:
+    """The draft model for decoder-29m: ``$DECLAB_DRAFT_MODEL`` if set, else the shared fixture
+    ``<shared>/fixtures/draft-5m`` if it is there, else None (too big to bundle: callers record draft-model
+    configurations as unavailable, with the reason)."""
+    env = os.environ.get(DRAFT_MODEL_ENV)
+    if env:
+        return env
+    shared = shared_dir()
+    path = shared / "fixtures" / "draft-5m" if shared else None
+    return str(path) if path and (path / "config.json").is_file() else None
+
+
 def eval_file(*parts: str) -> Path | None:
     shared = shared_dir()
     path = shared.joinpath("eval", *parts) if shared else None

@@ -85,6 +85,36 @@ def test_bench_spec_settings_merge_under_each_configuration():
         bench_spec.proposer_settings(_spec_args("--settings", 'nope={"a": 1}'))
 
 
+def test_bench_spec_draft_model_configuration(tmp_path, monkeypatch):
+    """vLLM's draft_model: its engine arguments, the default draft (env, then the shared fixture), the K grid, and
+    the unavailable case with its reason."""
+    from declab.integrations import bench_spec_draft as draft
+    from declab.integrations.models import DRAFT_MODEL_ENV, default_draft_model
+
+    assert "draft_model" in bench_spec.BUILTIN_CONFIGS
+    args = _spec_args("--draft-model", "/d", "--draft-ks", "1,3")
+    assert args.draft_model == "/d" and draft.parse_ks(args.draft_ks) == [1, 3]
+    assert draft.parse_ks(_spec_args().draft_ks) == list(draft.DEFAULT_DRAFT_KS)
+    with pytest.raises(SystemExit, match="--draft-ks"):
+        draft.parse_ks("0,2")
+    assert draft.draft_spec("/d", 3) == {"method": "draft_model", "model": "/d", "num_speculative_tokens": 3}
+    assert "--draft-model" in draft.draft_availability(None)["reason"]
+    assert "no config.json" in draft.draft_availability(str(tmp_path))["reason"]
+    (tmp_path / "config.json").write_text("{}")
+    assert draft.draft_availability(str(tmp_path)) == {"available": True, "path": str(tmp_path)}
+    monkeypatch.setenv(DRAFT_MODEL_ENV, str(tmp_path))
+    assert default_draft_model() == str(tmp_path)
+    monkeypatch.delenv(DRAFT_MODEL_ENV)
+    monkeypatch.setenv("DECLAB_SHARED", str(tmp_path))  # a shared folder without the fixture
+    assert default_draft_model() is None
+    (tmp_path / "fixtures" / "draft-5m").mkdir(parents=True)
+    (tmp_path / "fixtures" / "draft-5m" / "config.json").write_text("{}")
+    assert default_draft_model() == str(tmp_path / "fixtures" / "draft-5m")
+    rows = [{"k": k, "tokens_per_forward": 1 + k / 10, "tokens_per_s": 100 - k} for k in (1, 4)]
+    line = draft.sweep_summary({"prompts": 2, "results": rows, "chosen": rows[0], "best_by_tokens_per_forward": rows[1]})
+    assert "chosen K1" in line and "best tokens/forward K4" in line
+
+
 def test_child_call_returns_the_targets_result():
     assert call_in_child("operator:neg", 3, timeout=60) == -3
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from declab.integrations.bench_verify_cost import forward_ms, interpolate, project
+from declab.integrations.bench_verify_cost import add_projections, forward_ms, interpolate, project
 
 
 def test_interpolate_is_linear_between_points_and_never_falls_past_the_last():
@@ -30,6 +30,44 @@ def test_project_charges_drafting_steps_their_pass_and_others_one_token():
     assert out["vanilla"]["projected_speedup"] == 1.0
     assert out["tree"]["projected_speedup"] == pytest.approx(2.0 * 10 / 20)
     assert out["ngram"]["projected_speedup"] == pytest.approx(1.5 * 10 / (0.5 * 12 + 0.5 * 10))
+
+
+def _draft_report() -> dict:
+    row = {"num_drafts": 100, "num_draft_tokens": 400, "tokens_per_forward": 2.0, "draft_step_share": 1.0}
+    return {"configs": {
+        "vanilla": {"phases": {"batch1": {"groups": {"all": {"num_drafts": 0}}}}},
+        # vLLM's draft_model: the report names its draft; no forward count, so a chain of 4 = 4 draft forwards
+        "draft_model": {"draft_model": "/drafts/d", "phases": {"batch1": {"groups": {"all": dict(row)}}}},
+        # a plugin proposer counting its own draft passes: 300 over 100 propose calls = 3 per step
+        "adaptive": {"phases": {"batch1": {"groups": {"all": dict(row)}, "proposer": {
+            "propose_calls": 100, "stats": {"draft_forwards": 300}}}}},
+        "ngram": {"phases": {"batch1": {"groups": {"all": dict(row)}}}},  # no draft model: no draft cost
+    }}
+
+
+def test_project_charges_a_draft_model_its_forwards():
+    cost = {"1": 10.0, "5": 14.0}
+    out = project(cost, _draft_report(), "batch1", draft_ms=0.5)
+    assert out["vanilla"]["projected_speedup"] == 1.0
+    assert out["draft_model"]["draft_forwards_per_step"] == 4.0
+    assert out["draft_model"]["projected_speedup"] == pytest.approx(2.0 * 10 / (14 + 4 * 0.5))
+    assert out["adaptive"]["draft_forwards_per_step"] == 3.0
+    assert out["adaptive"]["projected_speedup"] == pytest.approx(2.0 * 10 / (14 + 3 * 0.5))
+    assert "draft_forwards_per_step" not in out["ngram"]
+    assert out["ngram"]["projected_speedup"] == pytest.approx(2.0 * 10 / 14)
+    unmeasured = project(cost, _draft_report(), "batch1")  # no draft timed: said so, cost left out
+    assert unmeasured["draft_model"]["draft_ms_per_step"] is None and "not measured" in unmeasured["draft_model"]["note"]
+
+
+def test_projections_pair_each_target_with_its_draft_and_skip_drafts():
+    report = {"device": "cpu", "models": {
+        "model": {"draft": "draft", "by_batch_size": {"1": {"forward_ms": {"1": 10.0, "5": 14.0}}}},
+        "draft": {"role": "draft", "drafts_for": ["model"], "by_batch_size": {"1": {"forward_ms": {"1": 0.5}}}},
+    }}
+    add_projections(report, _draft_report(), lambda m: None)
+    assert "projection" not in report["models"]["draft"]["by_batch_size"]["1"]
+    got = report["models"]["model"]["by_batch_size"]["1"]["projection"]["draft_model"]
+    assert got["draft_ms_per_step"] == 2.0 and "projection" in report["projection_note"]
 
 
 def test_forward_ms_times_every_query_length_on_a_tiny_model():

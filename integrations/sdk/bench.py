@@ -40,7 +40,7 @@ from declab.integrations.engine_run import (
     spec_metrics,
 )
 from declab.integrations.sdk.metrics import answer_rates, kl_divergence, repetition_stats
-from declab.integrations.models import default_model, eval_file
+from declab.integrations.models import default_draft_model, default_model, eval_file
 from declab.integrations.prompts import (
     CODE_GROUP,
     CODE_PROMPTS,
@@ -53,6 +53,7 @@ from declab.integrations.prompts import (
 __all__ = [
     "CPU_ENGINE_KWARGS", "ChildCall", "ChildFailed", "ChildTimeout", "RunSpec", "call_in_child", "metrics_diff",
     "run_in_child", "spec_metrics", "answer_rates", "kl_divergence", "repetition_stats", "default_model",
+    "default_draft_model",
     "eval_file", "CODE_GROUP", "CODE_PROMPTS", "default_bench_prompts", "group_order", "load_prompt_set",
     "spec_bench_prompts", "add_option", "summarize", "identical_share", "load_average", "provenance", "write_report",
     "plot_configs",

@@ -1,0 +1,105 @@
+"""``declab bench spec``'s ``draft_model`` configuration: vLLM's own draft-model speculation, K swept first.
+
+vLLM's ``draft_model`` method runs a small model (same tokenizer as the target) for K forwards per step (one over
+the tokens the target just verified, then one per further draft token) and verifies the chain of K in one target
+pass. It is the baseline the draft-model plugins are compared with, at its best fixed K.
+
+The draft is ``--draft-model`` (default ``default_draft_model()``: ``$DECLAB_DRAFT_MODEL`` or the shared fixture
+``draft-5m``); without one the configuration is recorded as ``{"available": false, "reason": ...}``.
+
+K sweep: unlike the n-gram lookup, a draft model's drafts cannot be cut to a smaller K on a live engine (the
+scheduler reserves K slots per step and the drafter runs K forwards whatever is kept), so every K of
+``--draft-ks`` gets an engine of its own on the sweep subset (about one engine start each: the default grid
+1,2,3,4,6,8 keeps that to six). The best K by tokens/s runs the full phases; the sweep also names the best K by
+tokens per target forward (the measure the adaptive-length plugins are compared on) and is
+``report["draft_model_sweep"]``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from declab.integrations.sdk.bench import RunSpec
+from declab.integrations.sdk.runtime import PLUGINS_ENV
+
+NAME = "draft_model"
+DEFAULT_DRAFT_KS = (1, 2, 3, 4, 6, 8)
+
+
+def draft_spec(path: str, k: int) -> dict[str, Any]:
+    """vLLM's ``speculative_config`` for draft model ``path`` drafting ``k`` tokens per step."""
+    return {"method": "draft_model", "model": path, "num_speculative_tokens": k}
+
+
+def draft_availability(path: str | None) -> dict[str, Any]:
+    """``{"available": True, "path": ...}`` or ``{"available": False, "reason": ...}`` (no draft found, or a folder
+    that holds no model)."""
+    if not path:
+        return {"available": False, "reason": "no draft model: pass --draft-model PATH or set DECLAB_DRAFT_MODEL "
+                "(default: ../shared/fixtures/draft-5m beside the checkout, not found)"}
+    if not (Path(path) / "config.json").is_file():
+        return {"available": False, "reason": f"draft model {path!r}: no config.json there"}
+    return {"available": True, "path": str(path)}
+
+
+def parse_ks(text: str) -> list[int]:
+    """``--draft-ks`` ("1,2,4") -> [1, 2, 4]; each K >= 1."""
+    ks = [int(k) for k in text.split(",") if k.strip()]
+    if not ks or min(ks) < 1:
+        raise SystemExit(f"declab bench spec: --draft-ks {text!r}: a comma list of K >= 1")
+    return ks
+
+
+def sweep_unless_given(k: int | None, **sweep: Any) -> dict[str, Any]:
+    """``report["draft_model_sweep"]``: ``{"skipped": True, "chosen": {"k": k}}`` for a given K (``--draft-k``),
+    else ``run_draft_sweep(**sweep)``."""
+    if k:
+        return {"skipped": True, "chosen": {"k": k}}
+    sweep["log"](f"{NAME} sweep: {len(sweep['subset'])} prompts, K {sweep['ks']}, draft {sweep['draft']}")
+    return run_draft_sweep(**sweep)
+
+
+def run_draft_sweep(*, model: str, draft: str, subset: list[dict[str, Any]], sampling: dict[str, Any],
+                    engine_kwargs: dict[str, Any], ks: list[int], batch_size: int, timeout: float,
+                    log: Callable[[str], None]) -> dict[str, Any]:
+    """One engine per K on ``subset`` (batches of ``batch_size``); rows of tokens/s, tokens per target forward,
+    acceptance by position and the drafter's share of the wall time; the best K by tokens/s is ``chosen``."""
+    from declab.integrations.bench_spec import acceptance, run_child  # the harness that imports this module
+
+    prompts = [it["text"] for it in subset]
+    batches = [list(range(len(prompts)))[s : s + batch_size] for s in range(0, len(prompts), batch_size)]
+    rows = []
+    for k in ks:
+        spec = RunSpec(model=model, prompts=prompts, sampling=sampling, name=f"{NAME}-sweep-K{k}",
+                       engine_kwargs={**engine_kwargs, "speculative_config": draft_spec(draft, k)},
+                       env={PLUGINS_ENV: None}, collect_metrics=True)
+        t = time.perf_counter()
+        res = run_child(spec, {"phases": [{"name": f"K{k}", "batches": batches}]}, timeout=timeout)
+        ph = res["phases"][0]
+        wall = sum(ph["batch_times_s"])
+        acc = acceptance(ph["request_metrics"], ph["token_ids"])
+        rows.append({"k": k, "tokens_per_s": sum(len(t) for t in ph["token_ids"]) / wall,
+                     "tokens_per_forward": acc.get("tokens_per_forward"),
+                     "mean_accepted_length": acc.get("mean_accepted_length"),
+                     "draft_acceptance_rate": acc.get("draft_acceptance_rate"),
+                     "acceptance_per_position": acc.get("acceptance_per_position"),
+                     "draft_share_of_time": ph["worker"].get("propose_seconds", 0.0) / max(1e-9, wall),
+                     "startup_s": res["startup_s"], "engine_s": time.perf_counter() - t})
+        log(f"  {NAME} sweep K={k}: {rows[-1]['tokens_per_s']:.1f} tok/s, "
+            f"{rows[-1]['tokens_per_forward']:.2f} tokens/forward ({rows[-1]['engine_s']:.0f} s)")
+    return {"prompts": len(prompts), "prompt_ids": [it["id"] for it in subset], "batch_size": batch_size,
+            "draft_model": draft, "criterion": "highest tokens/s on the subset (batches of --batch-size), one "
+            "engine per K", "results": rows, "chosen": max(rows, key=lambda r: r["tokens_per_s"]),
+            "best_by_tokens_per_forward": max(rows, key=lambda r: r["tokens_per_forward"] or 0.0)}
+
+
+def sweep_summary(sweep: dict[str, Any]) -> str:
+    """One line per sweep for ``declab bench spec``'s printed summary."""
+    if sweep.get("skipped"):
+        return f"{NAME}: K {sweep['chosen']['k']} given (no sweep)"
+    cells = ", ".join(f"K{r['k']} {r['tokens_per_forward']:.2f} tok/fwd {r['tokens_per_s']:.0f} tok/s"
+                      for r in sweep["results"])
+    return (f"{NAME} sweep ({sweep['prompts']} prompts): {cells}; chosen K{sweep['chosen']['k']} (tokens/s), "
+            f"best tokens/forward K{sweep['best_by_tokens_per_forward']['k']}")
