@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from declab.integrations.sdk.draft_settings import DRAFT_MODEL_ENV
+
 BUNDLED_MODEL = Path(__file__).resolve().parent / "default_model" / "decoder-29m"
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,8 +32,6 @@ def default_draft_model() -> str | None:
     """The draft model folder a draft-model proposer uses when its ``draft_model`` setting is empty:
     ``DECLAB_DRAFT_MODEL``, else the shared fixture ``fixtures/draft-5m``, else None. (The package cannot bundle a
     draft: its tracked files must stay under 64 MiB and decoder-29m takes 59 MB.)"""
-    from declab.integrations.sdk.draft_settings import DRAFT_MODEL_ENV
-
     env = os.environ.get(DRAFT_MODEL_ENV, "").strip()
     if env:
         return env
@@ -44,20 +44,6 @@ def default_model() -> str:
     """The shared fixture if present, else the bundled copy (same weights)."""
     return str(fixture_model() or BUNDLED_MODEL)
 
-
-DRAFT_MODEL_ENV = "DECLAB_DRAFT_MODEL"
-
-
-def default_draft_model() -> str | None:
-    """The draft model for decoder-29m: ``$DECLAB_DRAFT_MODEL`` if set, else the shared fixture
-    ``<shared>/fixtures/draft-5m`` if it is there, else None (too big to bundle: callers record draft-model
-    configurations as unavailable, with the reason)."""
-    env = os.environ.get(DRAFT_MODEL_ENV)
-    if env:
-        return env
-    shared = shared_dir()
-    path = shared / "fixtures" / "draft-5m" if shared else None
-    return str(path) if path and (path / "config.json").is_file() else None
 
 
 def eval_file(*parts: str) -> Path | None:

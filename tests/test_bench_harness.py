@@ -4,6 +4,7 @@ the one child protocol and its process-group kill, the one report writer. No eng
 from __future__ import annotations
 
 import argparse
+import re
 import json
 import os
 import signal
@@ -43,7 +44,7 @@ def test_bench_harness_modules_name_no_plugin():
     folder = Path(integrations.__path__[0])
     for path in [*folder.glob("bench*.py"), folder / "engine_run.py", folder / "sdk" / "bench.py"]:
         text = path.read_text().lower()
-        hits = [n for n in names if n in text]
+        hits = [n for n in names if re.search(rf"\b{re.escape(n)}\b", text)]  # whole words: "ead" is in "read"
         assert not hits, (path.name, hits)
 
 
@@ -89,7 +90,8 @@ def test_bench_spec_draft_model_configuration(tmp_path, monkeypatch):
     """vLLM's draft_model: its engine arguments, the default draft (env, then the shared fixture), the K grid, and
     the unavailable case with its reason."""
     from declab.integrations import bench_spec_draft as draft
-    from declab.integrations.models import DRAFT_MODEL_ENV, default_draft_model
+    from declab.integrations.models import default_draft_model
+    from declab.integrations.sdk.draft_settings import DRAFT_MODEL_ENV
 
     assert "draft_model" in bench_spec.BUILTIN_CONFIGS
     args = _spec_args("--draft-model", "/d", "--draft-ks", "1,3")
