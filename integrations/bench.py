@@ -2,8 +2,8 @@
 
 Every sub-command is a module with ``add_arguments(parser)``, ``run(args) -> report``, ``plot(report, path)`` and
 optionally ``summary(report) -> str``: the generic benchmarks of ``GENERIC`` (they name no plugin: ``overhead``,
-``plugin``, ``spec``, ``verify-cost``) and the ``BenchEntry`` declarations of the discovered plugins
-(``PluginSpec.benches``: a module in the plugin's own folder). The harness gives each parser
+``plugin``, ``spec``, ``verify-cost``, ``draft-agreement``) and the ``BenchEntry`` declarations of the discovered
+plugins (``PluginSpec.benches``: a module in the plugin's own folder). The harness gives each parser
 ``--model`` and ``--out``, runs the module, writes ``<out>/<name>.json`` (with the run's provenance: machine, vLLM
 version, date, command line) and ``<out>/<name>.png`` through the one writer
 (``declab.integrations.sdk.bench.write_report``), and prints the module's summary.
@@ -34,6 +34,9 @@ GENERIC = (
                     "proposer's declared configurations"),
     BenchEntry("verify-cost", "declab.integrations.bench_verify_cost",
                help="forward cost of verifying q tokens on this device; speed-ups projected from a bench spec report"),
+    BenchEntry("draft-agreement", "declab.integrations.bench_draft",
+               help="a draft model's top-1 agreement with the target's greedy tokens and its simulated chain "
+                    "acceptance, on Spec-Bench and code prompts (transformers, no engine)"),
 )
 
 

@@ -15,6 +15,7 @@ COMMANDS=(
   "declab bench overhead --out measurements"
   "declab bench spec --limit 1 --out measurements"
   "declab bench verify-cost --batch-sizes 1 --threads 1 --spec-report measurements/spec.json --out measurements"
+  "declab bench draft-agreement --out measurements"
   # plugin benches: reports in plugins/<name>/measurements/
   "declab bench contrastive --items 100 --out plugins/cad/measurements"
   "declab bench spec-tree --limit 1 --out plugins/token_recycling/measurements"
