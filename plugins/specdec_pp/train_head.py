@@ -322,7 +322,8 @@ def stopping_table(sequences: list[HeldOutSequence]) -> dict[str, Any]:
     fixed = {str(k): simulate(sequences, fixed_policy(k)) for k in range(1, MAX_K + 1)}
     adaptive = {str(h): simulate(sequences, threshold_policy(h)) for h in THRESHOLDS}
     # the oracle as a threshold policy on perfect predictions: P(accept) = the label itself
-    perfect = [HeldOutSequence(s.labels, [float(a) for a in s.labels], {f: [0.0] * len(v) for f, v in s.off_path.items()})
+    perfect = [HeldOutSequence(s.labels, [float(a) for a in s.labels],
+                               {f: [0.0] * len(v) for f, v in s.off_path.items()})
                for s in sequences]
     oracle = simulate(perfect, threshold_policy(0.5))
     return {"max_k": MAX_K, "fixed_k": fixed, "threshold": adaptive, "oracle_stop_at_first_rejection": oracle,
