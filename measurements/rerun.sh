@@ -22,6 +22,8 @@ COMMANDS=(
   "declab bench verify-cost --cost-from plugins/token_recycling/measurements/verify-cost-h100.json --spec-report measurements/spec.json --out plugins/token_recycling/measurements/h100-projection"
   "declab bench diverse-beam --out plugins/diverse_beam/measurements"
   "declab bench degeneration --prompts 16 --max-tokens 128 --repeats 2 --latency-prompts 2 --out plugins/momentum/measurements"
+  # SpecDec++'s acceptance head: trains plugins/specdec_pp/acceptance_head.safetensors and reports its calibration
+  "python -m declab.plugins.specdec_pp.train_head --out plugins/specdec_pp/measurements"
   "declab bench grammar --kl-n 300 --checkpoints 100,300 --limit 1 --backends xgrammar,gcd,asap --budget-requests 200 --out plugins/asap/measurements"
   # the fuzz suite at full size (issue #13): measurements/fuzz.json
   "make fuzz FUZZ_CASES=1000"
