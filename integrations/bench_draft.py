@@ -39,21 +39,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from declab.integrations.models import shared_dir
-from declab.integrations.sdk.bench import CODE_GROUP, add_option, default_model, group_order, load_prompt_set
+
+from declab.integrations.sdk.bench import CODE_GROUP, add_option, default_draft_model, default_model, group_order, load_prompt_set
 
 CONTEXT = 2048  # decoder-29m's and the draft's max_position_embeddings
 CHAIN_KS = tuple(range(1, 9))
 TARGET_AGREEMENT = 0.55  # issue #14: the draft's top-1 agreement target on Spec-Bench and code prompts
 SPEC_BENCH = "spec_bench"  # every group but code
-
-
-def default_draft() -> str | None:
-    """The project's shared draft fixture (``../shared/fixtures/draft-5m``) if present. The draft is not bundled:
-    the package must stay under 64 MiB and decoder-29m already takes 59 MB of it."""
-    shared = shared_dir()
-    path = shared / "fixtures" / "draft-5m" if shared else None
-    return str(path) if path and (path / "config.json").is_file() else None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -187,7 +179,7 @@ def run(args) -> dict[str, Any]:
         raise ValueError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
-    draft_path = args.draft or default_draft()
+    draft_path = args.draft or default_draft_model()
     if draft_path is None or not (Path(draft_path) / "config.json").is_file():
         raise ValueError(f"--draft: no draft model at {draft_path!r} (give the folder of a Hugging Face model)")
     if args.threads > 0:

@@ -9,7 +9,6 @@ from declab.integrations.bench_draft import (
     CHAIN_KS,
     aggregate,
     chain_steps,
-    default_draft,
     draft_agreement,
     greedy_continuation,
     group_rows,
@@ -17,7 +16,7 @@ from declab.integrations.bench_draft import (
     measure,
     runs,
 )
-from declab.integrations.sdk.bench import CODE_PROMPTS, default_model
+from declab.integrations.sdk.bench import CODE_PROMPTS, default_draft_model, default_model
 
 MAX_TOKENS = 24
 
@@ -38,7 +37,7 @@ def test_chain_walk_accepts_up_to_k_and_adds_the_targets_token():
 
 @pytest.fixture(scope="module")
 def models():
-    draft_path = default_draft()
+    draft_path = default_draft_model()
     if draft_path is None:
         pytest.skip("no draft fixture at ../shared/fixtures/draft-5m")
     return load_model(default_model()), load_model(draft_path)

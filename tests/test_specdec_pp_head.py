@@ -8,13 +8,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from declab.integrations.models import default_draft_model
 from declab.plugins.specdec_pp.head import AcceptanceHead, prob_features
 from declab.plugins.specdec_pp.train_head import (
     DEFAULT_HEAD,
     HeldOutSequence,
     auc,
     calibration,
-    default_draft,
     fit,
     fixed_policy,
     simulate,
@@ -127,7 +127,7 @@ def test_simulation_counts_tokens_per_target_forward():
 
 
 def test_the_committed_head_gives_probabilities_on_the_real_drafts_features():
-    draft_dir = Path(default_draft())
+    draft_dir = Path(default_draft_model())
     if not (draft_dir / "config.json").is_file():
         pytest.skip(f"no draft model at {draft_dir}")
     from tokenizers import Tokenizer

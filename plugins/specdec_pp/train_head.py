@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from declab.integrations.sdk.bench import default_model, load_average, provenance, write_report
+from declab.integrations.sdk.bench import default_draft_model, default_model, load_average, provenance, write_report
 from declab.plugins.specdec_pp.head import AcceptanceHead
 
 HERE = Path(__file__).resolve().parent
@@ -43,12 +43,6 @@ PACKAGES = ("transformers", "torch", "numpy", "pydantic", "requests", "jinja2", 
 PREFIX_LENGTHS = (32, 64, 128, 256)
 THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
 MAX_K = 8
-
-
-def default_draft() -> str:
-    """draft-5m beside the default model: ../shared/fixtures/draft-5m, or the bundled copy when there is no shared
-    folder."""
-    return str(Path(default_model()).parent / "draft-5m")
 
 
 def default_facts() -> Path | None:
@@ -392,7 +386,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", required=True, help="folder for head-calibration.json / .png")
     ap.add_argument("--head", default=str(DEFAULT_HEAD), help="where the chosen head's safetensors file goes")
     ap.add_argument("--target", default=default_model(), help="target model folder (decoder-29m)")
-    ap.add_argument("--draft", default=default_draft(), help="draft model folder (draft-5m)")
+    ap.add_argument("--draft", default=default_draft_model(), help="draft model folder (draft-5m)")
     ap.add_argument("--facts", default=default_facts(), help="fact-world corpus (facts.txt.xz)")
     ap.add_argument("--prefixes", type=int, default=600)
     ap.add_argument("--new-tokens", type=int, default=64)
