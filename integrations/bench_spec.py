@@ -190,6 +190,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_option(parser, "--draft-ks", default=",".join(map(str, bench_spec_draft.DEFAULT_DRAFT_KS)),
          help="draft_model sweep: K values (one engine each on the sweep subset)")
     add_option(parser, "--draft-k", type=int, default=None, help="skip the draft_model sweep and use this K")
+    add_option(parser, "--draft-sweep-on", choices=("subset", "selected"), default="subset",
+         help="draft_model sweep prompts: the sweep subset (default) or the selected prompts of the batched phase "
+              "(every K then has tokens per forward on the plugins' prompts: the fixed-K baseline of the "
+              "adaptive-length comparison)")
     add_option(parser, "--ignore-eos", action="store_true", help="fixed-length outputs (default: stop at EOS)")
     add_option(parser, "--child-timeout", type=float, default=1800, help="seconds per engine child process")
     return parser
@@ -760,7 +764,8 @@ def run(args) -> dict[str, Any]:
     if draft_info["available"]:
         report["draft_model_sweep"] = bench_spec_draft.sweep_unless_given(
             args.draft_k, model=model, draft=draft_info["path"], sampling=sampling, engine_kwargs=engine_kwargs,
-            subset=sweep_subset(items_all, args.sweep_per_category), ks=draft_ks, batch_size=args.batch_size,
+            subset=items if args.draft_sweep_on == "selected" else sweep_subset(items_all, args.sweep_per_category),
+            ks=draft_ks, batch_size=args.batch_size,
             timeout=args.child_timeout, log=log)
         k_draft = report["draft_model_sweep"]["chosen"]["k"]
 

@@ -156,8 +156,16 @@ def project(cost: dict[str, float], spec_report: dict[str, Any], phase: str,
         if forwards is not None:
             entry.update(draft_forwards_per_step=forwards[0], draft_forwards_from=forwards[1], draft_ms_per_forward=
                          draft_ms, draft_ms_per_step=forwards[0] * draft_ms if draft_ms is not None else None)
+            overlapped = bool((ph.get("proposer", {}).get("stats") or {}).get("draft_overlaps_verification"))
             if draft_ms is None:
                 entry["note"] = "draft cost not measured: left out of this projection"
+            elif overlapped:
+                # A proposer whose paper runs the draft while the target verifies (it says so in its stats):
+                # a step costs the longer of the two; the serial cost stays beside it.
+                entry["serial_step_ms"] = step + forwards[0] * draft_ms
+                entry["serial_projected_speedup"] = per_forward * cost["1"] / entry["serial_step_ms"]
+                entry["draft_overlaps_verification"] = True
+                step = max(step, forwards[0] * draft_ms)
             else:
                 step += forwards[0] * draft_ms
         out[name] = {**entry, "mean_step_ms": step, "projected_speedup": per_forward * cost["1"] / step,

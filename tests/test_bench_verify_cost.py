@@ -59,6 +59,15 @@ def test_project_charges_a_draft_model_its_forwards():
     assert unmeasured["draft_model"]["draft_ms_per_step"] is None and "not measured" in unmeasured["draft_model"]["note"]
 
 
+def test_a_proposer_that_overlaps_draft_and_verification_pays_the_longer_of_the_two():
+    report = _draft_report()
+    report["configs"]["adaptive"]["phases"]["batch1"]["proposer"]["stats"]["draft_overlaps_verification"] = True
+    out = project({"1": 10.0, "5": 14.0}, report, "batch1", draft_ms=6.0)["adaptive"]
+    assert out["mean_step_ms"] == 18.0  # max(verify 14, draft 3 x 6)
+    assert out["projected_speedup"] == pytest.approx(2.0 * 10 / 18)
+    assert out["serial_projected_speedup"] == pytest.approx(2.0 * 10 / (14 + 18))
+
+
 def test_projections_pair_each_target_with_its_draft_and_skip_drafts():
     report = {"device": "cpu", "models": {
         "model": {"draft": "draft", "by_batch_size": {"1": {"forward_ms": {"1": 10.0, "5": 14.0}}}},

@@ -32,7 +32,10 @@ class PearlProposer(DraftModelProposer):
         if self.window > self.k:
             raise ValueError(f"pearl.window ({self.window}) must not exceed num_speculative_tokens ({self.k})")
         self.schedules: dict[str, PearlSchedule] = {}
-        self.stats.update({PRE + "_steps": 0, POST + "_steps": 0, "handed_over_tokens": 0, "window": self.window})
+        # draft_overlaps_verification: the GPU projection of `declab bench verify-cost` charges a step the longer of
+        # draft and verification (PEARL's parallelism), with the serial cost beside it.
+        self.stats.update({PRE + "_steps": 0, POST + "_steps": 0, "handed_over_tokens": 0, "window": self.window,
+                           "draft_overlaps_verification": True})
         self.open_seams()
 
     def on_request_finish(self, req_id: str) -> None:

@@ -26,6 +26,9 @@ SPEC = PluginSpec(
         proposer=PROPOSER_PATH,
         max_speculative_tokens=16,
         num_speculative_tokens=4,
-        bench_configs={"rapid": ProposerBenchConfig(num_speculative_tokens=4, color="#8c564b")},
+        bench_configs={"rapid": ProposerBenchConfig(num_speculative_tokens=4, color="#8c564b"),
+                       # The same proposer reading the whole prompt: the full-context draft RAPID is compared with.
+                       "rapid_full_context": ProposerBenchConfig(settings={"context_tokens": 2048},
+                                                                 num_speculative_tokens=4, color="#c49c94")},
     ),
 )
