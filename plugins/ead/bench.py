@@ -1,6 +1,6 @@
 """``declab bench ead``: EAD's quality against its target share, per entropy threshold.
 
-One engine (``DECLAB_PLUGINS=ead``, decoder-29m as target, the bundled draft, K = ``--k``, window ``--window``) in
+One engine in-process (``DECLAB_PLUGINS=ead``, the proposer's counters read by ``collective_rpc``; decoder-29m as target, the bundled draft, K = ``--k``, window ``--window``) in
 a child process; every threshold of ``--thresholds`` runs as a per-request ``entropy_threshold`` on the same engine,
 all prompts of a threshold in one concurrent batch, greedy:
 
@@ -28,6 +28,7 @@ from typing import Any
 from declab.integrations.sdk.bench import (
     CODE_PROMPTS,
     CPU_ENGINE_KWARGS,
+    IN_PROCESS_ENGINE_ENV,
     answer_rates,
     call_in_child,
     default_model,
@@ -141,7 +142,7 @@ def run(args) -> dict[str, Any]:
     payload = {"model": str(args.model or default_model()), "items": args.items, "thresholds": thresholds,
                "answer_tokens": args.answer_tokens, "code_tokens": args.code_tokens, "k": args.k,
                "window": args.window}
-    return call_in_child(MEASURE_TARGET, payload, env={"DECLAB_PLUGINS": "ead"}, timeout=None, name="ead engine")
+    return call_in_child(MEASURE_TARGET, payload, env={**IN_PROCESS_ENGINE_ENV, "DECLAB_PLUGINS": "ead"}, timeout=None, name="ead engine")
 
 
 def summary(report: dict[str, Any]) -> str:

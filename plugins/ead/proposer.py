@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from declab.integrations.request_args import parse_request_args
+from declab.integrations.sdk import resolve_params
 from declab.integrations.sdk.draft_model import DraftOutput
 from declab.integrations.sdk.drafting import DraftModelProposer
 from declab.integrations.sdk.proposer import TargetStep
@@ -62,16 +62,20 @@ class EADProposer(DraftModelProposer):
     # -- per request ---------------------------------------------------------------------------------------------
 
     def request_threshold(self, params) -> float:
-        """The request's ``entropy_threshold`` (validated at admission), else the engine-wide one."""
-        extra = getattr(params, "extra_args", None)
+        """The request's ``entropy_threshold`` (``extra_args["declab"]`` or flat ``"declab.*"`` keys with method
+        ``ead``; validated at admission), else the engine-wide one."""
+        extra = getattr(params, "extra_args", None) or {}
+        nested = extra.get("declab")
+        args = dict(nested) if isinstance(nested, dict) else {k[len("declab."):]: v for k, v in extra.items()
+                                                                if isinstance(k, str) and k.startswith("declab.")}
+        if args.pop("method", None) != SPEC.name:
+            return self.threshold
         try:
-            request = parse_request_args(extra) if extra else None
+            given = resolve_params(SPEC.params, args)["entropy_threshold"]
         except ValueError as e:  # admission refused it already; never let a request kill the worker
             logger.warning("ead: request arguments ignored (%s); engine-wide threshold used", e)
             return self.threshold
-        if request is None or request.spec.name != SPEC.name or request.params["entropy_threshold"] is None:
-            return self.threshold
-        return float(request.params["entropy_threshold"])
+        return self.threshold if given is None else float(given)
 
     def on_request_start(self, req_id: str, params) -> None:
         self.switches[req_id] = EntropySwitch(self.request_threshold(params), self.window)
