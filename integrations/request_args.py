@@ -87,7 +87,9 @@ def parse_request_args(
     if not isinstance(method, str) or method not in registry.all_specs():
         raise ValueError(f"{KEY}.method: unknown method {method!r} (known: {', '.join(_logits_plugins())})")
     spec = registry.get_spec(method)
-    if spec.hook != registry.HOOK_LOGITS:
+    # A proposer that declares per-request parameters (e.g. a threshold) is named the same way; its proposer reads
+    # them from the request's extra_args in the worker (``DeclabRequest.spec.logits`` is None for it).
+    if spec.hook != registry.HOOK_LOGITS and not (spec.hook == registry.HOOK_PROPOSER and spec.params):
         raise ValueError(
             f"{KEY}.method: {method!r} is a {spec.hook} plugin, not a per-request logits method; "
             "see `declab list` for how to enable it"

@@ -38,7 +38,7 @@ class DeclabLogitsRouter(LogitsProcessor):
     def validate_params(cls, sampling_params) -> None:  # front-end, at admission
         try:
             request = parse_request_args(sampling_params.extra_args)
-            if request is None:
+            if request is None or request.spec.logits is None:  # none, or a proposer's parameters (validated)
                 return
             hook = request.spec.logits
             if hook.companions:
@@ -81,7 +81,7 @@ class DeclabLogitsRouter(LogitsProcessor):
 
     def _new_row(self, params, prompt_ids, output_ids) -> RowProcessor | None:
         request = parse_request_args(params.extra_args)
-        if request is None:
+        if request is None or request.spec.logits is None:  # a proposer's parameters: no logits transform
             return None
         # A group member's own params are a greedy copy: the group samples with the main request's settings, which
         # the request-group seam (declab.patches.request_groups) wrote into extra_args.

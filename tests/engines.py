@@ -351,24 +351,14 @@ def sample_run_unpatched_kernel(llm, *args) -> dict:
 
 
 def sample_run_accepting_every_draft(llm, *args) -> dict:
-    """``sample_run`` with a deliberately biased verifier: vLLM's ``rejection_sample`` replaced by one that accepts
-    every draft token (then the target's bonus token), restored after. A distribution test must fail on it."""
-    import torch
+    """``sample_run`` with a deliberately biased verifier: vLLM's ``rejection_sample`` replaced by EAD's
+    (``patches/ead_accepts_drafts.py``: every draft token, then the target's bonus token), restored after. A
+    distribution test must fail on it."""
     from vllm.v1.sample import rejection_sampler
 
+    from declab.patches.ead_accepts_drafts import accept_every_draft
+
     original = rejection_sampler.rejection_sample
-
-    def accept_every_draft(draft_token_ids, num_draft_tokens, max_spec_len, cu_num_draft_tokens, draft_probs,
-                           target_logits, bonus_token_ids, *rest, **kwargs):
-        out = torch.full((len(num_draft_tokens), max_spec_len + 1), rejection_sampler.PLACEHOLDER_TOKEN_ID,
-                         dtype=torch.int32, device=target_logits.device)
-        start = 0
-        for i, n in enumerate(num_draft_tokens):
-            out[i, :n] = draft_token_ids[start:start + n]
-            out[i, n] = bonus_token_ids[i, 0]
-            start += n
-        return out
-
     rejection_sampler.rejection_sample = accept_every_draft
     try:
         return sample_run(llm, *args)

@@ -83,6 +83,8 @@ PROFILES: tuple[EngineProfile, ...] = (
     EngineProfile("pearl", plugins="pearl", engine_kwargs=draft_proposer("pearl", 8, window=4)),
     EngineProfile("specdec_pp", plugins="specdec_pp", engine_kwargs=draft_proposer("specdec_pp", 8)),
     EngineProfile("rapid", plugins="rapid", engine_kwargs=draft_proposer("rapid", 4, context_tokens=64)),
+    # EAD (tests/test_ead_engine.py): lossy, every draft kept (patch ead_accepts_drafts); thresholds per request.
+    EngineProfile("ead", plugins="ead", engine_kwargs=draft_proposer("ead", 8, threshold=1.5, window=4)),
     ALL_LOGITS,
     tensor_parallel(ALL_LOGITS),
     tensor_parallel(TR_CHAIN),

@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from declab.integrations.engine_run import (
     CPU_ENGINE_KWARGS,
+    IN_PROCESS_ENGINE_ENV,
     ChildCall,
     ChildFailed,
     ChildTimeout,
@@ -51,7 +52,7 @@ from declab.integrations.prompts import (
 )
 
 __all__ = [
-    "CPU_ENGINE_KWARGS", "ChildCall", "ChildFailed", "ChildTimeout", "RunSpec", "call_in_child", "metrics_diff",
+    "CPU_ENGINE_KWARGS", "IN_PROCESS_ENGINE_ENV", "ChildCall", "ChildFailed", "ChildTimeout", "RunSpec", "call_in_child", "metrics_diff",
     "run_in_child", "spec_metrics", "answer_rates", "kl_divergence", "repetition_stats", "default_model",
     "default_draft_model",
     "eval_file", "CODE_GROUP", "CODE_PROMPTS", "default_bench_prompts", "group_order", "load_prompt_set",
