@@ -811,6 +811,11 @@ def run(args) -> dict[str, Any]:
         report["configs"]["draft_model"] = ({**report["configs"]["draft_model"], "draft_model": draft_info["path"]}
                                             if "draft_model" in report["configs"] else draft_info)
     report["comparison"] = compare(report, items)
+    if "draft_model_sweep" in report:
+        report["draft_model_sweep"]["same_prompts_as_phases"] = (
+            report["draft_model_sweep"].get("prompt_ids") == [it["id"] for it in items])
+        # The sweep runs batched: the batch-16 phase is the one on its prompts (batch 1 takes a subset).
+        report["equal_draft_compute"] = bench_spec_draft.equal_draft_compute(report, "batch16")
     report["per_prompt"] = per_prompt(items, results)
     report["runtime_s"] = time.perf_counter() - t_start
     return report

@@ -95,6 +95,49 @@ def run_draft_sweep(*, model: str, draft: str, subset: list[dict[str, Any]], sam
             "best_by_tokens_per_forward": max(rows, key=lambda r: r["tokens_per_forward"] or 0.0)}
 
 
+def draft_tokens_per_step(config: dict[str, Any], phase: str) -> float | None:
+    """Draft tokens a configuration's draft model wrote per request and step (its draft compute): the proposer's
+    own count when it reports one (``drafted_tokens`` / ``draft_rows``: PEARL drafts ahead of what it hands over),
+    else the tokens vLLM verified per drafting step."""
+    ph = config.get("phases", {}).get(phase, {})
+    stats = (ph.get("proposer") or {}).get("stats") or {}
+    if stats.get("draft_rows"):
+        return stats["drafted_tokens"] / stats["draft_rows"]
+    row = ph.get("groups", {}).get("all", {})
+    return row["num_draft_tokens"] / row["num_drafts"] if row.get("num_drafts") else None
+
+
+def equal_draft_compute(report: dict[str, Any], phase: str = "batch16") -> dict[str, Any]:
+    """Each draft-model configuration's tokens per target forward next to the fixed-K ``draft_model`` curve at the
+    same draft tokens per step (linear between the swept K; the curve's draft tokens per step is K). Meaningful
+    when the sweep ran on the configurations' own prompts (``--draft-sweep-on selected``)."""
+    sweep = report.get("draft_model_sweep") or {}
+    curve = sorted((r["k"], r["tokens_per_forward"]) for r in sweep.get("results", []) if r.get("tokens_per_forward"))
+    if len(curve) < 2:
+        return {}
+    out: dict[str, Any] = {"phase": phase, "sweep_on_the_same_prompts": sweep.get("same_prompts_as_phases"),
+                           "sweep_phase": "batch16", "configs": {}}
+    for name, cfg in report.get("configs", {}).items():
+        if name == NAME or not cfg.get("available", True):
+            continue
+        stats = (cfg.get("phases", {}).get(phase, {}).get("proposer") or {}).get("stats") or {}
+        if "draft_forwards" not in stats:  # not a draft-model proposer
+            continue
+        x = draft_tokens_per_step(cfg, phase)
+        row = cfg["phases"][phase]["groups"]["all"]
+        if x is None:
+            continue
+        k0, t0 = next(((k, t) for k, t in reversed(curve) if k <= x), curve[0])
+        k1, t1 = next(((k, t) for k, t in curve if k >= x), curve[-1])
+        fixed = t0 if k1 == k0 else t0 + (t1 - t0) * (x - k0) / (k1 - k0)
+        best = max(curve, key=lambda kt: kt[1])
+        out["configs"][name] = {"draft_tokens_per_step": x, "tokens_per_forward": row["tokens_per_forward"],
+                                "fixed_k_tokens_per_forward_at_equal_draft": fixed,
+                                "ratio": row["tokens_per_forward"] / fixed,
+                                "best_fixed_k": best[0], "best_fixed_k_tokens_per_forward": best[1]}
+    return out
+
+
 def sweep_summary(sweep: dict[str, Any]) -> str:
     """One line per sweep for ``declab bench spec``'s printed summary."""
     if sweep.get("skipped"):

@@ -195,3 +195,23 @@ def test_bench_sdk_imports_no_torch_or_vllm():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_equal_draft_compute_reads_the_fixed_k_curve_at_each_proposers_draft_tokens():
+    from declab.integrations.bench_spec_draft import equal_draft_compute
+
+    def cfg(tpf, drafted, rows):
+        return {"phases": {"batch16": {"groups": {"all": {"tokens_per_forward": tpf, "num_drafts": 10,
+                                                            "num_draft_tokens": 99}},
+                                       "proposer": {"stats": {"draft_forwards": 5, "drafted_tokens": drafted,
+                                                              "draft_rows": rows}}}}}
+    report = {"draft_model_sweep": {"same_prompts_as_phases": True, "results": [
+        {"k": 1, "tokens_per_forward": 1.5}, {"k": 2, "tokens_per_forward": 1.8}, {"k": 4, "tokens_per_forward": 2.0}]},
+        "configs": {"draft_model": {}, "ngram": {"phases": {"batch16": {"groups": {"all": {}}}}},
+                    "adaptive": cfg(2.1, 30, 10), "short": cfg(1.6, 5, 10)}}
+    out = equal_draft_compute(report)
+    assert set(out["configs"]) == {"adaptive", "short"}  # not vLLM's own, not a proposer without a draft model
+    adaptive = out["configs"]["adaptive"]  # 3 draft tokens per step: halfway between K=2 and K=4
+    assert adaptive["fixed_k_tokens_per_forward_at_equal_draft"] == pytest.approx(1.9)
+    assert adaptive["ratio"] == pytest.approx(2.1 / 1.9) and adaptive["best_fixed_k"] == 4
+    assert out["configs"]["short"]["fixed_k_tokens_per_forward_at_equal_draft"] == 1.5  # below K=1: K=1's value
