@@ -98,10 +98,14 @@ class DraftCache:
     def sync(self, tokens: Sequence[int]) -> list[int]:
         """Cut the cache back to its longest common prefix with ``tokens`` and return the tokens it still has to
         encode (what the target committed since, or what replaced rejected drafts)."""
-        n = 0
+        tokens = list(tokens)
         limit = min(len(self.tokens), len(tokens))
-        while n < limit and self.tokens[n] == tokens[n]:
-            n += 1
+        if self.tokens[:limit] == tokens[:limit]:  # the usual case, compared in C: only the tail changed
+            n = limit
+        else:
+            n = 0
+            while self.tokens[n] == tokens[n]:
+                n += 1
         self.truncate(n)
         return list(tokens[n:])
 
@@ -194,6 +198,22 @@ class DraftModel:
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
 
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int) -> torch.Tensor:
+        """One request's attention: ``q`` [n, heads, hd] at positions start..start+n-1 over ``keys`` / ``values``
+        [kv_heads, start+n, hd]; query i sees positions <= start + i. Written as two batched matrix products with
+        the query heads grouped by their key-value head: for the draft's tiny shapes this is several times faster
+        on CPU than ``scaled_dot_product_attention`` with ``enable_gqa``."""
+        n, heads, hd = q.shape
+        kvh = keys.shape[0]
+        group = heads // kvh
+        qg = q.permute(1, 0, 2).reshape(kvh, group * n, hd)  # head h uses key-value head h // group
+        scores = torch.bmm(qg, keys.transpose(1, 2)) * (1.0 / math.sqrt(hd))
+        if n > 1:
+            causal = torch.ones(n, start + n, dtype=torch.bool).tril(diagonal=start)
+            scores = scores.view(kvh, group, n, -1).masked_fill(~causal, float("-inf")).view(kvh, group * n, -1)
+        out = torch.bmm(scores.softmax(dim=-1), values)  # [kvh, group * n, hd]
+        return out.view(heads, n, hd).permute(1, 0, 2)
+
     @torch.inference_mode()
     def forward(self, caches: Sequence[DraftCache], new_tokens: Sequence[Sequence[int]]) -> DraftOutput:
         """Encode each request's ``new_tokens`` after what its cache holds (appending them to the cache) and return
@@ -227,14 +247,7 @@ class DraftModel:
                 cache.keys[li][:, s:s + b - a] = k[a:b].transpose(0, 1)
                 cache.values[li][:, s:s + b - a] = v[a:b].transpose(0, 1)
                 keys, values = cache.keys[li][:, :s + b - a], cache.values[li][:, :s + b - a]
-                qr = q[a:b].transpose(0, 1)  # [heads, n, hd]
-                # Causal over the new tokens, full over the cached prefix: query i sees positions <= s + i.
-                mask = None
-                if b - a > 1:
-                    mask = torch.ones(b - a, s + b - a, dtype=torch.bool).tril(diagonal=s)
-                out = F.scaled_dot_product_attention(qr, keys, values, attn_mask=mask, enable_gqa=heads != kvh,
-                                                     scale=1.0 / math.sqrt(hd))
-                attn[a:b] = out.transpose(0, 1)
+                attn[a:b] = self._attend(q[a:b], keys, values, s)
             x = x + attn.reshape(-1, q_size) @ o_w.T
             h = self._rms(x, ln2)
             gate, up = (h @ gate_up_w.T).chunk(2, dim=-1)
