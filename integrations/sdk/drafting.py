@@ -181,7 +181,7 @@ class DraftModelProposer(DeclabProposer):
             self.stats[key] = type(self.stats[key])(0)
 
     def declab_bench_memory(self) -> dict:
-        weights = self.draft_model.num_parameters * self.draft_model.embed.element_size()
+        weights = self.draft_model.nbytes
         caches = sum(c.nbytes for c in self.caches.values())
         return {"proposer_bytes": int(weights + caches), "draft_weights_bytes": int(weights),
                 "draft_cache_bytes": int(caches), "what": "draft model weights + per-request draft KV caches"}
