@@ -18,6 +18,7 @@ COMMANDS=(
   "declab bench draft-agreement --out measurements"
   # plugin benches: reports in plugins/<name>/measurements/
   "declab bench contrastive --items 100 --out plugins/cad/measurements"
+  "declab bench contrastive --parts cost --no-naive --out plugins/cfg/measurements"
   "declab bench spec-tree --limit 1 --out plugins/token_recycling/measurements"
   "declab bench verify-cost --cost-from plugins/token_recycling/measurements/verify-cost-h100.json --spec-report measurements/spec.json --out plugins/token_recycling/measurements/h100-projection"
   "declab bench diverse-beam --out plugins/diverse_beam/measurements"

@@ -1,7 +1,8 @@
 """Contrastive decoding through a running ``declab serve --plugins cad,lqcd,cfg``: HTTP 400 for bad input; completions
-and chat answers (CAD, and CFG with the context-free prompt as negative prompt) equal to the offline engine (the ``contrastive`` profile) on the items where CAD's answer differs
-from plain greedy, so a server that dropped the contrast fails; and 64 concurrent plain / CAD / LQCD requests (some
-aborted midway) that all finish, equal the offline answers, and leave the KV cache as they found it."""
+and chat answers (CAD, and CFG with the context-free prompt as negative prompt) equal to the offline engine (the
+``contrastive`` profile) on the items where CAD's answer differs from plain greedy, so a server that dropped the
+contrast fails; and 64 concurrent plain / CAD / LQCD requests (some aborted midway) that all finish, equal the
+offline answers, and leave the KV cache as they found it."""
 
 from __future__ import annotations
 

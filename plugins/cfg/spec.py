@@ -34,9 +34,9 @@ SPEC = PluginSpec(
             low=0.0,
             high=30.0,
             doc="g in uncond + g*(cond - uncond) on log-probabilities: 1 = plain decoding of the prompt, > 1 pushes "
-            "away from the negative stream, 0 = decode the negative stream; default 1.5 (the paper's experiments favour "
-            "moderate scales around 1.5; not checked against the PDF here); the same as CAD with alpha = g - 1 when "
-            "negative_prompt is CAD's contrast_prompt",
+            "away from the negative stream, 0 = decode the negative stream; default 1.5 (the paper's experiments "
+            "favour moderate scales around 1.5; not checked against the PDF here); the same as CAD with "
+            "alpha = g - 1 when negative_prompt is CAD's contrast_prompt",
         ),
     ),
 )
