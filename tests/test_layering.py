@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import ast
 import re
-import tokenize
 from pathlib import Path
 
 import pytest
+from helpers import text_outside_identifiers
 
 from declab.integrations import registry
 
@@ -78,30 +78,13 @@ def test_runtime_and_patches_import_no_plugin(folder):
     assert not bad, f"{folder}/ reaches plugins only through discovery:\n" + "\n".join(bad)
 
 
-_F_PREFIX = re.compile(r"[rRbB]?[fF]")  # an f-string's prefix
-_FIELD = re.compile(r"\{[^{}]*\}")  # one replacement field of an f-string
-
-
-def _text_outside_identifiers(path: Path) -> list[tuple[int, str]]:
-    """(line, text) of what can name a plugin in a file: for Python, its strings and comments (a local variable
-    that happens to spell a plugin's name, e.g. ``cfg`` for a configuration, selects nothing); else every line."""
-    if path.suffix != ".py":
-        return list(enumerate(path.read_text().splitlines(), 1))
-    with path.open("rb") as f:
-        tokens = [tok for tok in tokenize.tokenize(f.readline) if tok.type in (tokenize.STRING, tokenize.COMMENT)]
-    # An f-string's replacement fields are expressions (identifiers again), not text.
-    return [(tok.start[0], _FIELD.sub("{}", tok.string) if _F_PREFIX.match(tok.string) else tok.string)
-            for tok in tokens]
-
-
-
 def test_shared_code_names_no_plugin():
     names = set(registry.all_specs()) | {p.rsplit(".", 1)[-1] for p in registry.plugin_packages()}
     pattern = re.compile(r"(?<![\w-])(" + "|".join(sorted(map(re.escape, names))) + r")(?![\w-])")
     files = _py_files("integrations") + _py_files("patches") + [REPO / "pyproject.toml", REPO / "setup.py"]
     bad = []
     for path in files:
-        for lineno, text in _text_outside_identifiers(path):
+        for lineno, text in text_outside_identifiers(path):
             for m in pattern.finditer(text):
                 bad.append(f"{path.relative_to(REPO)}:{lineno}: {m.group(0)!r}: {text.strip()[:100]}")
     assert not bad, "shared code names plugins (declare it in the plugin's spec instead):\n" + "\n".join(bad)
