@@ -88,7 +88,16 @@ def format_table(entries: tuple[CatalogEntry, ...], width: int = 160) -> str:
         counts[e.status] = counts.get(e.status, 0) + 1
     lines.append("")
     lines.append("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + f"  (total {len(entries)})")
+    beyond = beyond_the_list()
+    if beyond:
+        lines += ["", "plugins beyond the reading list (paper 0):"]
+        lines += [f"    {s.name:<16} {s.hook:<21} {s.status:<15} {s.summary}"[: max(width, 80)] for s in beyond]
     return "\n".join(lines)
+
+
+def beyond_the_list() -> list:
+    """Plugin specs of methods not in the reading list (``paper == 0``) that are not some plugin's baseline."""
+    return [s for s in registry.all_specs().values() if not s.paper and not s.baseline_of]
 
 
 _HOOK_WORDS = {
@@ -109,7 +118,10 @@ def format_markdown() -> str:
         hook = _HOOK_WORDS[spec.hook]
         if spec.logits is not None and spec.logits.companions:
             hook += " + companion rows"
-        paper = f"{spec.paper} {titles[spec.paper]}" if spec.paper else f"baseline of `{spec.baseline_of}`"
+        if spec.paper:
+            paper = f"{spec.paper} {titles[spec.paper]}"
+        else:
+            paper = f"baseline of `{spec.baseline_of}`" if spec.baseline_of else "beyond the reading list"
         lines.append(f"| `{name}` | {paper} | {hook} | {spec.status} | `{package_dirs[name]}` |")
         for bench in spec.benches:
             if bench.paper:

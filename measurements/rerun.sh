@@ -23,6 +23,7 @@ COMMANDS=(
   "declab bench spec --configs vanilla,pearl,specdec_pp,rapid --phases batch1 --batch1-limit 0 --out measurements/draft-models-all-batch1"
   # plugin benches: reports in plugins/<name>/measurements/
   "declab bench contrastive --items 100 --out plugins/cad/measurements"
+  "declab bench contrastive --parts cost --no-naive --out plugins/cfg/measurements"
   "declab bench spec-tree --limit 1 --out plugins/token_recycling/measurements"
   "declab bench verify-cost --cost-from plugins/token_recycling/measurements/verify-cost-h100.json --spec-report measurements/spec.json --out plugins/token_recycling/measurements/h100-projection"
   "declab bench diverse-beam --out plugins/diverse_beam/measurements"

@@ -8,7 +8,8 @@ hook sees the sampling parameters but neither the tokenizer nor ``max_model_len`
 How: wraps ``InputProcessor.process_inputs`` (offline ``LLM`` and the OpenAI server both pass through it). For a
 request naming a method with companion prompts it checks the sampling options a group cannot honour, tokenizes each
 companion prompt with the served tokenizer exactly like a completion prompt (special tokens added), checks it leaves
-room within ``max_model_len``, caps ``max_tokens`` so that every row ends on the same step, and stores the ids in
+room within ``max_model_len`` (an empty one is refused, or replaced by the main prompt's last token where the
+hook's ``empty_companion`` says so: classifier-free guidance without a negative prompt), caps ``max_tokens`` so that every row ends on the same step, and stores the ids in
 ``extra_args`` for the engine core. Other requests are returned untouched. Any plugin that declares companion
 prompts is served; the seam knows no plugin.
 
@@ -60,7 +61,7 @@ def attach_companion_prompts(input_processor: Any, request: Any) -> str | None:
     """Tokenize the companion prompts of a request whose method has companion rows; return that method (None for
     other requests)."""
     from declab.integrations.request_args import KEY, parse_request_args
-    from declab.integrations.sdk.groups import COMPANION_IDS_KEY, check_group_sampling_options
+    from declab.integrations.sdk.groups import COMPANION_IDS_KEY, check_group_sampling_options, companion_prompt_ids
 
     sp = request.sampling_params
     parsed = parse_request_args(sp.extra_args)
@@ -71,7 +72,8 @@ def attach_companion_prompts(input_processor: Any, request: Any) -> str | None:
     longest = len(request.prompt_token_ids or ())
     companion_ids = {}
     for name in parsed.spec.logits.companions:
-        ids = list(input_processor.get_tokenizer().encode(parsed.params[name]))
+        ids = companion_prompt_ids(list(input_processor.get_tokenizer().encode(parsed.params[name])),
+                                   request.prompt_token_ids, parsed.spec.logits.empty_companion)
         if not ids:
             raise ValueError(f"{KEY}.{name} must not be empty")
         if len(ids) >= max_model_len:

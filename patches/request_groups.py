@@ -1,6 +1,6 @@
 """Request-group seam: companion rows decoded in lockstep with a request inside the same batch, invisible to the
 client. Any plugin whose ``LogitsHook.companions`` names companion prompts gets one hidden row per prompt (today the
-contrastive family: CAD, LQCD, M3ID; next, classifier-free guidance and superposed decoding); the seam knows no plugin.
+contrastive family: CAD, LQCD, M3ID, and classifier-free guidance; next, superposed decoding); the seam knows no plugin.
 
 Why: such methods need, at every step, the logits of the same model on further prompts (without the context, with a
 neutral query, without the image, an unconditional prompt). vLLM 0.32 has no hook for a second conditioned forward
@@ -122,7 +122,11 @@ def _companion_ids(scheduler: Any, request: Any, parsed: Any) -> dict[str, list[
         mc = scheduler.vllm_config.model_config
         tokenizer = get_tokenizer(mc.tokenizer, trust_remote_code=mc.trust_remote_code, revision=mc.tokenizer_revision)
         scheduler._declab_tokenizer = tokenizer
-    return {name: list(tokenizer.encode(parsed.params[name])) for name in parsed.spec.logits.companions}
+    from declab.integrations.sdk.groups import companion_prompt_ids
+
+    hook = parsed.spec.logits
+    return {name: companion_prompt_ids(list(tokenizer.encode(parsed.params[name])), request.prompt_token_ids,
+                                       hook.empty_companion) for name in hook.companions}
 
 
 def _greedy_copy(sp: Any, extra_args: dict[str, Any]) -> Any:

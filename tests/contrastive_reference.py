@@ -1,11 +1,13 @@
-"""Two-pass reference of the contrastive methods (CAD / LQCD / M3ID) in plain transformers, no vLLM.
+"""Two-pass reference of the contrastive methods (CAD / LQCD / M3ID / CFG) in plain transformers, no vLLM.
 
 For each (main prompt, contrast prompt) pair the model runs both prompts side by side (one batch, left padding, an
 attention mask and explicit position ids, KV cache through ``past_key_values``), and every step the method's own
 ``ContrastiveProcessor.contrast`` (``declab.plugins.<method>.core``) turns the two last-position logits rows into the
 contrasted row; the token is drawn from it with ``declab.plugins.shared.contrastive.draw_token`` (greedy = argmax, or the
 main request's temperature / top-k / top-p / min-p / seed) and appended to both sequences. Decoding stops at EOS, at
-a generated newline, or after ``max_tokens`` tokens. float32 throughout.
+a generated newline (unless ``stop_at_newline`` is off), or after ``max_tokens`` tokens. float32 throughout. An empty
+contrast prompt runs the second stream from the main prompt's last token alone (HF transformers' classifier-free
+guidance without ``negative_prompt_ids``; CFG's empty ``negative_prompt``).
 
 Prompt token ids are ``tokenizer(prompt)["input_ids"]`` with the tokenizer's default ``add_special_tokens`` (what
 vLLM does for a completions prompt); decoder-29m's tokenizer adds no BOS/EOS (checked by the unit tests).
@@ -16,6 +18,7 @@ CLI (prints one JSON object)::
     python tests/contrastive_reference.py --method lqcd --alpha 0.5 --set leading
     python tests/contrastive_reference.py --method m3id --set conflict          # paper defaults lam 0.02, threshold 0.3
     python tests/contrastive_reference.py --method plain --set leading          # main prompt alone, greedy
+    python tests/contrastive_reference.py --method cfg --guidance-scale 1.5 --set conflict  # = cad --alpha 0.5
 
 Sets (``../shared/eval``): ``conflict`` = ``conflict_dev.jsonl`` (main ``prompt_with_context``, contrast
 ``prompt_without_context``; rates of ``context_answer`` / ``prior_answer``), ``leading`` = ``leading_dev.jsonl``
@@ -48,7 +51,7 @@ SETS: dict[str, dict[str, Any]] = {
     "leading": {"file": "leading_dev.jsonl", "main": "leading_prompt", "contrast": "neutral_prompt",
                 "fields": ("suggested_answer", "true_answer")},
 }
-METHODS = ("plain", "cad", "lqcd", "m3id")
+METHODS = ("plain", "cad", "lqcd", "m3id", "cfg")
 
 
 @dataclass
@@ -81,7 +84,7 @@ def make_processor(method: str, params: Mapping[str, Any], vocab_size: int,
                    eos_token_id: int | None) -> ContrastiveProcessor:
     """The plugin's own row processor, with ``params`` validated and defaulted by its ``ParamSpec``s."""
     spec = get_spec(method)
-    resolved = resolve_params(spec.params, {"contrast_prompt": "", **params})
+    resolved = resolve_params(spec.params, {**{name: "" for name in spec.logits.companions}, **params})
     cls = spec.load_row_processor()
     return cls(resolved, [], [], RowContext(vocab_size=vocab_size, eos_token_id=eos_token_id))
 
@@ -123,7 +126,8 @@ def generate_pairs(
         procs = [processor_factory() for _ in chunk] if paired else []
         seqs = [encode(tok, m) for m, _ in chunk]
         if paired:
-            seqs += [encode(tok, c or "") for _, c in chunk]
+            # An empty contrast prompt is HF's classifier-free guidance default: the prompt's last token alone.
+            seqs += [encode(tok, c) if c else seqs[i][-1:] for i, (_, c) in enumerate(chunk)]
         ids, mask, pos = _left_pad(seqs, pad)
         gens = [Generation() for _ in chunk]
         done = [False] * b
@@ -184,7 +188,8 @@ def run(method: str, set_name: str, params: Mapping[str, Any], *, limit: int | N
     if method != "plain":
         vocab = model.get_output_embeddings().weight.shape[0]
         probe = make_processor(method, params, vocab, tok.eos_token_id)
-        resolved = {k: v for k, v in probe.params.items() if k != "contrast_prompt"}
+        companions = get_spec(method).logits.companions
+        resolved = {k: v for k, v in probe.params.items() if k not in companions}
         factory = lambda: make_processor(method, params, vocab, tok.eos_token_id)  # noqa: E731
     t0 = time.perf_counter()
     gens = generate_pairs(model, tok, pairs, factory, max_tokens=max_tokens, batch_size=batch_size,
@@ -206,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--beta", type=float, default=None, help="lqcd plausibility constraint (default: off)")
     p.add_argument("--lam", type=float, default=None, help="m3id forgetting rate lambda")
     p.add_argument("--threshold", type=float, default=None, help="m3id confidence threshold (the paper's alpha)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="cfg guidance scale g (the set's contrast "
+                   "prompt is the negative prompt)")
     p.add_argument("--max-tokens", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--temperature", type=float, default=0.0)
@@ -216,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--answers", action="store_true", help="include every item's answer in the JSON")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    params = {k: getattr(args, k) for k in ("alpha", "beta", "lam", "threshold") if getattr(args, k) is not None}
+    params = {k: getattr(args, k) for k in ("alpha", "beta", "lam", "threshold", "guidance_scale")
+              if getattr(args, k) is not None}
     if args.method != "plain":
         known = {s.name for s in get_spec(args.method).params}
         unknown = sorted(set(params) - known)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import subprocess
 import sys
 import time
+import tokenize
 from pathlib import Path
 from typing import Iterator
 
@@ -96,3 +98,20 @@ def assert_lossless(outputs: list[list[int]], reference: list[list[int]], accept
     mismatches = [i for i, (a, b) in enumerate(zip(outputs, reference, strict=True)) if a != b]
     assert not mismatches, f"{what}: rows {mismatches} differ from the reference"
     assert accepted > 0, f"{what}: no draft token was accepted, so the run never speculated"
+
+
+# -- source text a layering check reads --------------------------------------------------------------------------
+_F_PREFIX = re.compile(r"[rRbB]?[fF]")  # an f-string's prefix
+_FIELD = re.compile(r"\{[^{}]*\}")  # one replacement field of an f-string
+
+
+def text_outside_identifiers(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of what can name a plugin in a file: for Python, its strings and comments (a local variable
+    that happens to spell a plugin's name, e.g. ``cfg`` for a configuration, selects nothing); else every line."""
+    if path.suffix != ".py":
+        return list(enumerate(path.read_text().splitlines(), 1))
+    with path.open("rb") as f:
+        tokens = [tok for tok in tokenize.tokenize(f.readline) if tok.type in (tokenize.STRING, tokenize.COMMENT)]
+    # An f-string's replacement fields are expressions (identifiers again), not text.
+    return [(tok.start[0], _FIELD.sub("{}", tok.string) if _F_PREFIX.match(tok.string) else tok.string)
+            for tok in tokens]

@@ -68,7 +68,7 @@ PROFILES: tuple[EngineProfile, ...] = (
     EngineProfile("asap", plugins="asap,gcd"),
     TR_CHAIN,
     TR_TREE_PROFILE,
-    EngineProfile("contrastive", plugins="cad,lqcd,m3id", engine_kwargs={"block_size": 32}),
+    EngineProfile("contrastive", plugins="cad,lqcd,m3id,cfg", engine_kwargs={"block_size": 32}),
     # Chunked prefill with a small token budget, so a prompt is split when others are scheduled before it; any
     # plugin selected applies the seeded-chunked-prefill patch; no prefix caching (a cached prefix skips prefill).
     EngineProfile("seeded_chunked", plugins="momentum",
@@ -93,7 +93,7 @@ PROFILES: tuple[EngineProfile, ...] = (
 
 SERVERS: tuple[ServerProfile, ...] = (
     ServerProfile("momentum", "momentum"),
-    ServerProfile("contrastive", "cad,lqcd"),
+    ServerProfile("contrastive", "cad,lqcd,cfg"),
     # Two engine cores (one core each) with the plugins and settings of ALL_LOGITS (tests/test_scale_out.py).
     ServerProfile("dp2", ALL_LOGITS.plugins, args=("--data-parallel-size", "2", "--block-size", "32",
                                                    "--max-logprobs", "-1"),

@@ -97,6 +97,8 @@ def test_declab_list_table_cli():
     out = subprocess.run([sys.executable, "-m", "declab.integrations.cli", "list"],
                          capture_output=True, text=True, check=True).stdout
     assert "Token Recycling" in out and "(total 65)" in out
+    beyond = out.split("plugins beyond the reading list (paper 0):")[1]
+    assert "cfg" in beyond and "working" in beyond and "gcd" not in beyond  # gcd is asap's baseline
 
 
 def test_every_plugin_folder_is_packaged():

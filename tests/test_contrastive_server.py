@@ -1,11 +1,13 @@
-"""Contrastive decoding through a running ``declab serve --plugins cad,lqcd``: HTTP 400 for bad input; completions
-and chat answers equal to the offline engine (the ``contrastive`` profile) on the items where CAD's answer differs
-from plain greedy, so a server that dropped the contrast fails; and 64 concurrent plain / CAD / LQCD requests (some
-aborted midway) that all finish, equal the offline answers, and leave the KV cache as they found it."""
+"""Contrastive decoding through a running ``declab serve --plugins cad,lqcd,cfg``: HTTP 400 for bad input; completions
+and chat answers (CAD, and CFG with the context-free prompt as negative prompt) equal to the offline engine (the
+``contrastive`` profile) on the items where CAD's answer differs from plain greedy, so a server that dropped the
+contrast fails; and 64 concurrent plain / CAD / LQCD requests (some aborted midway) that all finish, equal the
+offline answers, and leave the KV cache as they found it."""
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -69,7 +71,7 @@ def offline(contrastive_engine):
 
 @pytest.fixture
 def server(offline, contrastive_server):
-    """``declab serve --plugins cad,lqcd``, shared by this module's tests (profiles.SERVERS); the offline answers
+    """``declab serve --plugins cad,lqcd,cfg``, shared by this module's tests (profiles.SERVERS); the offline answers
     are computed first, so the engine and the server start once each."""
     return contrastive_server
 
@@ -95,7 +97,9 @@ def _body(prompt, xargs=None, **extra):
 
 
 def _post(base, body, timeout=300):
-    return requests.post(f"{base}/v1/completions", json=body, timeout=timeout)
+    # json.dumps, not requests' json=: it writes NaN / Infinity literals (a bad value a client can send).
+    return requests.post(f"{base}/v1/completions", data=json.dumps(body), timeout=timeout,
+                         headers={"Content-Type": "application/json"})
 
 
 def _cad(item, **more):
@@ -112,6 +116,13 @@ def _cad(item, **more):
         ({"declab.method": "m3id", "declab.contrast_prompt": "Q:"}, {}, "not enabled"),
         ({"declab.method": "cad", "declab.contrast_prompt": "word " * 3000}, {}, "declab.contrast_prompt"),
         ({"declab.method": "cad", "declab.contrast_prompt": "Q:"}, {"repetition_penalty": 1.3}, "repetition_penalty"),
+        ({"declab.method": "cfg", "declab.guidance_scale": 30.5}, {}, "declab.guidance_scale"),
+        ({"declab.method": "cfg", "declab.guidance_scale": -1}, {}, "declab.guidance_scale"),
+        ({"declab.method": "cfg", "declab.guidance_scale": math.nan}, {}, "declab.guidance_scale"),
+        ({"declab.method": "cfg", "declab.guidance_scale": math.inf}, {}, "declab.guidance_scale"),
+        ({"declab.method": "cfg", "declab.guidance_scale": "x"}, {}, "declab.guidance_scale"),
+        ({"declab.method": "cfg", "declab.negative_prompt": "word " * 3000}, {}, "declab.negative_prompt"),
+        ({"declab.method": "cfg", "declab.guidance_scale": 2}, {"repetition_penalty": 1.3}, "repetition_penalty"),
     ],
 )
 def test_bad_input_is_rejected_with_400(server, xargs, extra, needle):
@@ -163,6 +174,44 @@ def test_chat_with_contrast_prompt_contrasts_like_the_offline_engine(server, off
         r = requests.post(f"{server}/v1/chat/completions", json=body, timeout=120)
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["message"]["content"] == offline["chat_cad"][i] != offline["chat_plain"][i], i
+
+
+def test_cfg_over_http_gives_cads_answers_and_follows_the_reference(server, offline):
+    """CFG at g = 1.5 with the context-free prompt (completions) or the rendered context-free conversation (chat)
+    as negative prompt answers like the offline engine's CAD at alpha 0.5 on the items where CAD changes the answer;
+    with an empty (or no) negative prompt it follows the two-pass reference (the prompt's last token alone as the
+    unconditional stream, HF's rule)."""
+    import contrastive_reference as ref
+
+    conflict, _ = _items()
+    g = 1.0 + ALPHA
+    for i in _changed(offline, "plain", "cad"):
+        xargs = {"declab.method": "cfg", "declab.guidance_scale": g,
+                 "declab.negative_prompt": conflict[i]["prompt_without_context"]}
+        r = _post(server, _body(conflict[i]["prompt_with_context"], xargs))
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == offline["cad"][i], i
+    for i in _changed(offline, "chat_plain", "chat_cad"):
+        body = {"model": "decoder-29m", "max_tokens": MAX_TOKENS, "temperature": 0,
+                "messages": [{"role": "user", "content": conflict[i]["prompt_with_context"]}],
+                "vllm_xargs": {"declab.method": "cfg", "declab.guidance_scale": g,
+                               "declab.negative_prompt": offline["chats"][i][1]}}
+        r = requests.post(f"{server}/v1/chat/completions", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == offline["chat_cad"][i], i
+
+    prompts = ["def fibonacci(n):\n    ", "The capital of France is", "import os\nimport sys\n\n\ndef main():\n    "]
+    model, tok = ref.load_model()
+    vocab = model.get_output_embeddings().weight.shape[0]
+    expected = ref.generate_pairs(model, tok, [(p, "") for p in prompts],
+                                  lambda: ref.make_processor("cfg", {"guidance_scale": 3.0}, vocab, tok.eos_token_id),
+                                  max_tokens=MAX_TOKENS, stop_at_newline=False)
+    for prompt, gen in zip(prompts, expected, strict=True):
+        for xargs in ({"declab.method": "cfg", "declab.guidance_scale": 3.0, "declab.negative_prompt": ""},
+                      {"declab.method": "cfg", "declab.guidance_scale": 3.0}):
+            r = _post(server, _body(prompt, xargs))
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["text"] == gen.text, (prompt, xargs)
 
 
 def _stream_and_abort(base, body, keep_chunks=2) -> int:

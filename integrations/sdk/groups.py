@@ -26,6 +26,24 @@ GROUP_REFUSED_OPTIONS = (
 )
 
 
+# What an empty companion prompt means (``LogitsHook.empty_companion``).
+EMPTY_COMPANION_REFUSED = "refuse"
+EMPTY_COMPANION_LAST_PROMPT_TOKEN = "last_prompt_token"
+EMPTY_COMPANION_RULES = (EMPTY_COMPANION_REFUSED, EMPTY_COMPANION_LAST_PROMPT_TOKEN)
+
+
+def companion_prompt_ids(ids: list[int], main_prompt_ids: list[int] | None, empty_rule: str) -> list[int]:
+    """The prompt of a companion row: its tokenized prompt ``ids``; when that is empty and the hook's
+    ``empty_companion`` is ``"last_prompt_token"``, the main prompt's last token alone (HF transformers' unconditional
+    stream for classifier-free guidance without a negative prompt). ``[]`` when the prompt stays empty (refused at
+    admission)."""
+    if ids:
+        return list(ids)
+    if empty_rule == EMPTY_COMPANION_LAST_PROMPT_TOKEN and main_prompt_ids:
+        return [int(main_prompt_ids[-1])]
+    return []
+
+
 def check_group_sampling_options(sampling_params: Any, method: str) -> None:
     """Reject (ValueError naming the option) what a request with companion rows cannot combine with."""
     refuse_sampling_options(sampling_params, method, GROUP_REFUSED_OPTIONS)

@@ -51,6 +51,9 @@ class LogitsHook:
     request (request-group seam), which needs vLLM's synchronous scheduler (the engine-args seam turns async
     scheduling off and refuses ``--async-scheduling``). The row processor must then be a ``GroupRowProcessor``;
     vLLM options a group cannot honour (penalties, biases, masks) are refused at admission.
+    ``empty_companion``: what an empty companion prompt (no tokens) means: ``"refuse"`` (an error naming the
+    parameter) or ``"last_prompt_token"`` (the companion row starts from the main prompt's last token alone, HF
+    transformers' rule for classifier-free guidance without ``negative_prompt_ids``).
     """
 
     row_processor: str
@@ -59,6 +62,13 @@ class LogitsHook:
     refused_options: tuple[str, ...] = ()
     refused_reason: str = ""
     companions: tuple[str, ...] = ()
+    empty_companion: str = "refuse"
+
+    def __post_init__(self) -> None:
+        from declab.integrations.sdk.groups import EMPTY_COMPANION_RULES
+
+        if self.empty_companion not in EMPTY_COMPANION_RULES:
+            raise ValueError(f"empty_companion {self.empty_companion!r} not in {EMPTY_COMPANION_RULES}")
 
 
 @dataclass(frozen=True)

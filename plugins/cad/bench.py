@@ -1,9 +1,10 @@
-"""Contrastive decoding (CAD / LQCD / M3ID): faithfulness vs alpha on the fact-world dev sets, and cost at batch 16.
+"""Contrastive decoding (CAD / LQCD / M3ID / CFG): faithfulness vs alpha on the fact-world dev sets, and cost at
+batch 16.
 
 ``declab bench contrastive`` (declared by the CAD plugin: its cost part measures CAD, and LQCD / M3ID appear only as
 method names in the requests).
 
-One engine (``DECLAB_PLUGINS=cad,lqcd,m3id``), greedy, in a child process of its own (the bench harness's
+One engine (``DECLAB_PLUGINS=cad,lqcd,m3id,cfg``), greedy, in a child process of its own (the bench harness's
 ``call_in_child``):
 
 * faithfulness: CAD on ``conflict_dev.jsonl`` (share of answers equal to the context / to the memorised prior),
@@ -12,7 +13,11 @@ One engine (``DECLAB_PLUGINS=cad,lqcd,m3id``), greedy, in a child process of its
 * cost at ``--batch`` concurrent requests of ``--max-tokens`` tokens (EOS ignored): plain decoding, CAD through
   the companion rows, and the naive client-side baseline that sends the contrast input as a second, independent
   engine request every step (``max_tokens=1`` with full-vocabulary logprobs, prefix caching on) and combines the
-  two distributions itself (vectorised); all three timed alike, best of ``--repeats``.
+  two distributions itself (vectorised; ``--no-naive`` skips it); classifier-free guidance (``cfg``, g = 1.5) with
+  the context-free prompt as negative prompt (CAD's workload at alpha 0.5: same tokens) and with an empty negative
+  prompt (a one-token unconditional prompt); all timed alike, best of ``--repeats``.
+
+``--parts`` runs a subset (``cost`` alone takes a minute without the naive baseline).
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from typing import Any
 
 from declab.integrations.sdk.bench import CPU_ENGINE_KWARGS, answer_rates, call_in_child, default_model, eval_file
 
-CONTRASTIVE_PLUGINS = "cad,lqcd,m3id"
+CONTRASTIVE_PLUGINS = "cad,lqcd,m3id,cfg"
+PARTS = ("faithfulness", "cost")
+CFG_SCALE = 1.5  # = CAD alpha 0.5
 MEASURE_TARGET = "declab.plugins.cad.bench:measure"  # the child's side
 ENGINE_KWARGS = {**CPU_ENGINE_KWARGS, "max_logprobs": -1}  # the naive baseline reads full-vocabulary logprobs
 
@@ -37,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=16, help="concurrent requests for the cost measurement")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens per request for the cost measurement")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (best of)")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    parser.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True,
+                        help="time the naive client-side CAD baseline in the cost part (minutes on CPU)")
     return parser
 
 
@@ -141,29 +151,46 @@ def _best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**best, "tokens_per_s_all": [r["tokens_per_s"] for r in runs], "repeats": len(runs)}
 
 
-def cost(llm, items: list[dict], max_tokens: int, repeats: int) -> dict[str, Any]:
+def _same_share(configs: dict[str, Any], a: str, b: str) -> float:
+    pairs = list(zip(configs[a]["token_ids"], configs[b]["token_ids"], strict=True))
+    return sum(x == y for x, y in pairs) / len(pairs)
+
+
+def cost(llm, items: list[dict], max_tokens: int, repeats: int, naive: bool = True) -> dict[str, Any]:
     from vllm import SamplingParams
 
     prompts = [it["prompt_with_context"] for it in items]
-    plain = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    cad = [SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True,
-                          extra_args={"declab": {"method": "cad", "alpha": 0.5,
-                                                 "contrast_prompt": it["prompt_without_context"]}}) for it in items]
+
+    def params(declab: dict[str, Any] | None) -> Any:
+        extra = None if declab is None else {"declab": declab}
+        return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, extra_args=extra)
+
+    plain = params(None)
+    cad = [params({"method": "cad", "alpha": 0.5, "contrast_prompt": it["prompt_without_context"]}) for it in items]
+    cfg = [params({"method": "cfg", "guidance_scale": CFG_SCALE, "negative_prompt": it["prompt_without_context"]})
+           for it in items]
+    cfg_empty = params({"method": "cfg", "guidance_scale": CFG_SCALE})
     _timed_once(llm, prompts, plain)  # warm-up
     # Every configuration is timed the same way: `repeats` runs, the fastest reported.
     configs = {
         "plain": _best_of([_timed_once(llm, prompts, plain) for _ in range(repeats)]),
         "cad (companion rows)": _best_of([_timed_once(llm, prompts, cad) for _ in range(repeats)]),
-        "cad (naive: 2 requests/step)": _best_of([naive_cad(llm, items, 0.5, max_tokens) for _ in range(repeats)]),
+        "cfg (companion rows)": _best_of([_timed_once(llm, prompts, cfg) for _ in range(repeats)]),
+        "cfg (empty negative prompt)": _best_of([_timed_once(llm, prompts, cfg_empty) for _ in range(repeats)]),
     }
-    same = sum(a == b for a, b in zip(configs["cad (companion rows)"]["token_ids"],
-                                      configs["cad (naive: 2 requests/step)"]["token_ids"]))
+    if naive:
+        configs["cad (naive: 2 requests/step)"] = _best_of([naive_cad(llm, items, 0.5, max_tokens)
+                                                            for _ in range(repeats)])
+    shares = {"cfg_equals_cad_share": _same_share(configs, "cfg (companion rows)", "cad (companion rows)")}
+    if naive:
+        shares["naive_equals_companion_share"] = _same_share(configs, "cad (companion rows)",
+                                                             "cad (naive: 2 requests/step)")
     base = configs["plain"]["tokens_per_s"]
     for c in configs.values():
         c["vs_plain"] = c["tokens_per_s"] / base
         c.pop("token_ids")
-    return {"batch": len(items), "max_tokens": max_tokens, "configs": configs,
-            "naive_equals_companion_share": same / len(items)}
+    return {"batch": len(items), "max_tokens": max_tokens, "cfg_guidance_scale": CFG_SCALE, "configs": configs,
+            **shares}
 
 
 def measure(payload: dict[str, Any]) -> dict[str, Any]:
@@ -176,8 +203,12 @@ def measure(payload: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     report: dict[str, Any] = {"bench": "contrastive", "model": payload["model"], "items": len(conflict),
                               "engine": ENGINE_KWARGS}
-    report["faithfulness"] = faithfulness(llm, conflict, leading, payload["alphas"])
-    report["cost"] = cost(llm, conflict[: payload["batch"]], payload["max_tokens"], payload["repeats"])
+    parts = payload.get("parts", PARTS)
+    if "faithfulness" in parts:
+        report["faithfulness"] = faithfulness(llm, conflict, leading, payload["alphas"])
+    if "cost" in parts:
+        report["cost"] = cost(llm, conflict[: payload["batch"]], payload["max_tokens"], payload["repeats"],
+                              payload.get("naive", True))
     report["total_s"] = time.perf_counter() - t0
     return report
 
@@ -188,20 +219,31 @@ def run(args) -> dict[str, Any]:
             raise SystemExit(f"../shared/eval/{name} is not present")
     payload = {"model": str(args.model or default_model()), "items": args.items,
                "alphas": [float(a) for a in args.alphas.split(",")], "batch": args.batch,
-               "max_tokens": args.max_tokens, "repeats": args.repeats}
+               "max_tokens": args.max_tokens, "repeats": args.repeats, "naive": args.naive,
+               "parts": _parts(args.parts)}
     return call_in_child(MEASURE_TARGET, payload, env={"DECLAB_PLUGINS": CONTRASTIVE_PLUGINS}, timeout=None,
                          name="contrastive engine")
 
 
+def _parts(text: str) -> list[str]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        raise SystemExit(f"--parts: {unknown or text!r} not a subset of {','.join(PARTS)}")
+    return parts
+
+
 def summary(report: dict[str, Any]) -> str:
-    f = report["faithfulness"]
-    lines = [f"plain: conflict {f['plain']['cad_set']}  leading {f['plain']['lqcd_set']}"]
-    for r in f["sweep"]:
-        lines.append(f"alpha {r['alpha']:<5} CAD context {r['cad']['context_answer']:.3f} prior "
-                     f"{r['cad']['prior_answer']:.3f} | LQCD suggested {r['lqcd']['suggested_answer']:.3f} true "
-                     f"{r['lqcd']['true_answer']:.3f}")
-    lines.append(f"m3id (defaults) on conflicts: {f['m3id_defaults']}")
-    for name, c in report["cost"]["configs"].items():
+    lines = []
+    f = report.get("faithfulness")
+    if f is not None:
+        lines.append(f"plain: conflict {f['plain']['cad_set']}  leading {f['plain']['lqcd_set']}")
+        for r in f["sweep"]:
+            lines.append(f"alpha {r['alpha']:<5} CAD context {r['cad']['context_answer']:.3f} prior "
+                         f"{r['cad']['prior_answer']:.3f} | LQCD suggested {r['lqcd']['suggested_answer']:.3f} true "
+                         f"{r['lqcd']['true_answer']:.3f}")
+        lines.append(f"m3id (defaults) on conflicts: {f['m3id_defaults']}")
+    for name, c in report.get("cost", {}).get("configs", {}).items():
         lines.append(f"{name:<30} {c['tokens_per_s']:8.1f} tok/s  {c['vs_plain']:.2f}x plain")
     return "\n".join(lines)
 
@@ -212,15 +254,28 @@ def plot(report: dict[str, Any], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    f = report["faithfulness"]
+    f, c = report.get("faithfulness"), report.get("cost")
+    panels = (2 if f is not None else 0) + (1 if c is not None else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2), squeeze=False)
+    axes = list(axes[0])
+    if f is not None:
+        _plot_faithfulness(axes.pop(0), axes.pop(0), f, report["items"])
+    if c is not None:
+        _plot_cost(axes.pop(0), c)
+    fig.suptitle(f"Contrastive decoding in vLLM ({os.path.basename(report['model'])}, greedy)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_faithfulness(ax1, ax2, f: dict[str, Any], items: int) -> None:
     alphas = [r["alpha"] for r in f["sweep"]]
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.2))
     ax1.plot(alphas, [r["cad"]["context_answer"] for r in f["sweep"]], "o-", label="follows context")
     ax1.plot(alphas, [r["cad"]["prior_answer"] for r in f["sweep"]], "s--", label="follows memorised prior")
-    ax1.set_title(f"CAD, conflict_dev ({report['items']} items)")
+    ax1.set_title(f"CAD, conflict_dev ({items} items)")
     ax2.plot(alphas, [r["lqcd"]["true_answer"] for r in f["sweep"]], "o-", label="true answer")
     ax2.plot(alphas, [r["lqcd"]["suggested_answer"] for r in f["sweep"]], "s--", label="follows wrong suggestion")
-    ax2.set_title(f"LQCD, leading_dev ({report['items']} items)")
+    ax2.set_title(f"LQCD, leading_dev ({items} items)")
     # Plain greedy decoding of the main prompt, for reference.
     plain = f["plain"]
     ax1.axhline(plain["cad_set"]["context_answer"], color="grey", lw=0.8, ls=":", label="plain greedy: context")
@@ -234,17 +289,17 @@ def plot(report: dict[str, Any], path) -> None:
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    c = report["cost"]
+
+
+def _plot_cost(ax3, c: dict[str, Any]) -> None:
     names = list(c["configs"])
-    ax3.bar(range(len(names)), [c["configs"][n]["tokens_per_s"] for n in names], color=["grey", "tab:blue", "tab:red"])
-    ax3.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=8)
+    colors = {"plain": "grey", "cad (naive: 2 requests/step)": "tab:red"}
+    ax3.bar(range(len(names)), [c["configs"][n]["tokens_per_s"] for n in names],
+            color=[colors.get(n, "tab:blue" if n.startswith("cad") else "tab:green") for n in names])
+    ax3.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=7)
     for i, n in enumerate(names):
         ax3.annotate(f"{c['configs'][n]['vs_plain']:.2f}x", (i, c["configs"][n]["tokens_per_s"]), ha="center",
                      va="bottom")
     ax3.set_ylabel("tokens/s")
     ax3.margins(y=0.12)
     ax3.set_title(f"batch {c['batch']}, {c['max_tokens']} tokens, CPU")
-    fig.suptitle(f"Contrastive decoding in vLLM ({os.path.basename(report['model'])}, greedy)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

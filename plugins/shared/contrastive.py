@@ -1,7 +1,7 @@
-"""Shared core of the contrastive plugins (CAD, LQCD, M3ID): pure torch, no vLLM import.
+"""Shared core of the contrastive plugins (CAD, LQCD, M3ID, CFG): pure torch, no vLLM import.
 
 A contrastive request is decoded with a *companion row*: the same model on a second prompt (``contrast_prompt``:
-the prompt without the context / with the neutral query / without the image), kept in lockstep with the main
+the prompt without the context / with the neutral query / without the image; CFG's ``negative_prompt``), kept in lockstep with the main
 request inside vLLM's batch by the SDK's request-group seam. Each step the router hands the group's processor both
 rows of logits; ``ContrastiveProcessor.choose`` contrasts them and draws the token with the main request's sampling
 settings, and the router forces that one token on both rows, so both sequences grow by the same token.
@@ -47,11 +47,13 @@ class ContrastiveProcessor(GroupRowProcessor):
     outside a plausible set but never all ``-inf``.
     """
 
+    companion = CONTRAST_PROMPT_PARAM.name  # the parameter naming the companion row's prompt (its role)
+
     def contrast(self, main_logits: torch.Tensor, contrast_logits: torch.Tensor, step: int) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover - abstract
 
     def choose(self, rows: Mapping[str, torch.Tensor], step: int) -> int:
-        contrasted = self.contrast(rows[ROLE_MAIN], rows[CONTRAST_PROMPT_PARAM.name], step)
+        contrasted = self.contrast(rows[ROLE_MAIN], rows[self.companion], step)
         return draw_token(contrasted, self.settings, step)
 
 
@@ -80,7 +82,7 @@ def mix_logprobs(main_logits: torch.Tensor, contrast_logits: torch.Tensor, w_mai
     """``w_main * log p_main + w_contrast * log p_contrast`` with the masking rules of the module docstring.
 
     The contrastive methods here all use weights that sum to 1 (CAD ``(1+a, -a)``, LQCD ``(-a, 1+a)``, M3ID
-    ``(1+w, -w)``); a contrast ``-inf`` is replaced by the main row's value, which for such weights leaves that
+    ``(1+w, -w)``, CFG ``(g, 1-g)``); a contrast ``-inf`` is replaced by the main row's value, which for such weights leaves that
     token at its main log-probability.
     """
     lm = log_probs(main_logits)

@@ -1,4 +1,4 @@
-"""Plain data shared by the contrastive plugins (CAD, LQCD, M3ID): their common parameter and their logits hook.
+"""Plain data shared by the contrastive plugins (CAD, LQCD, M3ID, CFG): their common parameter and their logits hook.
 No torch, no vLLM import (plugin specs read it); the torch side is ``declab.plugins.shared.contrastive``.
 
 A contrastive method decodes ``contrast_prompt`` as a companion row in lockstep with the request (the SDK's
@@ -19,6 +19,9 @@ CONTRAST_PROMPT_PARAM = ParamSpec(
 )
 
 
-def contrastive_hook(row_processor: str) -> LogitsHook:
-    """The logits hook of a contrastive method: ``contrast_prompt`` is its one companion row."""
-    return LogitsHook(row_processor=row_processor, companions=(CONTRAST_PROMPT_PARAM.name,))
+def contrastive_hook(row_processor: str, companion: ParamSpec = CONTRAST_PROMPT_PARAM,
+                     empty_companion: str = "refuse") -> LogitsHook:
+    """The logits hook of a contrastive method: ``companion`` (``contrast_prompt`` unless the method names it
+    otherwise, e.g. CFG's ``negative_prompt``) is its one companion row; ``empty_companion`` is
+    ``LogitsHook.empty_companion``."""
+    return LogitsHook(row_processor=row_processor, companions=(companion.name,), empty_companion=empty_companion)
