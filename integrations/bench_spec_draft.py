@@ -98,8 +98,7 @@ def run_draft_sweep(*, model: str, draft: str, subset: list[dict[str, Any]], sam
 def draft_tokens_per_step(config: dict[str, Any], phase: str) -> float | None:
     """Draft tokens a configuration's draft model wrote per request and step (its draft compute): the proposer's
     own count when it reports one (``drafted_tokens`` / ``draft_rows``: a proposer may draft ahead of what it hands
-    over),
-    else the tokens vLLM verified per drafting step."""
+    over), else the tokens vLLM verified per drafting step."""
     ph = config.get("phases", {}).get(phase, {})
     stats = (ph.get("proposer") or {}).get("stats") or {}
     if stats.get("draft_rows"):
