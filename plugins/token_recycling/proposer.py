@@ -24,6 +24,8 @@ defaults in ``spec.py``). The proposer is a ``DeclabProposer`` (the SDK's base c
      sampler.
 
 The matrix lives as long as the engine (shared by all requests, "hot start" across queries, as in the paper).
+With ``overlay`` (default, not in the paper) each live request also keeps the rows its own stream wrote
+(``RequestSuccessors``) and drafts from them first, so concurrent streams stop erasing each other's successors.
 Chains are verified by vLLM's own rejection sampler, so greedy output is token-identical to plain decoding and
 sampling is distribution-preserving (on CPU only with the ``cpu_expand_kernel`` patch, applied when the plugin is
 selected). Trees are verified greedily by the seam (``longest_accepted_path``), which is token-identical to plain
