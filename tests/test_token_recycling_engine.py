@@ -149,3 +149,32 @@ def test_bad_configuration_fails_at_start_up_with_a_clear_message(engine_startup
                                                  engine_kwargs={"speculative_config": token_recycling(int(k))}))
     assert failure is not None
     assert message in failure.log, failure.log[-3000:]
+
+
+def _overlay_mode(worker, on: bool) -> None:
+    """Cold matrix, and per-request overlays on (the default) or off (the paper's single matrix), between runs."""
+    drafter = worker.model_runner.drafter
+    drafter.declab_bench_reset()
+    drafter.overlay_rows = 4096 if on else None
+
+
+def overlay_vs_global(llm, prompts: list[str]) -> dict:
+    """The same concurrent greedy batch from a cold matrix, with the paper's single matrix and with overlays."""
+    out = {}
+    for on in (False, True):
+        llm.collective_rpc(_overlay_mode, args=(on,))
+        out[on] = greedy_run(llm, prompts, 64)
+    llm.collective_rpc(_overlay_mode, args=(True,))
+    return {"global": out[False], "overlay": out[True]}
+
+
+def test_overlays_accept_at_least_as_many_drafts_as_the_shared_matrix_in_a_concurrent_batch(vanilla, tr_chain_engine):
+    """Concurrent streams overwrite each other's rows of the shared matrix; each request's overlay keeps its own.
+    Same prompts, same greedy outputs (lossless both ways), so more accepted tokens = fewer target forwards."""
+    base = vanilla("spec_bench_reduced")
+    out = tr_chain_engine.run(overlay_vs_global, base["prompts"])
+    for name in ("global", "overlay"):
+        assert_lossless(out[name]["token_ids"], base["token_ids"], out[name]["spec"]["num_accepted_tokens"], name)
+    accepted = {name: out[name]["spec"]["num_accepted_tokens"] for name in out}
+    print("accepted tokens in the batch:", accepted)
+    assert accepted["overlay"] >= accepted["global"], accepted

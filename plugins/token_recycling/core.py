@@ -87,6 +87,7 @@ vocabularies scale linearly (e.g. 128,256 tokens, k = 8, int32: 4.10 MB), the ``
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
@@ -97,6 +98,8 @@ from declab.integrations.sdk.trees import committed_tokens, longest_accepted_pat
 
 __all__ = [
     "AdjacencyMatrix",
+    "RequestSuccessors",
+    "successor_rows",
     "TreeTemplate",
     "PAPER_TREE",
     "PAPER_TREE_CHILD_COUNTS",
@@ -215,6 +218,23 @@ class AdjacencyMatrix:
 
     # -- write (Sec. 3, update) ------------------------------------------------------------------------------------
 
+    def top_successors(self, logits_or_topk: torch.Tensor) -> torch.Tensor:
+        """``[n, k]`` ranked successor ids of each row: the top-k of floating logits ``[n, V']`` (columns past
+        ``vocab_size`` ignored), or the first ``k`` columns of integer candidate ids ``[n, m]``, already ranked."""
+        cand = torch.as_tensor(logits_or_topk)
+        if cand.is_floating_point():
+            if cand.shape[1] > self.vocab_size:
+                cand = cand[:, : self.vocab_size]
+            if cand.shape[1] < self.k:
+                raise ValueError(f"need at least k={self.k} logit columns, got {cand.shape[1]}")
+            return torch.topk(cand, self.k, dim=-1, largest=True, sorted=True).indices
+        if cand.shape[1] < self.k:
+            raise ValueError(f"need at least k={self.k} candidate columns, got {cand.shape[1]}")
+        top = cand[:, : self.k]
+        if bool(((top < 0) | (top >= self.vocab_size)).any()):
+            raise ValueError("candidate ids outside the vocabulary")
+        return top
+
     def update(self, input_tokens, logits_or_topk: torch.Tensor) -> int:
         """Overwrite ``M[input_tokens[j]]`` with the top-k of ``logits_or_topk[j]`` for every ``j``.
 
@@ -233,18 +253,7 @@ class AdjacencyMatrix:
             )
         if tokens.numel() == 0:
             return 0
-        if cand.is_floating_point():
-            if cand.shape[1] > self.vocab_size:
-                cand = cand[:, : self.vocab_size]
-            if cand.shape[1] < self.k:
-                raise ValueError(f"need at least k={self.k} logit columns, got {cand.shape[1]}")
-            top = torch.topk(cand, self.k, dim=-1, largest=True, sorted=True).indices
-        else:
-            if cand.shape[1] < self.k:
-                raise ValueError(f"need at least k={self.k} candidate columns, got {cand.shape[1]}")
-            top = cand[:, : self.k]
-            if bool(((top < 0) | (top >= self.vocab_size)).any()):
-                raise ValueError("candidate ids outside the vocabulary")
+        top = self.top_successors(cand)
         tokens = tokens.to(self.device)
         top = top.to(device=self.device, dtype=self.dtype)
         if bool((tokens >= self.vocab_size).any()):
@@ -262,6 +271,106 @@ class AdjacencyMatrix:
         self.table[uniq] = top[last]
         self.seen[uniq] = True
         return int(uniq.numel())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Per-request overlay (not in the paper: Token Recycling under concurrency)
+# --------------------------------------------------------------------------------------------------------------
+
+
+class RequestSuccessors:
+    """One request's own successor rows, read before the shared ``AdjacencyMatrix`` (not in the paper).
+
+    Why: the paper decodes one query at a time, so the matrix holds what the current stream taught it. In a server
+    every concurrent stream overwrites the same rows (common tokens such as ``" the"`` or ``"\\n"`` most of all),
+    and each request drafts from the successors another request just wrote. The overlay keeps the rows the
+    request's *own* verified positions wrote (same update rule as the matrix: whole row overwritten, last
+    occurrence in a step wins); drafting reads a token's row here when present, else from the shared matrix, which
+    is still updated from every stream (the paper's "hot start" across queries). At batch 1 the two agree row for
+    row, so the overlay changes nothing there.
+
+    Storage: ``rows`` (``[capacity, k]``, the matrix's dtype, grown by doubling up to ``max_rows``) and a dict
+    ``token -> slot``. At most ``max_rows`` tokens are kept; a new token past that evicts the least recently
+    written one (dict order: a row written again moves to the end). Memory: ``nbytes`` (rows) + ``index_bytes``.
+    """
+
+    def __init__(self, k: int, dtype: torch.dtype = torch.int32, max_rows: int = 4096) -> None:
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        if max_rows < 1:
+            raise ValueError("max_rows must be >= 1")
+        self.k = int(k)
+        self.max_rows = int(max_rows)
+        self.rows = torch.empty((0, self.k), dtype=dtype)
+        self._slot: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._slot)
+
+    def __contains__(self, token: int) -> bool:
+        return int(token) in self._slot
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the allocated row storage (``capacity * k * itemsize``)."""
+        return self.rows.numel() * self.rows.element_size()
+
+    @property
+    def index_bytes(self) -> int:
+        """Bytes of the ``token -> slot`` dict's hash table (CPython ``sys.getsizeof``; int objects excluded)."""
+        return sys.getsizeof(self._slot)
+
+    def successors(self, token: int) -> torch.Tensor | None:
+        """This request's row for ``token`` (rank 0 first), or None when its stream never wrote one."""
+        slot = self._slot.get(int(token))
+        return None if slot is None else self.rows[slot]
+
+    def slots(self, tokens: Sequence[int]) -> list[int]:
+        """Slot of each token in ``rows``, -1 where absent."""
+        get = self._slot.get
+        return [get(t, -1) for t in tokens]
+
+    def update(self, tokens: Sequence[int], top: torch.Tensor) -> int:
+        """Row of ``tokens[j]`` <- ``top[j]`` (``[n, k]`` ranked ids); negative tokens skipped; last occurrence wins.
+
+        Returns the number of rows written."""
+        last: dict[int, int] = {}
+        for j, t in enumerate(tokens):
+            if t >= 0:
+                last[int(t)] = j
+        if not last:
+            return 0
+        for t, _ in sorted(last.items(), key=lambda item: item[1]):  # written in order of last occurrence
+            slot = self._slot.pop(t, None)  # re-inserted below: dict order = least recently written first
+            if slot is None:
+                if len(self._slot) >= self.max_rows:
+                    slot = self._slot.pop(next(iter(self._slot)))
+                else:
+                    slot = len(self._slot)  # slots 0..len-1 are in use (nothing is removed before full)
+            self._slot[t] = slot
+        # Only this step's tokens that survived (more distinct tokens than max_rows evict each other): one slot each.
+        kept = [(self._slot[t], j) for t, j in last.items() if t in self._slot]
+        slots, src = [s for s, _ in kept], [j for _, j in kept]
+        need = max(slots) + 1
+        if need > self.rows.shape[0]:
+            capacity = min(self.max_rows, max(16, 2 * self.rows.shape[0], need))
+            grown = torch.empty((capacity, self.k), dtype=self.rows.dtype)
+            grown[: self.rows.shape[0]] = self.rows
+            self.rows = grown
+        self.rows[torch.tensor(slots)] = top[torch.tensor(src)][:, : self.k].to(device="cpu", dtype=self.rows.dtype)
+        return len(slots)
+
+
+def successor_rows(matrix: AdjacencyMatrix, tokens: torch.Tensor, overlay: RequestSuccessors | None = None
+                   ) -> torch.Tensor:
+    """``[n, k]`` rows of ``tokens`` (``int64 [n]``): the overlay's row where it has one, else the matrix's."""
+    rows = matrix.table[tokens]
+    if overlay is not None and len(overlay):
+        slots = torch.tensor(overlay.slots(tokens.tolist()), dtype=torch.long)
+        hit = slots >= 0
+        if bool(hit.any()):
+            rows[hit.to(rows.device)] = overlay.rows[slots[hit]].to(device=rows.device, dtype=rows.dtype)
+    return rows
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -432,13 +541,14 @@ PAPER_TREE: TreeTemplate = TreeTemplate.from_child_counts(PAPER_TREE_CHILD_COUNT
 
 
 def build_draft_tree(
-    matrix: AdjacencyMatrix, root_token: int, template: TreeTemplate
+    matrix: AdjacencyMatrix, root_token: int, template: TreeTemplate, overlay: RequestSuccessors | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fill ``template`` from ``matrix`` breadth-first, starting at ``root_token`` (the last committed token).
 
     Returns ``(tokens, parents)``, both ``int64 [template.num_nodes]`` on the matrix's device, in BFS order (the
     paper's merged sequence): ``tokens[0] = root_token``, ``parents[0] = -1``, and for every other node
-    ``tokens[i] = M[tokens[parents[i]], rank_i]``. One gather per depth, all nodes of a layer at once.
+    ``tokens[i] = M[tokens[parents[i]], rank_i]``. One gather per depth, all nodes of a layer at once. With an
+    ``overlay`` (the request's own rows), a token's row is read there when present (``successor_rows``).
     """
     if template.max_rank >= matrix.k:
         raise ValueError(f"template uses rank {template.max_rank} but the matrix keeps only k={matrix.k}")
@@ -452,21 +562,37 @@ def build_draft_tree(
     tokens[0] = root
     for start, stop in template.layers[1:]:
         parent_tokens = tokens[parents[start:stop]]
-        tokens[start:stop] = matrix.table[parent_tokens, ranks[start:stop]].long()
+        if overlay is None:
+            tokens[start:stop] = matrix.table[parent_tokens, ranks[start:stop]].long()
+        else:
+            rows = successor_rows(matrix, parent_tokens, overlay)
+            tokens[start:stop] = rows.gather(1, ranks[start:stop].unsqueeze(1)).squeeze(1).long()
     return tokens, parents
 
 
-def best_chains(matrix: AdjacencyMatrix, roots, max_len: int) -> torch.Tensor:
+def best_chains(matrix: AdjacencyMatrix, roots, max_len: int,
+                overlays: Sequence[RequestSuccessors | None] | None = None) -> torch.Tensor:
     """Rank-0 chains for a batch of roots: ``out[b, i+1] = M[out[b, i], 0]`` with ``out[b, -1] := roots[b]``.
 
-    Returns ``int64 [B, max_len]`` on the matrix's device (no host sync inside the loop).
+    ``overlays[b]`` (optional, one per root, None allowed): request ``b``'s own rows, read before ``M``.
+    Returns ``int64 [B, max_len]`` on the matrix's device (no host sync inside the loop without overlays).
     """
     r = _as_long_1d(roots, "roots").to(matrix.device)
     out = torch.empty((r.numel(), max(int(max_len), 0)), dtype=torch.long, device=matrix.device)
     col0 = matrix.table[:, 0]
+    own = [] if overlays is None else [(b, o) for b, o in enumerate(overlays) if o is not None and len(o)]
+    if overlays is not None and len(overlays) != r.numel():
+        raise ValueError(f"overlays must have one entry per root ({r.numel()}), got {len(overlays)}")
     cur = r
     for i in range(out.shape[1]):
-        cur = col0[cur].long()
+        nxt = col0[cur].long()
+        if own:
+            feeders = cur.tolist()
+            for b, overlay in own:
+                row = overlay.successors(feeders[b])
+                if row is not None:
+                    nxt[b] = int(row[0])
+        cur = nxt
         out[:, i] = cur
     return out
 

@@ -27,6 +27,11 @@ SPEC = PluginSpec(
                   doc="'chain': the tree's rank-0 branch, vLLM's verifier; 'tree': the whole tree, greedy, CPU"),
         ParamSpec("template", str, "paper", choices=tuple(TREE_TEMPLATES),
                   doc="tree mode's static tree ('paper': 80 nodes, depth 6; num_speculative_tokens must match)"),
+        ParamSpec("overlay", bool, True,
+                  doc="per-request overlay: draft from the rows the request's own stream wrote, else the shared "
+                      "matrix (not in the paper; false = the paper's single matrix, which concurrent streams overwrite)"),
+        ParamSpec("overlay_rows", int, 4096, low=16, high=1 << 20,
+                  doc="most rows one request's overlay keeps (least recently written evicted; k*4 bytes per row)"),
         ParamSpec("stop_at_unseen", bool, True,
                   doc="end a draft before a token whose row was never written (paper drafts the zero row)"),
     ),
