@@ -19,6 +19,7 @@ COMMANDS=(
   # draft-model proposers (issue #14): vLLM's draft_model swept on the same prompts, then every fitting prompt
   "declab bench spec --configs vanilla,draft_model,pearl,specdec_pp,rapid,rapid_full_context,ead --limit 4 --batch1-limit 1 --draft-ks 1,2,3,4,5,6,7,8 --draft-sweep-on selected --out measurements/draft-models"
   "declab bench verify-cost --batch-sizes 1,16 --threads 1 --spec-report measurements/draft-models/spec.json --out measurements/draft-models"
+  "declab bench verify-cost --cost-from plugins/token_recycling/measurements/verify-cost-h100.json --spec-report measurements/draft-models/spec.json --out measurements/draft-models/h100-projection"
   "declab bench spec --configs vanilla,pearl,specdec_pp,rapid --batch1-limit 2 --out measurements/draft-models-all"
   "declab bench spec --configs vanilla,pearl,specdec_pp,rapid --phases batch1 --batch1-limit 0 --out measurements/draft-models-all-batch1"
   # plugin benches: reports in plugins/<name>/measurements/
