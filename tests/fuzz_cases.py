@@ -267,11 +267,12 @@ def declared_values(draw, params: tuple[ParamSpec, ...], prefix: str, fill_defau
 @st.composite
 def plugin_cases(draw, spec: PluginSpec, endpoints: tuple[str, ...] = ("completions", "chat")) -> Case:
     """A request for ``spec``'s method, its arguments drawn from its declared parameters. A plugin that is not a
-    per-request method (a proposer) gets plain requests, and sometimes declab arguments it must refuse."""
+    per-request method (a proposer without per-request parameters) gets plain requests, and sometimes declab
+    arguments it must refuse; a proposer that declares parameters (EAD's threshold) is named like a method."""
     rnd = _coins(draw)
     declab, bad, tags = draw(declared_values(spec.params, "declab"))
     declab = {"method": spec.name, **declab}
-    if spec.logits is None:
+    if spec.logits is None and not spec.params:
         if rnd.random() < 0.75:
             declab, bad = {}, set()
         else:
