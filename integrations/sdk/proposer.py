@@ -81,7 +81,7 @@ class DeclabProposer:
         # Requests seen in a batch and not finished: req_id -> SamplingParams (None if the runner has none).
         self.request_params: dict[str, Any] = {}
         self._step: TargetStep | None = None
-        self._tree_parents: dict[str, tuple[int, ...]] = {}  # requests drafted as trees by the last propose
+        self._trees: dict[str, DraftTree] = {}  # requests drafted as trees by the last propose
 
     # -- set-up --------------------------------------------------------------------------------------------------
 
@@ -118,7 +118,12 @@ class DeclabProposer:
 
     def tree_parents(self, req_id: str) -> tuple[int, ...] | None:
         """The parents (root first) of the tree drafted for ``req_id`` by the last ``propose``, or None."""
-        return self._tree_parents.get(req_id)
+        tree = self._trees.get(req_id)
+        return None if tree is None else tree.parents
+
+    def tree_draft(self, req_id: str) -> DraftTree | None:
+        """The whole tree drafted for ``req_id`` by the last ``propose`` (with its draft probabilities), or None."""
+        return self._trees.get(req_id)
 
     @staticmethod
     def tree_verifiable(params: Any) -> bool:
@@ -146,14 +151,14 @@ class DeclabProposer:
             raise RuntimeError(f"{type(self).__name__}.draft returned {len(drafts)} drafts for "
                                f"{len(step.req_ids)} batch rows")
         out: list[list[int]] = []
-        trees: dict[str, tuple[int, ...]] = {}
+        trees: dict[str, DraftTree] = {}
         for req_id, d in zip(step.req_ids, drafts):
             if isinstance(d, DraftTree):
-                trees[req_id] = d.parents
+                trees[req_id] = d
                 out.append(d.draft_tokens())
             else:
                 out.append(d)
-        self._tree_parents = trees
+        self._trees = trees
         return out
 
     def _sync_requests(self, step: TargetStep) -> None:

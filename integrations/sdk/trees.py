@@ -57,15 +57,44 @@ __all__ = [
 class DraftTree:
     """One request's draft tree: ``tokens`` in BFS order, root first (the last committed token), and ``parents``
     (``parents[0] == -1``, every other parent an earlier node). vLLM receives ``tokens[1:]`` as the draft list;
-    the tree-verification seam reads ``parents`` back through the proposer."""
+    the tree-verification seam reads the tree back through the proposer (``DeclabProposer.tree_draft``).
+
+    How the children were drawn decides how a sampling verifier may accept them (the target distribution is kept
+    only if the rule matches the drafting):
+
+    * ``children_drawn="deterministic"`` (default; ``draft_probs`` None): the drafts are fixed choices (Token
+      Recycling's successors, n-grams): a node's distinct children are point masses.
+    * ``"with_replacement"``: each child of a node was drawn independently from ``draft_probs[child]`` (SpecTr's
+      k i.i.d. drafts, RSD with replacement).
+    * ``"without_replacement"``: the children of a node were drawn without replacement from their shared
+      distribution (Gumbel-top-k, stochastic beam search: RSD).
+
+    ``draft_probs``: ``[len(tokens), V]`` float; row ``i`` (``i >= 1``) is the draft distribution node ``i``'s token
+    was drawn from (the same row for siblings drawn from one distribution); row 0 is unused. ``rule``: the
+    verification rule the proposer asks for among a node's children: ``"recursive"`` (recursive rejection sampling)
+    or ``"k_sequential"`` (SpecTr's k-sequential selection, drafts with replacement)."""
 
     tokens: Union[Sequence[int], torch.Tensor]
     parents: tuple[int, ...]
+    draft_probs: torch.Tensor | None = None
+    children_drawn: str = "deterministic"
+    rule: str = "recursive"
 
     def __post_init__(self) -> None:
         if len(self.tokens) != len(self.parents) or not self.parents or self.parents[0] != -1:
             raise ValueError(f"a draft tree needs one parent per token, root first (parent -1); got "
                              f"{len(self.tokens)} tokens and parents {tuple(self.parents)[:4]}...")
+        if self.children_drawn not in ("deterministic", "with_replacement", "without_replacement"):
+            raise ValueError(f"children_drawn must be 'deterministic', 'with_replacement' or "
+                             f"'without_replacement', got {self.children_drawn!r}")
+        if self.rule not in ("recursive", "k_sequential"):
+            raise ValueError(f"rule must be 'recursive' or 'k_sequential', got {self.rule!r}")
+        if (self.draft_probs is None) != (self.children_drawn == "deterministic"):
+            raise ValueError("draft_probs are required exactly when the children were drawn at random "
+                             f"(children_drawn={self.children_drawn!r})")
+        if self.draft_probs is not None and self.draft_probs.shape[0] != len(self.tokens):
+            raise ValueError(f"draft_probs needs one row per node ({len(self.tokens)}), got "
+                             f"{tuple(self.draft_probs.shape)}")
 
     def draft_tokens(self) -> list[int]:
         """The draft nodes without the root, as vLLM's draft list."""
