@@ -7,8 +7,9 @@ multi-candidate draft) has no hook to change any of that.
 
 How: the proposer (a ``declab.integrations.sdk.proposer.DeclabProposer`` that returned ``DraftTree`` drafts) sends
 each tree in BFS order as an ordinary draft list, so the scheduler, the KV allocation and the slot mapping are
-vLLM's own: node ``i`` gets the cache slot of position ``context + i``. ``drafter.tree_parents(req_id)`` gives the
-tree's parent indices (root first) for the requests it drafted as trees. Three small patches then treat those
+vLLM's own: node ``i`` gets the cache slot of position ``context + i``. ``drafter.tree_draft(req_id)`` gives the
+tree (parent indices, root first; draft probabilities and how the children were drawn) for the requests it drafted
+as trees. Three small patches then treat those
 requests as trees, and only those (shared state, statistics and verifier listeners:
 ``declab.integrations.sdk.tree_verification``; the tree math: ``declab.integrations.sdk.trees``):
 
@@ -19,16 +20,17 @@ requests as trees, and only those (shared state, statistics and verifier listene
 2. ``tree_attention_cpu`` wraps ``CPUAttentionBackendImpl.forward``. After the C++ kernel, the rows of each tree
    request are recomputed with the tree mask over the context read back from the paged cache
    (``trees.tree_attention``), and the layer's keys and values of those rows are kept for step 3.
-3. ``tree_verifier`` wraps ``RejectionSampler.forward``. Each tree request's verifier (today the greedy one:
-   ``trees.longest_accepted_path`` on the argmax of its logits rows) chooses the accepted path before vLLM's
-   sampler runs; the request's output row becomes the accepted path's tokens plus the bonus token, so the
-   scheduler commits them as accepted drafts. The kept keys and values of the accepted nodes are then rewritten,
+3. ``tree_verifier`` wraps ``RejectionSampler.forward``. Each tree request's verifier (greedy:
+   ``trees.longest_accepted_path`` on the argmax of its logits rows; sampled: ``tree_sampling.verify_tree``)
+   chooses the accepted path before vLLM's sampler runs; the request's output row becomes the accepted path's
+   tokens plus the token drawn after it, so the scheduler commits them as accepted drafts. vLLM's sampler still
+   runs on the whole batch; the random generators of seeded tree requests are put back as they were after it, so
+   only the tree verifier draws from them. The kept keys and values of the accepted nodes are then rewritten,
    with vLLM's own cache writer, to the slots of positions ``context + 1 .. context + a`` in every layer.
 
 A proposer drafts a tree only for requests a subscribed verifier accepts (``DeclabProposer.tree_verifiable``; the
-greedy verifier accepts greedy requests without logits-changing parameters, for which greedy tree verification of
-the raw logits is exactly what vanilla greedy decoding computes); other requests get chains, which the unchanged
-rejection sampler verifies. ``check_tree_engine`` (SDK) runs at start-up and fails loudly off the CPU backend or if
+built-in verifiers accept greedy and sampled requests whose logits nothing but temperature / top-k / top-p / min-p
+changes and nothing reports); other requests get chains, which the unchanged rejection sampler verifies. ``check_tree_engine`` (SDK) runs at start-up and fails loudly off the CPU backend or if
 vLLM's CPU cache layout is not the one ``trees.paged_context`` reads.
 
 vLLM version: 0.32.0 (``v1/worker/gpu_model_runner.py::_prepare_inputs``, ``v1/attention/backends/cpu_attn.py::
@@ -50,6 +52,7 @@ import torch
 from declab.integrations.sdk.tree_verification import SEAM, TreeRequest, TreeStep
 from declab.integrations.sdk.trees import cpu_key_value_views, paged_context, relocation, tree_attention, tree_depths
 from declab.integrations.sdk import DeclabPatch
+from declab.patches.seeded_chunked_prefill_cpu import generator_states_kept
 
 
 @lru_cache(maxsize=64)
@@ -76,21 +79,22 @@ class TreeInputsPatch(DeclabPatch):
             batch = self.input_batch
             requests = []
             for req_id, drafts in scheduler_output.scheduled_spec_decode_tokens.items():
-                parents = drafter.tree_parents(req_id)
+                tree = drafter.tree_draft(req_id)
                 row = batch.req_id_to_index[req_id]
                 n = len(drafts) + 1
-                if parents is None or not drafts or int(num_scheduled_tokens[row]) != n:
+                if tree is None or not drafts or int(num_scheduled_tokens[row]) != n:
                     continue
-                verifier = SEAM.verifier_for(self.requests[req_id].sampling_params)
+                params = self.requests[req_id].sampling_params
+                verifier = SEAM.verifier_for(params)
                 if verifier is None:
                     raise RuntimeError(f"{type(drafter).__name__} drafted a tree for request {req_id!r}, which no "
                                        "tree verifier accepts (check DeclabProposer.tree_verifiable first)")
-                parents = list(parents[:n])  # vLLM may schedule fewer drafts: a BFS prefix is still a tree
+                parents = list(tree.parents[:n])  # vLLM may schedule fewer drafts: a BFS prefix is still a tree
                 start = int(self.query_start_loc.np[row])
                 context = int(batch.num_computed_tokens_cpu[row])
                 self.positions[start : start + n] = context + _depths(tuple(parents)).to(self.positions.dtype)
                 requests.append(TreeRequest(row=row, query_start=start, context=context, parents=parents,
-                                            verifier=verifier))
+                                            verifier=verifier, tree=tree, params=params))
             if requests:
                 SEAM.step = TreeStep(requests=requests, num_tokens=int(scheduler_output.total_num_scheduled_tokens))
             return result
@@ -149,7 +153,11 @@ class TreeVerifierPatch(DeclabPatch):
                 drafts = metadata.draft_token_ids[cu_drafts[req.row] - (n - 1) : cu_drafts[req.row]].tolist()
                 path, tokens = req.verifier.verify(req, drafts, logits[first : first + n], sampling_metadata)
                 verdicts.append((req, path, tokens))
-            out = original(self, metadata, draft_probs, logits, sampling_metadata, *args, **kwargs)
+            # vLLM's sampler draws for every row; the tree rows' seeded generators must advance by the verifiers'
+            # draws only (one per committed token), as in plain decoding.
+            seeded = [req.row for req in step.requests if req.row in sampling_metadata.generators]
+            with generator_states_kept(sampling_metadata.generators, seeded):
+                out = original(self, metadata, draft_probs, logits, sampling_metadata, *args, **kwargs)
             sampled = out.sampled_token_ids
             for req, path, tokens in verdicts:
                 sampled[req.row].fill_(-1)  # vLLM's PLACEHOLDER_TOKEN_ID

@@ -15,7 +15,8 @@ import torch
 
 from declab.integrations.sdk import PluginSpec, runtime
 from declab.integrations.sdk.proposer import DeclabProposer, DraftTree, TargetStep
-from declab.integrations.sdk.tree_verification import SEAM, GreedyTreeVerifier, TreeRequest, TreeVerifier
+from declab.integrations.sdk.tree_verification import (SEAM, GreedyTreeVerifier, SamplingTreeVerifier, TreeRequest,
+                                                         TreeVerifier)
 
 SPEC = PluginSpec(name="fake_proposer", paper=0, status="working", summary="a proposer for tests")
 
@@ -124,7 +125,17 @@ def test_greedy_verifier_accepts_only_requests_whose_logits_nothing_changes():
                    {"logit_bias": {3: 1.0}}, {"extra_args": {"declab": {}}}):
         assert not greedy.accepts(_params(**change)), change
     assert not greedy.accepts(None)
-    assert DeclabProposer.tree_verifiable(_params()) and not DeclabProposer.tree_verifiable(_params(temperature=1))
+
+
+def test_sampling_verifier_accepts_sampled_requests_whose_logits_only_the_sampling_settings_change():
+    sampling = SamplingTreeVerifier()
+    assert sampling.accepts(_params(temperature=0.7)) and not sampling.accepts(_params())
+    for change in ({"logprobs": 0}, {"presence_penalty": 0.5}, {"min_tokens": 2}, {"bad_words": ["x"]},
+                   {"allowed_token_ids": [1]}, {"structured_outputs": object()}, {"extra_args": {"declab": {}}}):
+        assert not sampling.accepts(_params(temperature=0.7, **change)), change
+    # Both built-in verifiers are on wherever the seam is open: trees for greedy and sampled requests.
+    assert DeclabProposer.tree_verifiable(_params()) and DeclabProposer.tree_verifiable(_params(temperature=1))
+    assert not DeclabProposer.tree_verifiable(_params(temperature=1, logprobs=1))
 
 
 def test_greedy_verifier_commits_the_longest_accepted_path_and_the_bonus():
@@ -134,17 +145,20 @@ def test_greedy_verifier_commits_the_longest_accepted_path_and_the_bonus():
     assert req.verifier.verify(req, [5, 6, 8], logits, None) == ([0, 2, 3], [6, 8, 9])
 
 
-def test_a_subscribed_verifier_is_asked_before_the_greedy_one(monkeypatch):
-    class Sampled(TreeVerifier):
+def test_a_subscribed_verifier_is_asked_before_the_built_in_ones(monkeypatch):
+    class WithLogprobs(TreeVerifier):
         def accepts(self, params):
             return params.temperature > 0
 
     monkeypatch.setattr(SEAM, "_verifiers", list(SEAM._verifiers))
-    assert SEAM.verifier_for(_params(temperature=1.0)) is None
-    sampled = Sampled()
-    SEAM.subscribe(sampled)
-    assert SEAM.verifier_for(_params(temperature=1.0)) is sampled
+    assert SEAM.verifier_for(_params(temperature=1.0, logprobs=1)) is None
+    assert isinstance(SEAM.verifier_for(_params(temperature=1.0)), SamplingTreeVerifier)
+    mine = WithLogprobs()
+    SEAM.subscribe(mine)
+    assert SEAM.verifier_for(_params(temperature=1.0, logprobs=1)) is mine
     assert isinstance(SEAM.verifier_for(_params()), GreedyTreeVerifier)
+    SEAM.unsubscribe(mine)
+    assert SEAM.verifier_for(_params(temperature=1.0, logprobs=1)) is None
 
 
 def test_the_feed_splits_verified_drafts_per_row():

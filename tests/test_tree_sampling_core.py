@@ -341,3 +341,43 @@ def test_bad_combinations_are_refused():
     with pytest.raises(ValueError, match="k_sequential"):
         verify_tree(DraftTree([0, 1, 2], (-1, 0, 0), draft_probs=probs, children_drawn="without_replacement",
                               rule="k_sequential"), lambda n: torch.zeros(V), lambda d: TorchDraws())
+
+
+def _sampling_metadata(temperature, top_k, top_p, generators):
+    from vllm.v1.sample.logits_processor.state import LogitsProcessors
+    from vllm.v1.sample.metadata import SamplingMetadata
+
+    b = temperature.shape[0]
+    return SamplingMetadata(
+        temperature=temperature, all_greedy=False, all_random=True, top_p=top_p, top_k=top_k, generators=generators,
+        max_num_logprobs=None, no_penalties=True, prompt_token_ids=None, frequency_penalties=torch.zeros(b),
+        presence_penalties=torch.zeros(b), repetition_penalties=torch.ones(b), output_token_ids=[[] for _ in range(b)],
+        allowed_token_ids_mask=None, bad_words_token_ids={}, logitsprocs=LogitsProcessors())
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, None, None), (0.7, None, 0.9), (0.8, 20, None),
+                                                     (1.3, 50, 0.8)])
+def test_engine_draws_sample_what_vllms_sampler_samples_with_the_same_generator(temperature, top_k, top_p):
+    """The sampling verifier's target token at a position (``processed_logits`` + ``EngineDraws``) is the token
+    vLLM's own CPU sampler draws from the same logits with the same seeded generator, and both advance the
+    generator alike: seeded tree rows draw what plain seeded decoding draws."""
+    from vllm.v1.sample.sampler import Sampler
+
+    from declab.integrations.sdk.tree_verification import EngineDraws, processed_logits
+
+    vocab, rows = 500, 3
+    logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(3)) * 3
+    temp = torch.full((rows,), temperature)
+    k = None if top_k is None else torch.full((rows,), top_k, dtype=torch.int32)
+    p = None if top_p is None else torch.full((rows,), top_p)
+    sampler = Sampler()
+    for seed in range(20):
+        gens = {i: torch.Generator().manual_seed(seed * 10 + i) for i in range(rows)}
+        mine = {i: torch.Generator().manual_seed(seed * 10 + i) for i in range(rows)}
+        expected = sampler(logits.clone(), _sampling_metadata(temp, k, p, gens)).sampled_token_ids[:, 0].tolist()
+        got = [EngineDraws(mine[i]).sample(processed_logits(logits[i : i + 1], temp[i : i + 1],
+                                                            None if k is None else k[i : i + 1],
+                                                            None if p is None else p[i : i + 1])[0])
+               for i in range(rows)]
+        assert got == expected
+        assert all(torch.equal(gens[i].get_state(), mine[i].get_state()) for i in range(rows))
