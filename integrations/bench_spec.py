@@ -195,6 +195,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
               "(every K then has tokens per forward on the plugins' prompts: the fixed-K baseline of the "
               "adaptive-length comparison)")
     add_option(parser, "--ignore-eos", action="store_true", help="fixed-length outputs (default: stop at EOS)")
+    add_option(parser, "--temperature", type=float, default=0.0,
+         help="sampling temperature of every request (default 0: greedy; > 0: unseeded sampling, so outputs are not "
+              "comparable token by token, only tokens per forward and acceptance are)")
     add_option(parser, "--child-timeout", type=float, default=1800, help="seconds per engine child process")
     return parser
 
@@ -712,7 +715,9 @@ def run(args) -> dict[str, Any]:
         items, _, _ = load_prompt_set(model, max_tokens=max_tokens, max_k=max_k, max_model_len=max_model_len,
                                       limit=args.limit)
     prompts = [it["text"] for it in items]
-    sampling = {"temperature": 0.0, "max_tokens": max_tokens, "ignore_eos": bool(args.ignore_eos)}
+    if not args.temperature >= 0.0:
+        raise SystemExit(f"declab bench spec: --temperature must be >= 0, got {args.temperature}")
+    sampling = {"temperature": args.temperature, "max_tokens": max_tokens, "ignore_eos": bool(args.ignore_eos)}
     engine_kwargs = {"enable_prefix_caching": False, "worker_cls": WORKER_CLS}
     log(f"declab bench spec: {len(items)} prompts in {len(group_order(items))} groups, {len(skipped)} skipped; "
         f"configs {configs}; phases {phases_wanted}")

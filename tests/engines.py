@@ -316,7 +316,7 @@ def greedy_run(llm, prompts: list[str], max_tokens: int, batch1: int = 0) -> dic
             "single_spec": {k: v - after.get(k, 0) for k, v in after_singles.items()}}
 
 
-def sample_run(llm, prompt: str, n: int, temperature: float, max_tokens: int) -> dict[str, Any]:
+def sample_run(llm, prompt: str, n: int, temperature: float, max_tokens: int, top_p: float = 1.0) -> dict[str, Any]:
     """``n`` samples of ``prompt`` in one batch (``ignore_eos``), and the speculative-decoding counters over them.
 
     No per-request seeds: on the CPU build a seeded request whose prefill is chunked kills the engine ("CPU
@@ -324,13 +324,29 @@ def sample_run(llm, prompt: str, n: int, temperature: float, max_tokens: int) ->
     seed (CPU_ENGINE_KWARGS) and the session's fixed test order keep the draws reproducible."""
     from vllm import SamplingParams
 
-    params = [SamplingParams(temperature=temperature, max_tokens=max_tokens, ignore_eos=True) for _ in range(n)]
+    params = [SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, ignore_eos=True)
+              for _ in range(n)]
     before = spec_counters(llm)
     outs = llm.generate([prompt] * n, params, use_tqdm=False)
     after = spec_counters(llm)
-    return {"prompt": prompt, "n": n, "temperature": temperature, "max_tokens": max_tokens,
+    return {"prompt": prompt, "n": n, "temperature": temperature, "max_tokens": max_tokens, "top_p": top_p,
             "token_ids": [list(o.outputs[0].token_ids) for o in outs],
             "spec": {k: v - before.get(k, 0) for k, v in after.items()}}
+
+
+def seeded_sample_run(llm, prompts: list[str], max_tokens: int, temperature: float, top_p: float = 1.0,
+                      batch1: int = 0) -> dict[str, Any]:
+    """Prompt ``i`` sampled with ``seed=i`` (``ignore_eos``), all in one batch, and the first ``batch1`` alone.
+    Short prompts only: on the CPU build without declab's seeded-chunked-prefill fix (the vanilla engine) a seeded
+    request whose prefill is chunked kills the engine."""
+    from vllm import SamplingParams
+
+    params = [SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=i, ignore_eos=True)
+              for i in range(len(prompts))]
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    singles = [list(llm.generate([prompts[i]], params[i], use_tqdm=False)[0].outputs[0].token_ids)
+               for i in range(batch1)]
+    return {"token_ids": [list(o.outputs[0].token_ids) for o in outs], "single_token_ids": singles}
 
 
 def sample_run_unpatched_kernel(llm, *args) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from engines import EngineProfile, Reference, ServerProfile, greedy_run, sample_run
+from engines import EngineProfile, Reference, ServerProfile, greedy_run, sample_run, seeded_sample_run
 
 from declab.integrations import registry
 from declab.integrations.prompts import CODE_PROMPTS, default_bench_prompts, spec_bench_prompts
@@ -127,4 +127,8 @@ VANILLA_REFERENCES: dict[str, Reference] = {
     # tests/test_scale_out.py: the code prompts of its mixed batch, 32 tokens; the first also alone.
     "scale_out": Reference(greedy_run, lambda: (list(CODE_PROMPTS[:3]), 32, 1)),
     "stack_t07": Reference(sample_run, lambda: (STACK_PROMPT, 2000, 0.7, 5)),  # a wrong distribution (control)
+    "stack_t07_p09": Reference(sample_run, lambda: (STACK_PROMPT, 2000, 0.7, 5, 0.9)),
+    # Seeded sampling of the code prompts (seed = prompt index), 24 tokens, at T=1 and at T=0.7 / top-p 0.9.
+    "seeded_t1": Reference(seeded_sample_run, lambda: (list(CODE_PROMPTS[:8]), 24, 1.0)),
+    "seeded_t07_p09": Reference(seeded_sample_run, lambda: (list(CODE_PROMPTS[:8]), 24, 0.7, 0.9)),
 }

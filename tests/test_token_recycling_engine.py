@@ -12,10 +12,13 @@ import os
 from pathlib import Path
 
 import pytest
-from engines import EngineProfile, greedy_run, sample_run, sample_run_unpatched_kernel, spec_counters
+from engines import (EngineProfile, greedy_run, sample_run, sample_run_unpatched_kernel, seeded_sample_run,
+                     spec_counters)
 from helpers import assert_lossless
 from profiles import TR_TREE, token_recycling
 from stats import homogeneity
+
+from declab.integrations.prompts import CODE_PROMPTS
 
 pytestmark = [pytest.mark.engine, pytest.mark.vanilla("spec_bench_reduced")]
 TR_ENV = {"DECLAB_PLUGINS": "token_recycling"}
@@ -87,29 +90,160 @@ def test_tree_mode_is_token_identical_in_a_concurrent_batch(tree_runs):
 
 
 def tree_mixed(llm, prompts: list[str]) -> dict:
-    """Tree mode with a mixed batch: greedy rows (trees), a temperature-1 row and a greedy row asking for logprobs
-    (both drafted as chains, verified by vLLM's rejection sampler)."""
+    """Tree mode with a mixed batch through the engine loop: greedy rows and sampled rows (trees), a greedy row asking
+    for logprobs and a sampled row with a repetition penalty (chains, verified by vLLM's rejection sampler), and a
+    greedy and a sampled tree row aborted after three steps. Free KV blocks before and after."""
     from vllm import SamplingParams
 
+    sched = llm.llm_engine.engine_core.engine_core.scheduler
+    free_before = sched.kv_cache_manager.block_pool.get_num_free_blocks()
     before, spec_before = proposer_stats(llm), spec_counters(llm)
-    params = [SamplingParams(temperature=0.0, max_tokens=64) for _ in prompts]
-    params[1] = SamplingParams(temperature=1.0, max_tokens=64)
-    params[2] = SamplingParams(temperature=0.0, max_tokens=64, logprobs=1)
-    outs = llm.generate(prompts, params, use_tqdm=False)
-    return {"token_ids": [list(o.outputs[0].token_ids) for o in outs],
-            "logprobs_steps": len(outs[2].outputs[0].logprobs or []), "stats": _delta(proposer_stats(llm), before),
-            "spec": _delta(spec_counters(llm), spec_before)}
+    params = {
+        "greedy0": SamplingParams(temperature=0.0, max_tokens=64),
+        "t1": SamplingParams(temperature=1.0, max_tokens=64),
+        "logprobs": SamplingParams(temperature=0.0, max_tokens=64, logprobs=1),
+        "greedy3": SamplingParams(temperature=0.0, max_tokens=64),
+        "t07_p09_seeded": SamplingParams(temperature=0.7, top_p=0.9, seed=7, max_tokens=64),
+        "penalty": SamplingParams(temperature=1.0, repetition_penalty=1.2, max_tokens=64),
+        "aborted_t1": SamplingParams(temperature=1.0, max_tokens=64, ignore_eos=True),
+        "aborted_greedy": SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True),
+    }
+    engine = llm.llm_engine
+    for (rid, sp), prompt in zip(params.items(), prompts):
+        engine.add_request(rid, prompt, sp)
+    outs, steps = {}, 0
+    while engine.has_unfinished_requests():
+        for o in engine.step():
+            outs[o.request_id] = {"token_ids": list(o.outputs[0].token_ids), "finished": o.finished,
+                                  "finish_reason": o.outputs[0].finish_reason,
+                                  "logprobs_steps": len(o.outputs[0].logprobs or [])}
+        steps += 1
+        if steps == 3:
+            engine.abort_request(["aborted_t1", "aborted_greedy"])
+    return {"outputs": outs, "stats": _delta(proposer_stats(llm), before),
+            "spec": _delta(spec_counters(llm), spec_before), "free_blocks": (free_before, sched.kv_cache_manager.
+            block_pool.get_num_free_blocks()), "requests_left": len(sched.requests)}
 
 
-def test_tree_mode_drafts_chains_for_requests_a_tree_cannot_serve(vanilla, tr_tree_engine):
+def test_tree_mode_mixed_batch_finishes_correctly_and_frees_its_kv_blocks(vanilla, tr_tree_engine):
     base = vanilla("spec_bench_reduced")
-    out = tr_tree_engine.run(tree_mixed, base["prompts"][:4])
-    greedy = (0, 2, 3)  # greedy rows: a tree for 0 and 3, a chain for 2 (it asks for logprobs)
-    assert_lossless([out["token_ids"][i] for i in greedy], [base["token_ids"][i] for i in greedy],
+    out = tr_tree_engine.run(tree_mixed, base["prompts"][:8])
+    got = out["outputs"]
+    greedy = {"greedy0": 0, "logprobs": 2, "greedy3": 3}  # a tree for greedy0 and greedy3, a chain for logprobs
+    assert_lossless([got[r]["token_ids"] for r in greedy], [base["token_ids"][i] for i in greedy.values()],
                     out["spec"]["num_accepted_tokens"], "tree + chains, mixed batch")
-    assert out["logprobs_steps"] == len(out["token_ids"][2])
-    assert len(out["token_ids"][1]) > 0  # the sampled row finished
+    assert got["logprobs"]["logprobs_steps"] == len(got["logprobs"]["token_ids"])
+    for rid in ("t1", "t07_p09_seeded", "penalty"):  # sampled rows finished (length or EOS)
+        assert got[rid]["finished"] and got[rid]["finish_reason"] in ("length", "stop"), (rid, got[rid])
+    for rid in ("aborted_t1", "aborted_greedy"):  # stopped midway, never finished
+        assert not got[rid]["finished"] and len(got[rid]["token_ids"]) < 64, got[rid]
     assert out["stats"]["tree_drafts"] > 0 and out["stats"]["chain_drafts"] > 0
+    assert out["requests_left"] == 0
+    assert out["free_blocks"][1] == out["free_blocks"][0], out["free_blocks"]
+
+
+def tree_sample(llm, *args) -> dict:
+    """``sample_run`` in tree mode, with the proposer's statistics over it."""
+    before = proposer_stats(llm)
+    out = sample_run(llm, *args)
+    out["stats"] = _delta(proposer_stats(llm), before)
+    return out
+
+
+def tree_sample_biased(llm, *args) -> dict:
+    """``tree_sample`` with a deliberately biased tree verifier subscribed first: a child that is the target's
+    argmax is accepted outright (otherwise the correct point-mass rule), removed after."""
+    from declab.integrations.sdk.tree_sampling import PointMassRule
+    from declab.integrations.sdk.tree_verification import SEAM, SamplingTreeVerifier
+
+    class ArgmaxFirst(PointMassRule):
+        def choose(self, logits, children, tokens, q_rows, draws):
+            top = int(logits.argmax())
+            hit = next((c for c in children if tokens[c] == top), None)
+            return (hit, top) if hit is not None else super().choose(logits, children, tokens, q_rows, draws)
+
+    biased = SamplingTreeVerifier(rule=ArgmaxFirst())
+    SEAM.subscribe(biased)
+    try:
+        return tree_sample(llm, *args)
+    finally:
+        SEAM.unsubscribe(biased)
+
+
+# The tree of the 2,000-sample tests: 3 children at the root, depth 3, 7 draft nodes (ranks as in the paper's
+# template). Verifying 81 tokens per request and step for 2,000 requests costs ~10x more; the verifier and its
+# point-mass rule are the same for any tree, and the paper's tree at temperature > 0 runs in the mixed-batch and
+# seeded tests and in `declab bench spec --temperature 1`.
+SMALL_TREE = {(): 3, (0,): 2, (1,): 1, (0, 0): 1}
+
+
+def _set_template(worker, counts) -> None:
+    """Token Recycling's tree template: ``counts`` (``TreeTemplate.from_child_counts``) or, for None, the paper's."""
+    from declab.plugins.token_recycling.core import PAPER_TREE, TreeTemplate
+
+    worker.model_runner.drafter.template = PAPER_TREE if counts is None else TreeTemplate.from_child_counts(counts)
+
+
+def with_small_tree(llm, scenario, *args) -> dict:
+    llm.collective_rpc(_set_template, args=(SMALL_TREE,))
+    try:
+        return scenario(llm, *args)
+    finally:
+        llm.collective_rpc(_set_template, args=(None,))
+
+
+@pytest.mark.vanilla("stack_t1", "stack_t07_p09")
+@pytest.mark.parametrize("reference", ["stack_t1", "stack_t07_p09"])
+def test_tree_sampling_preserves_the_distribution(vanilla, tr_tree_engine, reference):
+    """Trees verified at temperature 1 and at 0.7 / top-p 0.9 (``SamplingTreeVerifier``): the tokens at positions
+    1-4 of 2,000 samples pass the two-sample test against vanilla sampling; the same engine with a verifier that
+    accepts the target's argmax among the children fails it."""
+    base = vanilla(reference)
+    args = (base["prompt"], base["n"], base["temperature"], base["max_tokens"], base["top_p"])
+    tree = tr_tree_engine.run(with_small_tree, tree_sample, *args)
+    biased = tr_tree_engine.run(with_small_tree, tree_sample_biased, *args)
+    for out in (tree, biased):  # every request was verified as a tree, with many drafts accepted
+        assert out["stats"]["tree_drafts"] > 0 and out["stats"]["chain_drafts"] == 0, out["stats"]
+        assert out["spec"]["num_accepted_tokens"] > 200, out["spec"]
+    v, t, b = base["token_ids"], tree["token_ids"], biased["token_ids"]
+    assert len(v) == len(t) == len(b) == 2000
+    for pos in (1, 2, 3, 4):
+        fit = homogeneity([x[pos] for x in v], [x[pos] for x in t])
+        control = homogeneity([x[pos] for x in v], [x[pos] for x in b])
+        print(f"{reference} position {pos}: tree {fit}; argmax-accepting verifier {control}")
+        assert fit.passes, (pos, str(fit))
+        assert not control.passes, (pos, str(control))
+
+
+def seeded_in_a_crowd(llm, prompts: list[str], max_tokens: int, temperature: float, top_p: float) -> dict:
+    """``seeded_sample_run`` (one batch, and the first two alone), then the same seeded requests interleaved with as
+    many unseeded requests on other prompts (greedy and sampled) in one batch."""
+    from vllm import SamplingParams
+
+    out = seeded_sample_run(llm, prompts, max_tokens, temperature, top_p, batch1=2)
+    seeded = [SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=i, ignore_eos=True)
+              for i in range(len(prompts))]
+    others = [SamplingParams(temperature=t, max_tokens=max_tokens + 8) for t in (0.0, 1.0) * (len(prompts) // 2)]
+    crowd_prompts = [p for pair in zip(prompts, reversed(prompts)) for p in pair]
+    crowd_params = [sp for pair in zip(seeded, others) for sp in pair]
+    crowd = llm.generate(crowd_prompts, crowd_params, use_tqdm=False)
+    out["crowd_token_ids"] = [list(o.outputs[0].token_ids) for o in crowd[::2]]
+    return out
+
+
+@pytest.mark.vanilla("seeded_t1", "seeded_t07_p09")
+@pytest.mark.parametrize("reference", ["seeded_t1", "seeded_t07_p09"])
+def test_seeded_tree_sampling_draws_what_plain_seeded_sampling_draws_whatever_the_batch(vanilla, tr_tree_engine,
+                                                                                       reference):
+    """Point-mass verification draws one seed per committed token, as vLLM's CPU sampler does: seeded requests
+    verified as trees commit the tokens vanilla seeded sampling draws, in a batch, alone, and among other requests."""
+    base = vanilla(reference)
+    prompts = list(CODE_PROMPTS[:8])
+    temperature, top_p = (1.0, 1.0) if reference == "seeded_t1" else (0.7, 0.9)
+    out = tr_tree_engine.run(seeded_in_a_crowd, prompts, 24, temperature, top_p)
+    assert out["token_ids"] == base["token_ids"]
+    assert out["single_token_ids"] == base["token_ids"][:2]
+    assert out["crowd_token_ids"] == base["token_ids"]
 
 
 @pytest.mark.vanilla("stack_t1", "stack_t07")

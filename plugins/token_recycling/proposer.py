@@ -17,19 +17,21 @@ defaults in ``spec.py``). The proposer is a ``DeclabProposer`` (the SDK's base c
 
    * ``mode="chain"`` (default): the rank-0 chain of ``M`` (the paper tree's main branch), up to
      ``num_speculative_tokens`` tokens, verified by vLLM's own rejection sampler;
-   * ``mode="tree"`` (stage 2, CPU): the whole static tree (a ``DraftTree``, BFS order;
+   * ``mode="tree"`` (stage 2, CPU): the whole static tree (a ``DraftTree``, BFS order, deterministic children;
      ``num_speculative_tokens`` = the template's 80 draft nodes) for every request the SDK's tree-verification
-     seam can verify (greedy, nothing that changes or reports logits; decided once per request in
-     ``on_request_start``); other requests get the tree's main branch as a chain, verified by vLLM's rejection
-     sampler.
+     seam can verify (greedy or sampled with temperature / top-k / top-p / seed, nothing else that changes or
+     reports logits; decided once per request in ``on_request_start``); other requests get the tree's main branch
+     as a chain, verified by vLLM's rejection sampler.
 
 The matrix lives as long as the engine (shared by all requests, "hot start" across queries, as in the paper).
 With ``overlay`` (default, not in the paper) each live request also keeps the rows its own stream wrote
 (``RequestSuccessors``) and drafts from them first, so concurrent streams stop erasing each other's successors.
 Chains are verified by vLLM's own rejection sampler, so greedy output is token-identical to plain decoding and
 sampling is distribution-preserving (on CPU only with the ``cpu_expand_kernel`` patch, applied when the plugin is
-selected). Trees are verified greedily by the seam (``longest_accepted_path``), which is token-identical to plain
-greedy decoding too (tested through the engine).
+selected). Trees are verified by the seam: greedily (``longest_accepted_path``), token-identical to plain greedy
+decoding, and at temperature > 0 by the seam's sampling verifier (``tree_sampling``: the drafts are point masses,
+so a draw from the target is accepted when it is a child), which keeps the target distribution and commits what
+plain seeded sampling draws for a seeded request (all tested through the engine).
 """
 
 from __future__ import annotations

@@ -13,10 +13,11 @@ SPEC = PluginSpec(
     status="partial",
     summary="Token Recycling: lossless self-speculation from an adjacency matrix of the target's recycled top-k",
     reason=(
-        "the paper's whole 80-node tree is verified inside the engine (mode 'tree') on vLLM's CPU backend for greedy "
-        "requests; on GPU, and for sampled requests, the engine drafts the tree's main branch as a chain; on "
-        "decoder-29m on CPU the tree verifies 81 tokens per step, so it commits more tokens per forward than chain "
-        "and ngram but is slower than both (`declab bench spec`)"
+        "the paper's whole 80-node tree is verified inside the engine (mode 'tree') on vLLM's CPU backend, for greedy "
+        "and for sampled requests (temperature, top-k, top-p, seed; distribution-preserving); on GPU, and for "
+        "requests with logprobs or penalties, the engine drafts the tree's main branch as a chain; on decoder-29m on "
+        "CPU the tree verifies 81 tokens per step, so it commits more tokens per forward than chain and ngram but is "
+        "slower than both (`declab bench spec`)"
     ),
     # Engine-wide, not per request: additional_config={"declab": {"token_recycling": {...}}} (DECLAB_TOKEN_RECYCLING,
     # JSON, still works with a deprecation warning). K is num_speculative_tokens.
@@ -24,7 +25,7 @@ SPEC = PluginSpec(
     settings=(
         ParamSpec("successors", int, 8, low=1, high=64, doc="k, successors kept per token (paper: 8)"),
         ParamSpec("mode", str, "chain", choices=("chain", "tree"),
-                  doc="'chain': the tree's rank-0 branch, vLLM's verifier; 'tree': the whole tree, greedy, CPU"),
+                  doc="'chain': the tree's rank-0 branch, vLLM's verifier; 'tree': the whole tree (greedy and sampled), CPU"),
         ParamSpec("template", str, "paper", choices=tuple(TREE_TEMPLATES),
                   doc="tree mode's static tree ('paper': 80 nodes, depth 6; num_speculative_tokens must match)"),
         ParamSpec("overlay", bool, True,
