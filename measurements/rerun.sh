@@ -28,6 +28,7 @@ COMMANDS=(
   "declab bench spec-tree --limit 1 --out plugins/token_recycling/measurements"
   # Token Recycling's whole tree vs its chain at temperature 1 (the seam's sampling tree verifier)
   "declab bench spec --configs vanilla,token_recycling_chain,token_recycling_tree --temperature 1 --proposer-k 6 --limit 1 --out plugins/token_recycling/measurements/temperature-1"
+  "declab bench verify-cost --cost-from plugins/token_recycling/measurements/verify-cost-h100.json --spec-report plugins/token_recycling/measurements/temperature-1/spec.json --out plugins/token_recycling/measurements/temperature-1/h100-projection"
   "declab bench verify-cost --cost-from plugins/token_recycling/measurements/verify-cost-h100.json --spec-report measurements/spec.json --out plugins/token_recycling/measurements/h100-projection"
   "declab bench diverse-beam --out plugins/diverse_beam/measurements"
   "declab bench ead --out plugins/ead/measurements"
