@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from declab.integrations.sdk.tree_sampling import verify_tree
+from declab.integrations.sdk.tree_sampling import NodeRule, verify_tree
 from declab.integrations.sdk.trees import (DraftTree, committed_tokens, cpu_key_value_views, longest_accepted_path,
                                           paged_context)
 
@@ -100,7 +100,13 @@ class SamplingTreeVerifier(TreeVerifier):
     with vLLM's own Gumbel-max kernel on that seed. A seeded request therefore consumes its generator exactly as
     plain decoding does, one draw per token, whatever the drafts and the batch: with deterministic drafts (point
     masses) it commits the tokens plain seeded sampling would. The tree-verifier patch keeps vLLM's rejection
-    sampler, which still runs on the whole batch, from drawing from these generators."""
+    sampler, which still runs on the whole batch, from drawing from these generators.
+
+    ``rule``: a ``tree_sampling.NodeRule`` used for every tree instead of the one matching its drafting (tests give
+    it a deliberately biased rule)."""
+
+    def __init__(self, rule: NodeRule | None = None) -> None:
+        self.rule = rule
 
     def accepts(self, params: Any) -> bool:
         return logits_untouched(params) and params.temperature >= GREEDY_EPS
@@ -114,7 +120,7 @@ class SamplingTreeVerifier(TreeVerifier):
                          rule="recursive" if tree is None else tree.rule)
         target = TargetRows(logits, request.row, sampling_metadata, float(getattr(request.params, "min_p", 0.0)))
         generator = sampling_metadata.generators.get(request.row)
-        return verify_tree(tree, target.logits, lambda depth: EngineDraws(generator))
+        return verify_tree(tree, target.logits, lambda depth: EngineDraws(generator), rule=self.rule)
 
 
 class TargetRows:
