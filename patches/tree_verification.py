@@ -9,9 +9,9 @@ How: the proposer (a ``declab.integrations.sdk.proposer.DeclabProposer`` that re
 each tree in BFS order as an ordinary draft list, so the scheduler, the KV allocation and the slot mapping are
 vLLM's own: node ``i`` gets the cache slot of position ``context + i``. ``drafter.tree_draft(req_id)`` gives the
 tree (parent indices, root first; draft probabilities and how the children were drawn) for the requests it drafted
-as trees. Three small patches then treat those
-requests as trees, and only those (shared state, statistics and verifier listeners:
-``declab.integrations.sdk.tree_verification``; the tree math: ``declab.integrations.sdk.trees``):
+as trees. Three small patches then treat those requests as trees, and only those (shared state, statistics and
+verifier listeners: ``declab.integrations.sdk.tree_verification``; the tree math: ``declab.integrations.sdk.trees``
+and ``declab.integrations.sdk.tree_sampling``):
 
 1. ``tree_inputs`` wraps ``GPUModelRunner._prepare_inputs``. After vLLM prepared the step, the rotary positions of
    each tree request's merged sequence become ``context + depth`` (the slot mapping was already computed from the
@@ -30,8 +30,9 @@ requests as trees, and only those (shared state, statistics and verifier listene
 
 A proposer drafts a tree only for requests a subscribed verifier accepts (``DeclabProposer.tree_verifiable``; the
 built-in verifiers accept greedy and sampled requests whose logits nothing but temperature / top-k / top-p / min-p
-changes and nothing reports); other requests get chains, which the unchanged rejection sampler verifies. ``check_tree_engine`` (SDK) runs at start-up and fails loudly off the CPU backend or if
-vLLM's CPU cache layout is not the one ``trees.paged_context`` reads.
+changes and nothing reports); other requests get chains, which the unchanged rejection sampler verifies.
+``check_tree_engine`` (SDK) runs at start-up and fails loudly off the CPU backend or if vLLM's CPU cache layout is
+not the one ``trees.paged_context`` reads.
 
 vLLM version: 0.32.0 (``v1/worker/gpu_model_runner.py::_prepare_inputs``, ``v1/attention/backends/cpu_attn.py::
 CPUAttentionBackendImpl.forward``, ``v1/sample/rejection_sampler.py::RejectionSampler.forward``; CPU, V1 runner,

@@ -228,7 +228,8 @@ def _ref_rrs(p: list[float], children: list[int], tokens: list[int], q_of: Calla
 
 
 def reference_verify_tree(tree: DraftTree, target_probs: Callable[[int], list[float]],
-                          accept: Callable[[float], bool], sample: Callable[[list[float]], int]) -> tuple[list[int], list[int]]:
+                          accept: Callable[[float], bool],
+                          sample: Callable[[list[float]], int]) -> tuple[list[int], list[int]]:
     """Naive restatement of ``verify_tree`` (probabilities as lists, one ``accept`` per rejection test, ``sample``
     draws a token from a probability list). Deterministic children are point masses ``q = delta_c``."""
     tokens = [int(t) for t in (tree.tokens.tolist() if isinstance(tree.tokens, torch.Tensor) else tree.tokens)]

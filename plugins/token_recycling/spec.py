@@ -25,7 +25,8 @@ SPEC = PluginSpec(
     settings=(
         ParamSpec("successors", int, 8, low=1, high=64, doc="k, successors kept per token (paper: 8)"),
         ParamSpec("mode", str, "chain", choices=("chain", "tree"),
-                  doc="'chain': the tree's rank-0 branch, vLLM's verifier; 'tree': the whole tree (greedy and sampled), CPU"),
+                  doc="'chain': the tree's rank-0 branch, vLLM's verifier; 'tree': the whole tree (greedy and "
+                      "sampled), CPU"),
         ParamSpec("template", str, "paper", choices=tuple(TREE_TEMPLATES),
                   doc="tree mode's static tree ('paper': 80 nodes, depth 6; num_speculative_tokens must match)"),
         ParamSpec("overlay", bool, True,
