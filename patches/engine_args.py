@@ -47,6 +47,7 @@ class EngineArgsPatch(DeclabPatch):
             prepare_engine_args(self)
             config = original(self, *args, **kwargs)
             attach_router(config)
+            check_attention(config)
             return config
 
         create_engine_config.__wrapped__ = original
@@ -98,3 +99,13 @@ def attach_router(config) -> None:
     if ROUTER_FQCN not in current:
         current.append(ROUTER_FQCN)
     model_config.logits_processors = current
+
+
+def check_attention(config) -> None:
+    """An attention plugin's start-up checks (``declab.integrations.sdk.attention.check_attention_engine``)."""
+    from declab.integrations import registry
+
+    if any(registry.get_spec(n).attention is not None for n in registry.selected_plugins()):
+        from declab.integrations.sdk.attention import check_attention_engine
+
+        check_attention_engine(config)
