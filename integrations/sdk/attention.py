@@ -48,7 +48,7 @@ from declab.integrations.sdk.attention_policy import STATS, AttentionStats, KVPa
 from declab.integrations.sdk.trees import cpu_key_value_views, paged_context
 
 __all__ = ["BACKEND_PATH", "STATS", "AttentionStats", "KVPageCodec", "TokenSelector", "DeclabCPUAttentionBackend",
-           "DeclabCPUAttentionImpl", "check_attention_engine", "attend_positions", "attention_probs"]
+           "DeclabCPUAttentionImpl", "check_attention_engine", "attend_positions"]
 
 BACKEND_PATH = "declab.integrations.sdk.attention.DeclabCPUAttentionBackend"
 
@@ -195,7 +195,6 @@ def sparse_decode(selector: TokenSelector, layer: int, query: torch.Tensor, kv_c
         if starts[row + 1] - starts[row] != 1 or length <= selector.budget:
             continue
         t = starts[row]
-        selector.begin_row(layer, row)
         keys, values = paged_context(kv_cache, meta.block_table[row], length)
         chosen = selector.positions(layer, row, query[t], keys, scale)
         if chosen is None:
@@ -215,16 +214,6 @@ def attend_positions(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
     q = query.float().view(kv_heads, heads // kv_heads, d)
     probs = torch.softmax(torch.einsum("hgd,hkd->hgk", q, k) * scale, dim=-1)
     return torch.einsum("hgk,hkd->hgd", probs, v).reshape(heads, d)
-
-
-def attention_probs(query: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
-    """Softmax attention of ``query [heads, d]`` over ``keys [context, kv_heads, d]``, summed over the query heads of
-    each KV head: ``[kv_heads, context]`` (what a selector ranks positions by)."""
-    kv_heads = keys.shape[1]
-    heads, d = query.shape
-    q = query.float().view(kv_heads, heads // kv_heads, d)
-    probs = torch.softmax(torch.einsum("hgd,lhd->hgl", q, keys.float()) * scale, dim=-1)
-    return probs.sum(dim=1)
 
 
 class BlockBuffer:

@@ -27,10 +27,6 @@ class TokenSelector:
 
     budget: int
 
-    def begin_row(self, layer_index: int, row: int) -> None:
-        """Called for every sparse-eligible decode row of a layer before ``positions`` (selectors keep per-row state
-        between the layers of one step)."""
-
     def positions(self, layer_index: int, row: int, query: torch.Tensor, keys: torch.Tensor,
                   scale: float) -> torch.Tensor | None:
         """Positions ``[kv_heads, budget]`` the row attends to in this layer, or None for full attention.
@@ -43,6 +39,7 @@ class AttentionStats:
 
     def __init__(self) -> None:
         self.values: dict[str, float] = {}
+        self.record = False  # selectors compute their statistics only when asked (extra work per layer)
 
     def add(self, name: str, value: float) -> None:
         self.values[name] = self.values.get(name, 0.0) + float(value)
