@@ -19,7 +19,9 @@ and workers) and, from the selected plugins' specs (the seam knows no plugin):
   logits-level plugin is selected. That list feeds both admission-time ``validate_params`` (HTTP 400 for bad
   arguments) and the worker's sampler. It refuses loudly the two configurations where vLLM 0.32 would drop or reject
   the router: speculative decoding (V1 silently drops custom logits processors) and Model Runner V2 (needs a
-  V2-interface processor, not shipped yet).
+  V2-interface processor, not shipped yet); and runs the selected attention plugin's start-up checks
+  (``declab.integrations.sdk.attention.check_attention_engine``: CPU only, no speculative decoding, no
+  ``--kv-cache-dtype``, settings that fit the model).
 
 vLLM version: 0.32.0 (``vllm/engine/arg_utils.py::EngineArgs.create_engine_config``).
 

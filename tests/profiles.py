@@ -96,7 +96,7 @@ PROFILES: tuple[EngineProfile, ...] = (
     EngineProfile("tidal_full", plugins="tidaldecode", engine_kwargs=attention("tidaldecode", budget=2048)),
     EngineProfile("gear_preempt", plugins="gear",
                   engine_kwargs={**attention("gear"), "block_size": 32, "num_gpu_blocks_override": 24,
-                                 "max_model_len": 512, "max_num_seqs": 16, "enable_prefix_caching": True}),
+                                 "max_model_len": 1024, "max_num_seqs": 16, "enable_prefix_caching": True}),
     ALL_LOGITS,
     tensor_parallel(ALL_LOGITS),
     tensor_parallel(TR_CHAIN),
@@ -132,7 +132,8 @@ def long_code_prompts() -> list[str]:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    texts = [(root / "integrations" / "sdk" / "trees.py").read_text(), (root / "integrations" / "catalog.py").read_text()]
+    texts = [(root / "integrations" / "sdk" / "trees.py").read_text(),
+             (root / "integrations" / "catalog.py").read_text()]
     return [texts[0][:1000], texts[0][2000:3500], texts[1][:1400], texts[1][1500:2200]]
 
 

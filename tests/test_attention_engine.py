@@ -43,7 +43,7 @@ def test_tidaldecode_budget_above_the_context_is_vanilla(vanilla, tidal_full_eng
 
 
 def mixed_with_aborts(llm) -> dict:
-    """Long and short prompts (shared prefixes: prefix caching) on 24 blocks of 32 tokens: the scheduler preempts;
+    """Long and short prompts (repeated: prefix caching) on 24 blocks of 32 tokens: the scheduler preempts;
     half of a second wave is aborted after three steps. Every block must be free at the end."""
     from vllm import SamplingParams
 
@@ -73,10 +73,10 @@ def mixed_with_aborts(llm) -> dict:
                 engine.abort_request(ids[::2])
     finally:
         del sched._preempt_request
+    # Again, on prefix-cached packed blocks (outputs may differ from the first run: a cached prefix is read packed
+    # where the first prefill attended to it unquantized).
     again = llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=96, ignore_eos=True), use_tqdm=False)
-    return {"lengths": [len(o.outputs[0].token_ids) for o in outs], "preemptions": preemptions[0],
-            "same_again": [list(o.outputs[0].token_ids) for o in again] == [list(o.outputs[0].token_ids)
-                                                                            for o in outs[:2]],
+    return {"lengths": [len(o.outputs[0].token_ids) for o in [*outs, *again]], "preemptions": preemptions[0],
             "start": start, "end": pool.get_num_free_blocks(), "requests_left": len(sched.requests)}
 
 
@@ -84,7 +84,6 @@ def test_gear_mixed_batches_preemption_and_aborts_leave_no_block(gear_preempt_en
     got = gear_preempt_engine.run(mixed_with_aborts)
     assert got["lengths"] == [96] * len(got["lengths"])
     assert got["preemptions"] > 0
-    assert got["same_again"]  # prefix-cached, packed blocks read back as they were written
     assert got["end"] == got["start"] and got["requests_left"] == 0
 
 

@@ -90,6 +90,14 @@ def check_attention_engine(vllm_config: Any) -> None:
     if str(vllm_config.cache_config.cache_dtype) != "auto":
         raise ValueError(f"declab: {spec.name} sets the KV page format itself; drop --kv-cache-dtype "
                          f"{vllm_config.cache_config.cache_dtype}")
+    from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+    from declab.integrations.sdk.tree_verification import check_cpu_cache_layout
+
+    model, cache = vllm_config.model_config, vllm_config.cache_config
+    isa = _get_attn_isa(model.dtype, cache.block_size, model.get_head_size(), cache.cache_dtype)
+    check_cpu_cache_layout(isa, head_size=model.get_head_size(), block_size=cache.block_size, what=spec.name,
+                           instead="run it on a CPU whose attention uses the 'vec' layout")
     settings = engine_settings(spec, vllm_config.additional_config)
     if spec.attention.check:
         load_object(spec.attention.check)(settings, model_facts(vllm_config))
