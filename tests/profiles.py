@@ -96,7 +96,7 @@ PROFILES: tuple[EngineProfile, ...] = (
     EngineProfile("tidal_full", plugins="tidaldecode", engine_kwargs=attention("tidaldecode", budget=2048)),
     EngineProfile("gear_preempt", plugins="gear",
                   engine_kwargs={**attention("gear"), "block_size": 32, "num_gpu_blocks_override": 24,
-                                 "max_model_len": 1024, "max_num_seqs": 16, "enable_prefix_caching": True}),
+                                 "max_model_len": 640, "max_num_seqs": 16, "enable_prefix_caching": True}),
     ALL_LOGITS,
     tensor_parallel(ALL_LOGITS),
     tensor_parallel(TR_CHAIN),

@@ -98,3 +98,12 @@ def test_bad_settings_are_refused_at_start_up_naming_the_setting(engine_startup_
                                                  engine_kwargs=attention(plugin, **settings)))
     assert failure is not None
     assert message in failure.log, failure.log[-3000:]
+
+
+def test_speculative_decoding_is_refused_with_an_attention_plugin(engine_startup_error):
+    from profiles import token_recycling
+
+    failure = engine_startup_error(EngineProfile("gear_with_tree_verification", plugins="gear,token_recycling",
+                                                 engine_kwargs={"speculative_config": token_recycling(4)}))
+    assert failure is not None
+    assert "gear (an attention backend) cannot run with speculative decoding" in failure.log, failure.log[-3000:]
