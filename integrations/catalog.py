@@ -105,6 +105,7 @@ _HOOK_WORDS = {
     registry.HOOK_PROPOSER: "speculative proposer (`custom_class`)",
     registry.HOOK_SEARCH: "search loop over engine requests",
     registry.HOOK_BENCH: "benchmark",
+    registry.HOOK_ATTENTION: "attention backend (CPU_ATTN swapped)",
 }
 
 

@@ -15,6 +15,7 @@ import pkgutil
 
 from declab.integrations.sdk.runtime import PLUGINS_ENV
 from declab.integrations.sdk.spec import (  # re-exported for the runtime modules
+    HOOK_ATTENTION,
     HOOK_BENCH,
     HOOK_LOGITS,
     HOOK_PROPOSER,
@@ -23,7 +24,7 @@ from declab.integrations.sdk.spec import (  # re-exported for the runtime module
     PluginSpec,
 )
 
-__all__ = ["PLUGINS_ENV", "HOOK_BENCH", "HOOK_LOGITS", "HOOK_PROPOSER", "HOOK_SEARCH", "STATUSES", "PluginSpec",
+__all__ = ["PLUGINS_ENV", "HOOK_ATTENTION", "HOOK_BENCH", "HOOK_LOGITS", "HOOK_PROPOSER", "HOOK_SEARCH", "STATUSES", "PluginSpec",
            "plugin_packages", "all_specs", "get_spec", "parse_selection", "selected_plugins", "plugin_modules"]
 
 ENTRY_POINT_GROUP = "declab.plugins"

@@ -19,7 +19,9 @@ and workers) and, from the selected plugins' specs (the seam knows no plugin):
   logits-level plugin is selected. That list feeds both admission-time ``validate_params`` (HTTP 400 for bad
   arguments) and the worker's sampler. It refuses loudly the two configurations where vLLM 0.32 would drop or reject
   the router: speculative decoding (V1 silently drops custom logits processors) and Model Runner V2 (needs a
-  V2-interface processor, not shipped yet).
+  V2-interface processor, not shipped yet); and runs the selected attention plugin's start-up checks
+  (``declab.integrations.sdk.attention.check_attention_engine``: CPU only, no speculative decoding, no
+  ``--kv-cache-dtype``, settings that fit the model).
 
 vLLM version: 0.32.0 (``vllm/engine/arg_utils.py::EngineArgs.create_engine_config``).
 
@@ -47,6 +49,7 @@ class EngineArgsPatch(DeclabPatch):
             prepare_engine_args(self)
             config = original(self, *args, **kwargs)
             attach_router(config)
+            check_attention(config)
             return config
 
         create_engine_config.__wrapped__ = original
@@ -98,3 +101,13 @@ def attach_router(config) -> None:
     if ROUTER_FQCN not in current:
         current.append(ROUTER_FQCN)
     model_config.logits_processors = current
+
+
+def check_attention(config) -> None:
+    """An attention plugin's start-up checks (``declab.integrations.sdk.attention.check_attention_engine``)."""
+    from declab.integrations import registry
+
+    if any(registry.get_spec(n).attention is not None for n in registry.selected_plugins()):
+        from declab.integrations.sdk.attention import check_attention_engine
+
+        check_attention_engine(config)

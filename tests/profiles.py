@@ -30,6 +30,11 @@ def draft_proposer(plugin: str, k: int, **settings) -> dict:
             "additional_config": {"declab": {plugin: settings}}, "disable_log_stats": False}
 
 
+def attention(plugin: str, **settings) -> dict:
+    """Engine kwargs of an attention-backend plugin with these settings (defaults for the others)."""
+    return {"additional_config": {"declab": {plugin: settings}}} if settings else {}
+
+
 def tensor_parallel(profile: EngineProfile, size: int = 2) -> EngineProfile:
     """``profile`` on ``size`` tensor-parallel workers (vLLM's multiprocessing executor; the engine core stays in the
     host), named ``<name>_tp<size>``. Each CPU worker is bound to one core of its own (``VLLM_CPU_OMP_THREADS_BIND``):
@@ -85,6 +90,13 @@ PROFILES: tuple[EngineProfile, ...] = (
     EngineProfile("rapid", plugins="rapid", engine_kwargs=draft_proposer("rapid", 4, context_tokens=64)),
     # EAD (tests/test_ead_engine.py): lossy, every draft kept (patch ead_accepts_drafts); thresholds per request.
     EngineProfile("ead", plugins="ead", engine_kwargs=draft_proposer("ead", 8, threshold=1.5, window=4)),
+    # Attention backends (tests/test_attention_engine.py): GEAR at full rank and TidalDecode with a budget above every
+    # context are vanilla; GEAR at its defaults on a cache small enough to preempt, with prefix caching.
+    EngineProfile("gear_exact", plugins="gear", engine_kwargs=attention("gear", rank=64)),
+    EngineProfile("tidal_full", plugins="tidaldecode", engine_kwargs=attention("tidaldecode", budget=2048)),
+    EngineProfile("gear_preempt", plugins="gear",
+                  engine_kwargs={**attention("gear"), "block_size": 32, "num_gpu_blocks_override": 24,
+                                 "max_model_len": 640, "max_num_seqs": 16, "enable_prefix_caching": True}),
     ALL_LOGITS,
     tensor_parallel(ALL_LOGITS),
     tensor_parallel(TR_CHAIN),
@@ -115,6 +127,16 @@ def spec_bench_reduced() -> list[str]:
     return [p for ps in per_cat.values() for p in ps] + list(CODE_PROMPTS[:8])
 
 
+def long_code_prompts() -> list[str]:
+    """Four code contexts of ~250-450 tokens (declab's own sources: the model has not seen them)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    texts = [(root / "integrations" / "sdk" / "trees.py").read_text(),
+             (root / "integrations" / "catalog.py").read_text()]
+    return [texts[0][:1000], texts[0][2000:3500], texts[1][:1400], texts[1][1500:2200]]
+
+
 # A prompt whose continuation loops, so recycled drafts are often right and the verifier is exercised.
 STACK_PROMPT = "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n"
 
@@ -131,4 +153,6 @@ VANILLA_REFERENCES: dict[str, Reference] = {
     # Seeded sampling of the code prompts (seed = prompt index), 24 tokens, at T=1 and at T=0.7 / top-p 0.9.
     "seeded_t1": Reference(seeded_sample_run, lambda: (list(CODE_PROMPTS[:8]), 24, 1.0)),
     "seeded_t07_p09": Reference(seeded_sample_run, lambda: (list(CODE_PROMPTS[:8]), 24, 0.7, 0.9)),
+    # tests/test_attention_engine.py: contexts of several KV blocks (packed pages, sparse rows), 48 tokens.
+    "attention_long": Reference(greedy_run, lambda: (long_code_prompts(), 48, 1)),
 }

@@ -31,8 +31,10 @@ EXPECTED_PLUGINS = {
     "token_recycling": (21, "partial"),
     "lqcd": (25, "working"),
     "bench grammar": (35, "working"),  # a benchmark paper built in a plugin folder (asap's)
+    "gear": (36, "partial"),  # packed KV pages save memory; on CPU the context is decoded before the dense kernel
     "specdec_pp": (47, "working"),
     "cad": (53, "working"),
+    "tidaldecode": (54, "partial"),  # sparse rows recomputed after the dense CPU kernel: no speed-up without one
     "extractive": (55, "partial"),
     "rapid": (58, "partial"),  # lossless variant only; lexical retrieval
     "asap": (65, "working"),

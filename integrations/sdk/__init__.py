@@ -19,10 +19,12 @@ from declab.integrations.sdk import runtime
 from declab.integrations.sdk.params import ParamSpec, resolve_params
 from declab.integrations.sdk.patching import DeclabPatch, PatchConflict, apply_patches
 from declab.integrations.sdk.spec import (
+    HOOK_ATTENTION,
     HOOK_BENCH,
     HOOK_LOGITS,
     HOOK_PROPOSER,
     HOOK_SEARCH,
+    AttentionHook,
     BenchEntry,
     LogitsHook,
     PluginSpec,
@@ -41,9 +43,9 @@ _LAZY = {
 }
 
 __all__ = [
-    "runtime", "ParamSpec", "resolve_params", "DeclabPatch", "PatchConflict", "apply_patches", "HOOK_BENCH",
-    "HOOK_LOGITS", "HOOK_PROPOSER", "HOOK_SEARCH", "BenchEntry", "LogitsHook", "PluginSpec", "ProposerBenchConfig",
-    "ProposerHook", "SearchHook", "load_object", *_LAZY,
+    "runtime", "ParamSpec", "resolve_params", "DeclabPatch", "PatchConflict", "apply_patches", "HOOK_ATTENTION",
+    "HOOK_BENCH", "AttentionHook", "HOOK_LOGITS", "HOOK_PROPOSER", "HOOK_SEARCH", "BenchEntry", "LogitsHook",
+    "PluginSpec", "ProposerBenchConfig", "ProposerHook", "SearchHook", "load_object", *_LAZY,
 ]
 
 

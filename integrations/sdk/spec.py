@@ -21,6 +21,7 @@ HOOK_LOGITS = "logits-processor"  # per-request transform, through the one route
 HOOK_PROPOSER = "speculative-proposer"  # speculative_config={"method": "custom_class", ...}
 HOOK_SEARCH = "search-loop"  # integration-level loop over engine requests (offline API / HTTP endpoint)
 HOOK_BENCH = "benchmark"
+HOOK_ATTENTION = "attention-backend"  # vLLM's CPU attention backend, swapped for declab's (sdk.attention)
 
 STATUSES = ("working", "partial", "planned", "not-applicable")
 
@@ -112,6 +113,22 @@ class ProposerBenchConfig:
 
 
 @dataclass(frozen=True)
+class AttentionHook:
+    """An attention-backend plugin: declab's CPU attention backend (``declab.integrations.sdk.attention``) replaces
+    vLLM's ``CPU_ATTN`` in every process, and ``policy`` customises its decode path.
+
+    ``policy``: ``"module:function"`` called in the worker with ``(settings, facts)`` (the plugin's validated
+    engine-wide settings; ``facts``: ``num_layers``, ``head_size``, ``block_size``, ``num_kv_heads``) and returning a
+    ``KVPageCodec`` (KV pages stored in another format, decoded on read) or a ``TokenSelector`` (sparse attention
+    of decode tokens). ``check``: optional ``"module:function"`` with the same arguments, called at start-up in the
+    front-end: raise ``ValueError`` naming the setting when the settings do not fit the model or the engine.
+    """
+
+    policy: str
+    check: str | None = None
+
+
+@dataclass(frozen=True)
 class SearchHook:
     """A search loop over engine requests: ``offline`` = ``"module:function"`` taking an ``LLM``; ``http`` = the same
     over a running OpenAI-compatible server (optional)."""
@@ -148,6 +165,7 @@ class PluginSpec:
     logits: LogitsHook | None = None
     proposer: ProposerHook | None = None
     search: SearchHook | None = None
+    attention: AttentionHook | None = None
     benches: tuple[BenchEntry, ...] = ()
     # Names of patches (declab.patches.registry()) applied by the entry point, in every vLLM process, when selected.
     patches: tuple[str, ...] = ()
@@ -161,9 +179,9 @@ class PluginSpec:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"plugin {self.name}: status {self.status!r} not in {STATUSES}")
-        hooks = [h for h in (self.logits, self.proposer, self.search) if h is not None]
+        hooks = [h for h in (self.logits, self.proposer, self.search, self.attention) if h is not None]
         if len(hooks) > 1:
-            raise ValueError(f"plugin {self.name}: declare one hook section (logits, proposer or search)")
+            raise ValueError(f"plugin {self.name}: declare one hook section (logits, proposer, search or attention)")
         unknown = [o for o in (self.logits.refused_options if self.logits else ()) if o not in NEUTRAL]
         if unknown:
             raise ValueError(f"plugin {self.name}: refused_options {unknown} are not among {sorted(NEUTRAL)}")
@@ -181,6 +199,8 @@ class PluginSpec:
             return HOOK_PROPOSER
         if self.search is not None:
             return HOOK_SEARCH
+        if self.attention is not None:
+            return HOOK_ATTENTION
         return HOOK_BENCH
 
     def validate_request(self, params: dict[str, Any]) -> None:
