@@ -1,6 +1,6 @@
-"""Recompute the root: a contrastive search request whose last token is already computed gets it scheduled again.
+"""Recompute the root: a request whose last token is already computed gets it scheduled again with its drafts.
 
-Why: contrastive search (plugin ``contrastive_search``) decides each token from the hidden states of the k
+Why: contrastive search (paper 27) decides each token from the hidden states of the k
 candidates, which one forward computes as a depth-1 draft tree: the root (the last committed token) plus the
 candidates as drafts. vLLM 0.32 commits a token at the end of every prefill; for these requests that token is
 dropped (``discard_request_mask``, see ``runner_forward_to_proposer``), so the prompt's last token is computed and
@@ -8,8 +8,9 @@ nothing follows it. The scheduler would then schedule the candidates alone, whic
 not allow (a request with drafts always feeds its last committed token first).
 
 How: wraps ``Scheduler.update_draft_token_ids`` (engine-core process, after ``update_from_output``, when the step's
-drafts arrive). For a request whose ``declab.method`` is ``contrastive_search``, that receives drafts and whose
-computed tokens cover all its tokens, ``num_computed_tokens`` goes back by one, as vLLM does for a rejected draft:
+drafts arrive). For a request whose ``declab.method`` is a plugin that declares this patch in its spec's
+``patches`` (the methods that drop the prefill's token), that receives drafts and whose computed tokens cover all
+its tokens, ``num_computed_tokens`` goes back by one, as vLLM does for a rejected draft:
 the next step schedules the last token again with the drafts (same position and token: its KV entry is rewritten
 with the same values). Other requests are untouched.
 
@@ -26,8 +27,6 @@ from typing import Any
 
 from declab.integrations.sdk import DeclabPatch
 
-METHOD = "contrastive_search"
-
 
 class RecomputeRootPatch(DeclabPatch):
     name = "recompute_root"
@@ -35,9 +34,11 @@ class RecomputeRootPatch(DeclabPatch):
 
     @classmethod
     def replacements(cls, target: Any) -> dict[str, Any]:
+        from declab.integrations import registry
         from declab.integrations.request_args import requested_method
 
         original = target.update_draft_token_ids
+        methods = {name for name, spec in registry.all_specs().items() if cls.name in spec.patches}
 
         def update_draft_token_ids(self, draft_token_ids, *args, **kwargs):
             original(self, draft_token_ids, *args, **kwargs)
@@ -47,7 +48,8 @@ class RecomputeRootPatch(DeclabPatch):
                         or request.num_computed_tokens != request.num_tokens):
                     continue
                 params = request.sampling_params
-                if params is not None and requested_method(params.extra_args) == METHOD:
+                method = None if params is None else requested_method(params.extra_args)
+                if isinstance(method, str) and method in methods:
                     request.num_computed_tokens -= 1
 
         update_draft_token_ids.__wrapped__ = original
