@@ -42,9 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def load_reference():
     """``tests/contrastive_search_reference.py`` of the checkout (not part of an installed package)."""
-    import declab.integrations
+    import declab.integrations.sdk as sdk
 
-    path = Path(declab.integrations.__file__).resolve().parents[1] / "tests" / "contrastive_search_reference.py"
+    path = Path(sdk.__file__).resolve().parents[2] / "tests" / "contrastive_search_reference.py"
     if not path.exists():
         raise SystemExit(f"declab bench contrastive-search needs the checkout's reference ({path} not found)")
     spec = importlib.util.spec_from_file_location("contrastive_search_reference", path)

@@ -79,9 +79,12 @@ class ContrastiveVerifier(TreeVerifier):
         if state is None or state.cand_hidden is None or drafts != state.drafted:
             # Not the tree this proposer drafted (vLLM scheduled fewer drafts, or stale ones): no contrastive step
             # is possible; commit the greedy token so the request goes on, and say so.
+            # The next step feeds that token alone and draws its candidates from it (``on_forward``).
             self.proposer.stats["fallback_steps"] += 1
             logger.warning("contrastive_search: step without its %s candidates (scheduled %s); greedy token used",
                            None if state is None else len(state.drafted), len(drafts))
+            if state is not None:
+                state.next, state.cand_hidden = None, None
             return [0], [int(logits[0].argmax())]
         cands = state.next
         winner = choose(cands, state.cand_hidden, state.context.view(request.context + 1), state.alpha)
@@ -101,7 +104,7 @@ class ContrastiveSearchProposer(DeclabProposer):
         check_tree_engine(vllm_config, what="contrastive_search", instead="use another engine for contrastive search")
         self.hidden_size = int(vllm_config.model_config.get_hidden_size())
         self.states: dict[str, SearchState] = {}
-        self.stats = {"steps": 0, "fallback_steps": 0, "dropped_prefill_tokens": 0}
+        self.stats = {"steps": 0, "fallback_steps": 0, "dropped_prefill_tokens": 0, "lost_requests": 0}
         SEAM.subscribe(ContrastiveVerifier(self))
         self.open_seams(trees=True)
 
@@ -142,6 +145,12 @@ class ContrastiveSearchProposer(DeclabProposer):
                 continue
             start = int(runner.query_start_loc.np[row])
             computed = int(batch.num_computed_tokens_cpu[row])
+            if computed > state.context.length:  # positions this proposer never saw (cannot happen by design)
+                logger.warning("contrastive_search: request %s has no hidden states for positions %d..%d; it "
+                               "continues with greedy decoding", req_id, state.context.length, computed - 1)
+                self.stats["lost_requests"] += 1
+                del self.states[req_id]
+                continue
             fed = int(scheduled[req_id]) - n_drafts  # prompt chunk or the root
             state.context.put(computed, forward.hidden_states[start : start + fed])
             state.cand_hidden = forward.hidden_states[start + fed : start + fed + n_drafts] if n_drafts else None

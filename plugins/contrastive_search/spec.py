@@ -8,13 +8,15 @@ MAX_TOP_K = 16
 SPEC = PluginSpec(
     name="contrastive_search",
     paper=27,
-    status="working",
+    status="partial",
     summary=("Contrastive search: each token the top-k candidate with the best (1-alpha)*p(v) - alpha*max cos(h_v, "
              "h_context), the k candidates evaluated in one forward as a depth-1 tree inside vLLM's batch"),
     reason=(
-        "greedy-only (sampling, n > 1 and logprobs are refused) and CPU-only (the tree-verification seam patches "
-        "vLLM's CPU attention); costs k + 1 token evaluations per output token, as HF's implementation; engine-wide "
-        "switch: the engine's speculative proposer is contrastive search's (plain rows still decode greedily)"
+        "CPU only: the k candidates are one depth-1 tree per step, and the tree-verification seam patches vLLM's CPU "
+        "attention (on GPU the engine refuses to start); token-identical to a transformers reference on 100 code and "
+        "Spec-Bench prompts, alone and mixed with plain rows (`declab bench contrastive-search`); k + 1 token "
+        "evaluations per output token, as HF's; the engine's speculative proposer must be contrastive search's, so "
+        "it does not combine with a speculative decoder; sampling, n > 1 and logprobs are refused"
     ),
     params=(
         ParamSpec("top_k", int, 4, low=1, high=MAX_TOP_K,
