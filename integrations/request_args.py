@@ -105,5 +105,14 @@ def parse_request_args(
     return DeclabRequest(spec, params)
 
 
+def check_proposer_request(request: DeclabRequest | None, sampling_params: Any, vllm_config: Any = None) -> None:
+    """A proposer method's own admission check (``ProposerHook.check_request``), if it declares one."""
+    hook = request.spec.proposer if request is not None else None
+    if hook is not None and hook.check_request:
+        from declab.integrations.sdk.spec import load_object
+
+        load_object(hook.check_request)(sampling_params, request.params, vllm_config)
+
+
 def _logits_plugins() -> list[str]:
     return sorted(n for n, s in registry.all_specs().items() if s.hook == registry.HOOK_LOGITS)

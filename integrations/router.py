@@ -20,7 +20,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 from declab.integrations import stat_logger
-from declab.integrations.request_args import parse_request_args
+from declab.integrations.request_args import check_proposer_request, parse_request_args
 from declab.integrations.sdk.runtime import eos_token_id
 from declab.integrations.sdk.groups import GROUP_KEY, ROLE_MAIN, check_group_sampling_options
 from declab.integrations.sdk.rows import RowContext, RowProcessor
@@ -39,6 +39,7 @@ class DeclabLogitsRouter(LogitsProcessor):
         try:
             request = parse_request_args(sampling_params.extra_args)
             if request is None or request.spec.logits is None:  # none, or a proposer's parameters (validated)
+                check_proposer_request(request, sampling_params)  # the router's engine has no speculative proposer
                 return
             hook = request.spec.logits
             if hook.companions:

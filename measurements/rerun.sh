@@ -34,6 +34,8 @@ COMMANDS=(
   "declab bench ead --out plugins/ead/measurements"
   "declab bench attention --budgets 32,64,128 --codecs kivi:4,gear:4 --prompts 8 --max-tokens 128 --passages 6 --out plugins/gear/measurements"
   "declab bench degeneration --prompts 16 --max-tokens 128 --repeats 2 --latency-prompts 2 --out plugins/momentum/measurements"
+  "declab bench contrastive-search --prompts 100 --max-tokens 32 --out plugins/contrastive_search/measurements"
+  "declab bench degeneration --prompts 16 --max-tokens 128 --repeats 2 --latency-prompts 2 --skip-contrastive --out plugins/contrastive_search/measurements"
   # SpecDec++'s acceptance head: trains plugins/specdec_pp/acceptance_head.safetensors and reports its calibration
   "python -m declab.plugins.specdec_pp.train_head --out plugins/specdec_pp/measurements"
   "declab bench grammar --kl-n 300 --checkpoints 100,300 --limit 1 --backends xgrammar,gcd,asap --budget-requests 200 --out plugins/asap/measurements"

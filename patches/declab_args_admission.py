@@ -8,7 +8,7 @@ parameter for a method that is not a per-request method or not enabled.
 
 How: wraps ``InputProcessor._build_logits_processors_params_validator`` (vLLM builds the per-request validator once,
 in the front-end, offline and on the server): the validator it returns also runs ``parse_request_args`` on the
-request's ``extra_args`` and raises a ``VLLMValidationError`` that is also a ``ValueError`` (HTTP 400 on the server,
+request's ``extra_args`` (and a proposer method's own ``check_request`` with the engine's config) and raises a ``VLLMValidationError`` that is also a ``ValueError`` (HTTP 400 on the server,
 a ValueError offline), the parameter named. Applied by the entry point only when no selected plugin is a logits
 plugin (otherwise the router validates). Requests without declab arguments are untouched.
 
@@ -33,7 +33,7 @@ class DeclabArgsAdmissionPatch(DeclabPatch):
     def replacements(cls, target: Any) -> dict[str, Any]:
         from vllm.exceptions import VLLMValidationError
 
-        from declab.integrations.request_args import parse_request_args
+        from declab.integrations.request_args import check_proposer_request, parse_request_args
 
         class DeclabArgumentError(VLLMValidationError, ValueError):
             """A ValueError offline; an HTTP 400 on the OpenAI server (which maps only vLLM's client errors)."""
@@ -47,7 +47,8 @@ class DeclabArgsAdmissionPatch(DeclabPatch):
                 validate(params)
                 if params.extra_args:
                     try:
-                        parse_request_args(params.extra_args)
+                        request = parse_request_args(params.extra_args)
+                        check_proposer_request(request, params, getattr(self, "vllm_config", None))
                     except ValueError as e:
                         raise DeclabArgumentError(str(e)) from e
 

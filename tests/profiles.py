@@ -22,6 +22,12 @@ def token_recycling(k: int) -> dict:
     return {"method": "custom_class", "model": PROPOSER_PATH, "num_speculative_tokens": k}
 
 
+def contrastive_search(k: int) -> dict:
+    """A speculative_config with contrastive search's proposer, room for ``k`` candidates per step."""
+    spec = registry.get_spec("contrastive_search")
+    return {"method": "custom_class", "model": spec.proposer.proposer, "num_speculative_tokens": k}
+
+
 def draft_proposer(plugin: str, k: int, **settings) -> dict:
     """Engine kwargs running ``plugin``'s draft-model proposer (its class path from its spec), ``k`` tokens at most."""
     spec = registry.get_spec(plugin)
@@ -97,6 +103,9 @@ PROFILES: tuple[EngineProfile, ...] = (
     EngineProfile("gear_preempt", plugins="gear",
                   engine_kwargs={**attention("gear"), "block_size": 32, "num_gpu_blocks_override": 24,
                                  "max_model_len": 640, "max_num_seqs": 16, "enable_prefix_caching": True}),
+    # Contrastive search (tests/test_contrastive_search_engine.py): its proposer, up to 8 candidates per step.
+    EngineProfile("contrastive_search", plugins="contrastive_search",
+                  engine_kwargs={"speculative_config": contrastive_search(8)}),
     ALL_LOGITS,
     tensor_parallel(ALL_LOGITS),
     tensor_parallel(TR_CHAIN),
@@ -115,6 +124,8 @@ SERVERS: tuple[ServerProfile, ...] = (
     ServerProfile("all_logits", ALL_LOGITS_PLUGINS),
     ServerProfile("fuzz_proposer", "token_recycling",
                   args=("--speculative-config", json.dumps(token_recycling(4)))),
+    ServerProfile("contrastive_search", "contrastive_search",
+                  args=("--speculative-config", json.dumps(contrastive_search(8)))),
 )
 
 

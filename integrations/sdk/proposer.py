@@ -11,6 +11,9 @@ per-request state, ``SuffixDecodingProposer``'s start/stop derived from the batc
 * the runner-to-proposer feed (patch ``runner_feeds_proposer``): each step arrives as a ``TargetStep`` (the
   runner, the request of every batch row, the target's logits and hidden states of the step, the drafts it just
   verified, the committed tokens);
+* optionally, the step's forward before sampling (patch ``runner_forward_to_proposer``, declared in the spec's
+  ``worker_patches``): ``on_forward`` gets a ``TargetForward`` with the hidden states of every scheduled token
+  (prompt chunks included), while vLLM's sampler has not yet chosen the step's tokens;
 * per-request start and finish (``on_request_start`` / ``on_request_finish``), derived from the runner's batch;
 * drafts returned per batch row as a chain (``list[int]``) or a tree (``DraftTree``: BFS tokens + parents), and
   for trees the tree-verification seam (``open_seams(trees=True)``; ``tree_parents`` is what the seam asks).
@@ -35,7 +38,7 @@ from declab.integrations.sdk.spec import PluginSpec
 from declab.integrations.sdk.tree_verification import SEAM, TREE_VERIFICATION_PATCHES
 from declab.integrations.sdk.trees import DraftTree
 
-__all__ = ["DeclabProposer", "DraftTree", "TargetStep", "FEED_PATCHES"]
+__all__ = ["DeclabProposer", "DraftTree", "TargetForward", "TargetStep", "FEED_PATCHES"]
 
 # The patch that opens the runner-to-proposer feed (declab.patches.registry() name), applied in the worker.
 FEED_PATCHES = ("runner_feeds_proposer",)
@@ -62,6 +65,22 @@ class TargetStep:
     hidden_states: torch.Tensor | None
     num_tokens_no_spec: np.ndarray
     token_ids_cpu: np.ndarray
+
+
+@dataclass
+class TargetForward:
+    """The target's forward pass of a step, before sampling (``DeclabProposer.on_forward``).
+
+    ``hidden_states``: last-layer hidden states of every scheduled token, in the step's flattened order (request
+    ``row`` from ``runner.query_start_loc.np[row]`` for ``scheduler_output.num_scheduled_tokens[req_id]`` tokens);
+    ``logits``: the rows vLLM is about to sample from (one per request, or ``1 + drafts`` for a request with drafts).
+    The runner's batch (``runner.input_batch``) still holds the step's state: ``num_computed_tokens_cpu`` is the
+    count before this step's tokens."""
+
+    runner: Any
+    scheduler_output: Any
+    hidden_states: torch.Tensor
+    logits: torch.Tensor | None
 
 
 class DeclabProposer:
@@ -105,6 +124,9 @@ class DeclabProposer:
 
     def on_step(self, step: TargetStep) -> None:
         """What the target computed this step, before ``draft``."""
+
+    def on_forward(self, forward: TargetForward) -> None:
+        """The step's forward, before vLLM samples (only with the ``runner_forward_to_proposer`` worker patch)."""
 
     def draft(self, step: TargetStep) -> list[Draft]:
         """One draft per batch row: a chain (``list[int]``, may be empty) or a ``DraftTree``."""

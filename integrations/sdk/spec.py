@@ -83,6 +83,10 @@ class ProposerHook:
     ``bench_configs``: configurations ``declab bench spec`` runs for this proposer: name -> ``ProposerBenchConfig``.
     ``bench_alias``: deprecated short name that keeps old ``declab bench spec`` flags working:
     ``--<alias>-config JSON`` (= ``--settings <plugin>=JSON``) and ``--<alias>-k K`` (= this plugin's K).
+    ``check_request``: optional ``"module:function"`` for a proposer with per-request parameters, called at
+    admission with ``(sampling_params, params, vllm_config)`` (``params``: the resolved per-request parameters;
+    ``vllm_config``: the engine's, None where the front-end does not have it): refuse (``ValueError`` naming the
+    parameter or option) what the method cannot honour on this engine.
     """
 
     proposer: str
@@ -90,6 +94,7 @@ class ProposerHook:
     num_speculative_tokens: int = 4
     bench_configs: Mapping[str, "ProposerBenchConfig"] = field(default_factory=dict)
     bench_alias: str | None = None
+    check_request: str | None = None
 
     def speculative_config(self) -> dict[str, Any]:
         """What a user passes as vLLM's ``speculative_config`` to run this proposer."""

@@ -6,6 +6,11 @@ Same prompts (``default_bench_prompts``: code prompts, then Spec-Bench first tur
 * ``nucleus``: vLLM, top-p 0.95 at temperature 1 with a fixed per-request seed.
 * ``momentum``: vLLM, greedy through the declab router with ``{"method": "momentum", ...}`` (default parameters
   unless ``--momentum-args``), engine started with ``DECLAB_PLUGINS=momentum``.
+* ``contrastive_search``: contrastive search in vLLM's batch (the ``contrastive_search`` plugin: its proposer as the
+  engine's speculative ``custom_class``, ``{"method": "contrastive_search", "top_k", "alpha"}`` per request, the
+  same ``--cs-alpha`` / ``--cs-top-k``), engine started with ``DECLAB_PLUGINS=contrastive_search``; also its token
+  evaluations per output token (vLLM's spec-decode counters: candidates + roots, per committed token) and the share
+  of its outputs identical to the transformers ``contrastive`` run below.
 * ``contrastive``: contrastive search (Su et al. 2022, ``penalty_alpha`` 0.6, ``top_k`` 4) with transformers. In
   transformers 5.x ``generate(penalty_alpha=...)`` only dispatches to the Hub repo
   ``transformers-community/contrastive-search`` (``custom_generate`` + ``trust_remote_code``), which this machine
@@ -45,6 +50,7 @@ from typing import Any
 from declab.integrations.sdk.bench import (
     RunSpec,
     add_option,
+    identical_share,
     default_bench_prompts,
     default_model,
     plot_configs,
@@ -54,6 +60,8 @@ from declab.integrations.sdk.bench import (
 )
 
 GREEDY, NUCLEUS, MOMENTUM, CONTRASTIVE = "greedy", "nucleus", "momentum", "contrastive"
+CONTRASTIVE_SEARCH = "contrastive_search"  # the plugin of that name, in vLLM
+CONTRASTIVE_SEARCH_PROPOSER = "declab.plugins.contrastive_search.ContrastiveSearchProposer"
 plot = plot_configs  # tokens/s, batch-1 latency, rep-n and diversity per decoder
 
 
@@ -72,7 +80,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_option(parser, "--cs-alpha", type=float, default=0.6, help="contrastive search: penalty_alpha")
     add_option(parser, "--cs-top-k", type=int, default=4, help="contrastive search: top_k")
     add_option(parser, "--stop-at-eos", action="store_true", help="stop at EOS (default: fixed-length outputs)")
-    add_option(parser, "--skip-contrastive", action="store_true", help="leave contrastive search out")
+    add_option(parser, "--skip-contrastive", action="store_true",
+               help="leave contrastive search with transformers out")
+    add_option(parser, "--skip-contrastive-search", action="store_true",
+               help="leave contrastive search in vLLM (the contrastive_search plugin) out")
     return parser
 
 
@@ -251,6 +262,14 @@ def run(args) -> dict[str, Any]:
         MOMENTUM: RunSpec(name=MOMENTUM, sampling={**greedy, "extra_args": {"declab": momentum_args}},
                           env={"DECLAB_PLUGINS": "momentum"}, **common),
     }
+    if not args.skip_contrastive_search:
+        cs_args = {"method": CONTRASTIVE_SEARCH, "top_k": args.cs_top_k, "alpha": args.cs_alpha}
+        cs_sampling = {k: v for k, v in greedy.items() if k != "logprobs"}  # refused: they would be greedy's
+        specs[CONTRASTIVE_SEARCH] = RunSpec(
+            name=CONTRASTIVE_SEARCH, sampling={**cs_sampling, "extra_args": {"declab": cs_args}},
+            env={"DECLAB_PLUGINS": CONTRASTIVE_SEARCH}, collect_metrics=True,
+            engine_kwargs={"speculative_config": {"method": "custom_class", "model": CONTRASTIVE_SEARCH_PROPOSER,
+                                                  "num_speculative_tokens": args.cs_top_k}}, **common)
     results: dict[str, dict[str, Any]] = {label: run_in_child(spec) for label, spec in specs.items()}
     hf = load_hf_model(model)
     if not args.skip_contrastive:
@@ -283,6 +302,17 @@ def run(args) -> dict[str, Any]:
     }
     if CONTRASTIVE in summary:
         acceptance["tokens_per_s_momentum_over_contrastive"] = m["tokens_per_s"] / summary[CONTRASTIVE]["tokens_per_s"]
+    if CONTRASTIVE_SEARCH in summary:
+        cs = summary[CONTRASTIVE_SEARCH]
+        metrics = results[CONTRASTIVE_SEARCH].get("spec_metrics") or {}
+        if metrics.get("num_draft_tokens") is not None and metrics.get("num_drafts") is not None:
+            # Timed batches only: every step feeds the root and its candidates and commits one token.
+            evaluated = metrics["num_draft_tokens"] + metrics["num_drafts"]
+            cs["token_evaluations_per_output_token"] = evaluated / max(1, cs["generated_tokens"] * args.repeats)
+        acceptance["tokens_per_s_contrastive_search_over_greedy"] = cs["tokens_per_s"] / g["tokens_per_s"]
+        if CONTRASTIVE in results:
+            acceptance["contrastive_search_identical_to_transformers"] = identical_share(
+                results[CONTRASTIVE_SEARCH]["token_ids"], results[CONTRASTIVE]["token_ids"])
     acceptance["passed"] = acceptance["rep_cut_at_least_half"] and acceptance["momentum_logprob_above_nucleus"]
     return {
         "benchmark": "degeneration",
@@ -294,6 +324,7 @@ def run(args) -> dict[str, Any]:
             GREEDY: greedy,
             NUCLEUS: specs[NUCLEUS].sampling,
             MOMENTUM: specs[MOMENTUM].sampling,
+            CONTRASTIVE_SEARCH: specs[CONTRASTIVE_SEARCH].sampling if CONTRASTIVE_SEARCH in specs else None,
             CONTRASTIVE: {"penalty_alpha": args.cs_alpha, "top_k": args.cs_top_k, "engine": "transformers (float32, "
                           "CPU), contrastive step in plain torch"},
         },
