@@ -85,6 +85,10 @@ class TreeInputsPatch(DeclabPatch):
                 n = len(drafts) + 1
                 if tree is None or not drafts or int(num_scheduled_tokens[row]) != n:
                     continue
+                # A tree left from an earlier step: vLLM zero-fills the drafts without calling the proposer when a
+                # row nears max_model_len (``_input_fits_in_drafter``); those drafts are a chain.
+                if list(drafts) != tree.draft_tokens()[: len(drafts)]:
+                    continue
                 params = self.requests[req_id].sampling_params
                 verifier = SEAM.verifier_for(params)
                 if verifier is None:
