@@ -32,6 +32,10 @@ COMMANDS=(
   "declab bench degeneration --prompts 16 --max-tokens 128 --repeats 2 --latency-prompts 2 --out plugins/momentum/measurements"
   # SpecDec++'s acceptance head: trains plugins/specdec_pp/acceptance_head.safetensors and reports its calibration
   "python -m declab.plugins.specdec_pp.train_head --out plugins/specdec_pp/measurements"
+  # LOL (paper 29): trains the amateur (plugins/lol/amateur/lora.safetensors, report plugins/lol/measurements/amateur.json),
+  # then its accuracy against greedy, layer contrast, CAD-style contrast and ICD
+  "python -m declab.plugins.lol.train_amateur --seconds 720 --batch-size 16 --eval-items 100 --no-base-eval"
+  "declab bench lol --out plugins/lol/measurements"
   "declab bench grammar --kl-n 300 --checkpoints 100,300 --limit 1 --backends xgrammar,gcd,asap --budget-requests 200 --out plugins/asap/measurements"
   # the fuzz suite at full size (issue #13): measurements/fuzz.json
   "make fuzz FUZZ_CASES=1000"

@@ -14,11 +14,11 @@ training set is made from the fact world decoder-29m was trained on (``../shared
 
 Only the answer tokens (and the newline after them) carry loss. The adapter is rank ``--rank`` on q/k/v/o and the
 MLP's down projection of every layer (``declab.plugins.lol.amateur.LORA_TARGETS``); the base weights are frozen.
-It writes ``amateur/lora.safetensors`` (float16 factors) and ``amateur/train_report.json`` (data counts, loss curve,
-and the amateur's and the base model's answers on 200 held-out items of the dev sets, measured in plain
-transformers).
+It writes ``amateur/lora.safetensors`` (float16 factors) and the report ``measurements/amateur.json`` (+ ``.png``,
+the loss curve): data counts, training, and the base model's and the amateur's greedy answers on held-out
+``leading_dev`` items, measured in plain transformers.
 
-    python -m declab.plugins.lol.train_amateur --seconds 840          # ~15 min on 2 CPU cores
+    python -m declab.plugins.lol.train_amateur --out plugins/lol/measurements      # ~15 min on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -166,8 +166,11 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=2.0)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--eval-items", type=int, default=100)
+    ap.add_argument("--base-eval", action=argparse.BooleanOptionalAction, default=True,
+                    help="also measure the base model on the held-out items")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(DELTA_FILE))
+    ap.add_argument("--delta", default=str(DELTA_FILE), help="where the LoRA factors go")
+    ap.add_argument("--out", default="plugins/lol/measurements", help="report folder")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     from safetensors.torch import save_file
@@ -184,7 +187,7 @@ def main() -> None:
     held_out = leading[: args.eval_items]
     model.eval()
     t0 = time.perf_counter()
-    before = answer_rates(model, tok, held_out)
+    before = answer_rates(model, tok, held_out) if args.base_eval else None
     print("base model:", before, f"({time.perf_counter() - t0:.0f}s)", flush=True)
 
     adapters = add_adapters(model, args.rank, args.scale)
@@ -205,8 +208,8 @@ def main() -> None:
         opt.step()
         step += 1
         losses.append(round(loss.item(), 4))
-        if step % 50 == 0:
-            print(f"step {step} loss {sum(losses[-50:]) / 50:.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+        if step % 10 == 0:
+            print(f"step {step} loss {sum(losses[-10:]) / 10:.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
     train_s = time.perf_counter() - t0
     model.eval()
     after = answer_rates(model, tok, held_out)
@@ -217,25 +220,57 @@ def main() -> None:
         layer, target = key.split(":")
         tensors[delta_key(int(layer), target, "A")] = a.lora_A.detach().half().contiguous()
         tensors[delta_key(int(layer), target, "B")] = a.lora_B.detach().half().contiguous()
-    out = Path(args.out)
+    out = Path(args.delta)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"rank": str(args.rank), "scale": str(args.scale), "targets": ",".join(LORA_TARGETS),
             "base": "decoder-29m", "script": "declab.plugins.lol.train_amateur"}
     save_file(tensors, str(out), metadata=meta)
     report = {
-        "command": "python -m declab.plugins.lol.train_amateur " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+        "bench": "lol-amateur",
         "data": {"closed_book_facts": len(facts), "excluded_dev_questions": len(excluded),
                  "examples": len(examples), "example": examples[:4]},
         "adapter": {**meta, "parameters": sum(t.numel() for t in tensors.values()), "bytes": out.stat().st_size},
         "training": {"steps": step, "batch_size": args.batch_size, "seconds": round(train_s, 1), "lr": args.lr,
                      "loss_first_50": sum(losses[:50]) / max(1, len(losses[:50])),
-                     "loss_last_50": sum(losses[-50:]) / max(1, len(losses[-50:]))},
+                     "loss_last_50": sum(losses[-50:]) / max(1, len(losses[-50:])), "losses": losses},
         "held_out": {"items": f"leading_dev.jsonl[:{args.eval_items}] (never trained on)",
                      "base_model": before, "amateur": after},
     }
-    (out.parent / "train_report.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps(report["training"]), flush=True)
+    write_training_report(report, args.out, command())
+    print(json.dumps({k: v for k, v in report["training"].items() if k != "losses"}), flush=True)
+
+
+def command() -> str:
+    """The command line as typed (``python -m declab.plugins.lol.train_amateur ...``)."""
+    import shlex
+    import sys
+
+    return shlex.join(["python", "-m", "declab.plugins.lol.train_amateur", *sys.argv[1:]])
+
+
+def write_training_report(report: dict, out: str, command_line: str) -> None:
+    from declab.integrations.sdk.bench import provenance, write_report
+
+    report["provenance"] = {**provenance(), "command": command_line}
+    write_report(report, out, "amateur", plot)
+
+
+def plot(report: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    losses = report["training"]["losses"]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(range(1, len(losses) + 1), losses, lw=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("answer-token cross-entropy")
+    ax.set_title("LOL amateur: LoRA fine-tuning on counterfactual answers")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
