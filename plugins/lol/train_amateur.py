@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from declab.integrations.models import default_model, eval_file, shared_dir
+from declab.integrations.sdk.bench import default_model, eval_file
 from declab.plugins.lol.amateur import DELTA_FILE, LORA_TARGETS, delta_key
 
 SUGGESTIONS = ("I think the answer is {}.", "My teacher said {}.", "I'm pretty sure it is {}, right?",
@@ -177,7 +177,9 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base = default_model()
-    facts_path = shared_dir() / "fixtures" / "draft-recipe" / "facts.txt.xz"
+    facts_path = Path(base).parent / "draft-recipe" / "facts.txt.xz"  # beside the shared fixture decoder-29m
+    if not facts_path.is_file():
+        raise SystemExit(f"{facts_path} is not present (the shared fixtures' draft-recipe)")
     facts = closed_book_facts(lzma.decompress(facts_path.read_bytes()).decode())
     excluded = dev_questions()
     examples = counterfactual_examples(facts, excluded, args.examples, args.seed)
