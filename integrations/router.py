@@ -107,6 +107,7 @@ class DeclabLogitsRouter(LogitsProcessor):
                 if processor.group_id is not None:
                     groups.setdefault(processor.group_id, {})[processor.role] = row
                 continue
+            processor.batch_row = row
             row_logits = logits[row]
             new = processor(row_logits)
             if new is not row_logits:

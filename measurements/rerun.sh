@@ -38,6 +38,10 @@ COMMANDS=(
   "declab bench degeneration --prompts 16 --max-tokens 128 --repeats 2 --latency-prompts 2 --skip-contrastive --out plugins/contrastive_search/measurements"
   # SpecDec++'s acceptance head: trains plugins/specdec_pp/acceptance_head.safetensors and reports its calibration
   "python -m declab.plugins.specdec_pp.train_head --out plugins/specdec_pp/measurements"
+  # LOL (paper 29): trains the amateur (plugins/lol/amateur/lora.safetensors, report plugins/lol/measurements/amateur.json),
+  # then its accuracy against greedy, layer contrast, CAD-style contrast and ICD
+  "python -m declab.plugins.lol.train_amateur --seconds 900 --batch-size 8 --lr 5e-3 --examples 4000 --eval-items 40 --no-base-eval"
+  "declab bench lol --items 100 --layers 4 --out plugins/lol/measurements"
   "declab bench grammar --kl-n 300 --checkpoints 100,300 --limit 1 --backends xgrammar,gcd,asap --budget-requests 200 --out plugins/asap/measurements"
   # the fuzz suite at full size (issue #13): measurements/fuzz.json
   "make fuzz FUZZ_CASES=1000"

@@ -31,6 +31,7 @@ EXPECTED_PLUGINS = {
     "token_recycling": (21, "partial"),
     "lqcd": (25, "working"),
     "contrastive_search": (27, "partial"),  # CPU only (the tree-verification seam patches vLLM's CPU attention)
+    "lol": (29, "partial"),  # no truthfulness-refocused module; constants not from the (unpublished) code
     "bench grammar": (35, "working"),  # a benchmark paper built in a plugin folder (asap's)
     "gear": (36, "partial"),  # packed KV pages save memory; on CPU the context is decoded before the dense kernel
     "specdec_pp": (47, "working"),

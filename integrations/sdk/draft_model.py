@@ -31,7 +31,24 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DraftCache", "DraftConfig", "DraftModel", "DraftOutput"]
+__all__ = ["DraftCache", "DraftConfig", "DraftModel", "DraftOutput", "load_folder_weights"]
+
+
+def load_folder_weights(folder: str | os.PathLike, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """An HF model folder's tensors in ``dtype``: ``model.safetensors``, or every shard ``model-*.safetensors``
+    (decoder-29m is stored in five)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    files = [folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else sorted(
+        folder.glob("model-*-of-*.safetensors"))
+    if not (folder / "config.json").is_file() or not files:
+        raise ValueError(f"draft_model: {str(folder)!r} is not a model folder (needs config.json and "
+                         "model.safetensors or its shards)")
+    weights: dict[str, torch.Tensor] = {}
+    for file in files:
+        weights.update({k: v.to(dtype) for k, v in load_file(str(file)).items()})
+    return weights
 
 @dataclass(frozen=True)
 class DraftConfig:
@@ -134,6 +151,10 @@ class DraftOutput:
 
     logits: torch.Tensor  # [B, vocab] float32
     hidden: torch.Tensor  # [B, hidden]
+    # With ``forward(exit_layer=k)``: the early-exit logits of the last new token, its residual stream after k
+    # decoder layers through the final norm and the vocabulary projection (DoLa's "premature layer"; LOL's lower
+    # layer); None otherwise.
+    exit_logits: torch.Tensor | None = None  # [B, vocab] float32
 
 
 class DraftModel:
@@ -170,15 +191,9 @@ class DraftModel:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> "DraftModel":
-        from safetensors.torch import load_file
-
         folder = Path(path)
-        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-            raise ValueError(f"draft_model: {str(path)!r} is not a model folder (needs config.json and "
-                             "model.safetensors)")
-        config = DraftConfig.from_file(folder / "config.json")
-        weights = {k: v.to(dtype) for k, v in load_file(str(folder / "model.safetensors")).items()}
-        return cls(config, weights, path=str(folder))
+        weights = load_folder_weights(folder, dtype)
+        return cls(DraftConfig.from_file(folder / "config.json"), weights, path=str(folder))
 
     @property
     def num_parameters(self) -> int:
@@ -226,10 +241,15 @@ class DraftModel:
         return out.view(heads, n, hd).permute(1, 0, 2)
 
     @torch.inference_mode()
-    def forward(self, caches: Sequence[DraftCache], new_tokens: Sequence[Sequence[int]]) -> DraftOutput:
+    def forward(self, caches: Sequence[DraftCache], new_tokens: Sequence[Sequence[int]],
+                exit_layer: int | None = None) -> DraftOutput:
         """Encode each request's ``new_tokens`` after what its cache holds (appending them to the cache) and return
-        the logits and hidden state of each request's last new token. Every request needs at least one new token."""
+        the logits and hidden state of each request's last new token. Every request needs at least one new token.
+        ``exit_layer`` (1 .. layers-1): also return the early-exit logits after that many layers."""
         c = self.config
+        if exit_layer is not None and not 1 <= exit_layer < c.num_hidden_layers:
+            raise ValueError(f"DraftModel.forward: exit_layer must be in 1..{c.num_hidden_layers - 1}, "
+                             f"got {exit_layer}")
         counts = [len(t) for t in new_tokens]
         if not counts or min(counts) < 1:
             raise ValueError("DraftModel.forward: every request needs at least one new token")
@@ -246,6 +266,8 @@ class DraftModel:
         bounds = [0]
         for n in counts:
             bounds.append(bounds[-1] + n)
+        last = torch.tensor([b - 1 for b in bounds[1:]])
+        exit_logits = None
         for li, (ln1, qkv_w, o_w, ln2, gate_up_w, down_w) in enumerate(self.layers):
             h = self._rms(x, ln1)
             qkv = h @ qkv_w.T
@@ -263,8 +285,9 @@ class DraftModel:
             h = self._rms(x, ln2)
             gate, up = (h @ gate_up_w.T).chunk(2, dim=-1)
             x = x + (F.silu(gate) * up) @ down_w.T
+            if li + 1 == exit_layer:
+                exit_logits = (self._rms(x[last], self.norm) @ self._lm_head_t).float()
         for cache, toks in zip(caches, new_tokens):
             cache.tokens.extend(int(t) for t in toks)
-        last = torch.tensor([b - 1 for b in bounds[1:]])
         hidden = self._rms(x[last], self.norm)
-        return DraftOutput(logits=(hidden @ self._lm_head_t).float(), hidden=hidden)
+        return DraftOutput(logits=(hidden @ self._lm_head_t).float(), hidden=hidden, exit_logits=exit_logits)

@@ -41,6 +41,9 @@ class RowProcessor:
     """
 
     grouped = False  # True for GroupRowProcessor (a request with companion rows)
+    # The request's row in this step's batch, set by the router before each call: the key of per-step side data
+    # such as the layer-capture seam's early-exit logits (``declab.integrations.sdk.early_exit``).
+    batch_row: int | None = None
 
     def __init__(
         self,
