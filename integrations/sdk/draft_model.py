@@ -209,19 +209,22 @@ class DraftModel:
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
 
-    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int) -> torch.Tensor:
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         """One request's attention: ``q`` [n, heads, hd] at positions start..start+n-1 over ``keys`` / ``values``
-        [kv_heads, start+n, hd]; query i sees positions <= start + i. Written as two batched matrix products with
-        the query heads grouped by their key-value head: for the draft's tiny shapes this is several times faster
-        on CPU than ``scaled_dot_product_attention`` with ``enable_gqa``."""
+        [kv_heads, start+n, hd]; query i sees positions <= start + i, or the keys ``mask`` [n, start+n] (bool)
+        allows. Written as two batched matrix products with the query heads grouped by their key-value head: for
+        the draft's tiny shapes this is several times faster on CPU than ``scaled_dot_product_attention`` with
+        ``enable_gqa``."""
         n, heads, hd = q.shape
         kvh = keys.shape[0]
         group = heads // kvh
         qg = q.permute(1, 0, 2).reshape(kvh, group * n, hd)  # head h uses key-value head h // group
         scores = torch.bmm(qg, keys.transpose(1, 2)) * (1.0 / math.sqrt(hd))
-        if n > 1:
-            causal = torch.ones(n, start + n, dtype=torch.bool).tril(diagonal=start)
-            scores = scores.view(kvh, group, n, -1).masked_fill(~causal, float("-inf")).view(kvh, group * n, -1)
+        if mask is None and n > 1:
+            mask = torch.ones(n, start + n, dtype=torch.bool).tril(diagonal=start)
+        if mask is not None:
+            scores = scores.view(kvh, group, n, -1).masked_fill(~mask, float("-inf")).view(kvh, group * n, -1)
         out = torch.bmm(scores.softmax(dim=-1), values)  # [kvh, group * n, hd]
         return out.view(heads, n, hd).permute(1, 0, 2)
 
@@ -229,6 +232,26 @@ class DraftModel:
     def forward(self, caches: Sequence[DraftCache], new_tokens: Sequence[Sequence[int]]) -> DraftOutput:
         """Encode each request's ``new_tokens`` after what its cache holds (appending them to the cache) and return
         the logits and hidden state of each request's last new token. Every request needs at least one new token."""
+        x, bounds = self._encode(caches, new_tokens, None, None)
+        last = torch.tensor([b - 1 for b in bounds[1:]])
+        hidden = self._rms(x[last], self.norm)
+        return DraftOutput(logits=(hidden @ self._lm_head_t).float(), hidden=hidden)
+
+    @torch.inference_mode()
+    def forward_nodes(self, caches: Sequence[DraftCache], new_tokens: Sequence[Sequence[int]],
+                      positions: Sequence[Sequence[int]], masks: Sequence[torch.Tensor]) -> DraftOutput:
+        """Tree drafting: encode each request's ``new_tokens`` (nodes of a draft tree) at the rotary ``positions``
+        given (a node's position is its depth after the context, not its cache slot), each attending to the cache
+        slots its row of ``masks[r]`` (bool ``[n_r, len(cache) + n_r]``: the context, its ancestors, itself)
+        allows, and return the logits and hidden states of *every* new token ``[sum n_r, ...]``, request by
+        request. The nodes are appended to the caches like other tokens; cut them off with ``truncate``."""
+        x, _ = self._encode(caches, new_tokens, positions, masks)
+        hidden = self._rms(x, self.norm)
+        return DraftOutput(logits=(hidden @ self._lm_head_t).float(), hidden=hidden)
+
+    def _encode(self, caches, new_tokens, positions, masks) -> tuple[torch.Tensor, list[int]]:
+        """The decoder layers over the packed new tokens (written to the caches): final pre-norm states and the
+        row bounds of each request."""
         c = self.config
         counts = [len(t) for t in new_tokens]
         if not counts or min(counts) < 1:
@@ -237,7 +260,11 @@ class DraftModel:
         if max(s + n for s, n in zip(starts, counts)) > c.max_position_embeddings:
             raise ValueError(f"DraftModel.forward: past the draft's {c.max_position_embeddings} positions")
         flat = torch.tensor([t for toks in new_tokens for t in toks], dtype=torch.long)
-        pos = torch.cat([torch.arange(s, s + n) for s, n in zip(starts, counts)])
+        if positions is None:
+            pos = torch.cat([torch.arange(s, s + n) for s, n in zip(starts, counts)])
+        else:
+            pos = torch.tensor([p for ps in positions for p in ps], dtype=torch.long)
+        masks = masks if masks is not None else [None] * len(caches)
         for cache, s, n in zip(caches, starts, counts):
             cache._reserve(s + n)
         heads, kvh, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
@@ -258,13 +285,11 @@ class DraftModel:
                 cache.keys[li][:, s:s + b - a] = k[a:b].transpose(0, 1)
                 cache.values[li][:, s:s + b - a] = v[a:b].transpose(0, 1)
                 keys, values = cache.keys[li][:, :s + b - a], cache.values[li][:, :s + b - a]
-                attn[a:b] = self._attend(q[a:b], keys, values, s)
+                attn[a:b] = self._attend(q[a:b], keys, values, s, masks[r])
             x = x + attn.reshape(-1, q_size) @ o_w.T
             h = self._rms(x, ln2)
             gate, up = (h @ gate_up_w.T).chunk(2, dim=-1)
             x = x + (F.silu(gate) * up) @ down_w.T
         for cache, toks in zip(caches, new_tokens):
             cache.tokens.extend(int(t) for t in toks)
-        last = torch.tensor([b - 1 for b in bounds[1:]])
-        hidden = self._rms(x[last], self.norm)
-        return DraftOutput(logits=(hidden @ self._lm_head_t).float(), hidden=hidden)
+        return x, bounds
