@@ -1,4 +1,4 @@
-"""DySpec (Xiong, Zhang, Wang, Wang, Li, Chen, Li, Chen, 2024; arXiv 2410.11744; reading list paper 31).
+"""DySpec (Xiong et al., 2024; arXiv 2410.11744; reading list paper 31).
 
 "DySpec: Faster Speculative Decoding with Dynamic Token Tree Structure". The draft tree is not fixed: it grows
 greedily, always adding the candidate token whose path has the largest draft probability, until a node budget is

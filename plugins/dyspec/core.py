@@ -1,6 +1,6 @@
 """DySpec's dynamic draft tree (pure torch): grown greedily by cumulative draft probability under a node budget.
 
-Xiong, Zhang, Wang, Wang, Li, Chen, Li, Chen, "DySpec: Faster Speculative Decoding with Dynamic Token Tree
+Xiong et al., "DySpec: Faster Speculative Decoding with Dynamic Token Tree
 Structure" (arXiv 2410.11744). The acceptance of a draft node correlates with its draft probability, so the
 expected number of accepted tokens of a tree is about the sum, over its nodes, of the product of the draft
 probabilities along the node's path; the greedy tree keeps adding the candidate with the largest such value (a

@@ -1,4 +1,4 @@
-"""RSD (Jeon, Kim, Choi, Lee, 2024; arXiv 2402.14160; reading list paper 38).
+"""RSD (Jeon, Gagrani, Goel, Park, Lee, Lott, 2024; arXiv 2402.14160; reading list paper 38).
 
 "Recursive Speculative Decoding: Accelerating LLM Inference via Sampling Without Replacement". The draft model
 builds a tree whose siblings are drawn without replacement (Gumbel-top-k per node, or stochastic beam search over

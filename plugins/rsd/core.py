@@ -1,8 +1,9 @@
 """RSD's draft trees (pure torch): Gumbel-top-k per node (RSD-C) and stochastic beam search (RSD-S).
 
-Jeon et al., "Recursive Speculative Decoding: Accelerating LLM Inference via Sampling Without Replacement"
-(arXiv 2402.14160). The siblings of every node are drawn *without replacement* from the draft distribution q of
-their parent, so no two siblings repeat a token and recursive rejection sampling can test them one after another:
+Jeon, Gagrani, Goel, Park, Lee, Lott, "Recursive Speculative Decoding: Accelerating LLM Inference via Sampling
+Without Replacement" (arXiv 2402.14160). The siblings of every node are drawn *without replacement* from the draft
+distribution q of their parent, so no two siblings repeat a token and recursive rejection sampling can test them one
+after another:
 
 * ``GumbelTopKTree`` (RSD with constant branching, RSD-C): node at depth d gets ``branching[d]`` children, the
   top of ``log q + Gumbel`` (Gumbel-top-k = sampling without replacement, in draw order); at temperature 0 the
