@@ -139,7 +139,7 @@ class TreeDraftProposer(DraftModelProposer):
     def __init__(self, vllm_config: Any) -> None:
         super().__init__(vllm_config)
         check_tree_engine(vllm_config, what=f"{self.spec.name} (draft trees)",
-                          instead="use a chain proposer (pearl, vLLM's draft_model)")
+                          instead="use a draft-model chain proposer (vLLM's draft_model method)")
         self.greedy_draft_temperature = float(self.settings["greedy_draft_temperature"])
         self._drafts_tree: dict[str, bool] = {}
         self._temperature: dict[str, float] = {}
