@@ -194,6 +194,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
          help="draft_model sweep prompts: the sweep subset (default) or the selected prompts of the batched phase "
               "(every K then has tokens per forward on the plugins' prompts: the fixed-K baseline of the "
               "adaptive-length comparison)")
+    add_option(parser, "--draft-choose", choices=("tokens_per_s", "tokens_per_forward"), default="tokens_per_s",
+         help="which swept K runs draft_model's full phases: the fastest (default) or the one committing the most "
+              "tokens per target forward (the best chain, what the draft-tree proposers are compared with)")
     add_option(parser, "--ignore-eos", action="store_true", help="fixed-length outputs (default: stop at EOS)")
     add_option(parser, "--temperature", type=float, default=0.0,
          help="sampling temperature of every request (default 0: greedy; > 0: unseeded sampling, so outputs are not "
@@ -772,7 +775,10 @@ def run(args) -> dict[str, Any]:
             subset=items if args.draft_sweep_on == "selected" else sweep_subset(items_all, args.sweep_per_category),
             ks=draft_ks, batch_size=args.batch_size,
             timeout=args.child_timeout, log=log)
-        k_draft = report["draft_model_sweep"]["chosen"]["k"]
+        sweep = report["draft_model_sweep"]
+        best = sweep.get("best_by_tokens_per_forward") if args.draft_choose == "tokens_per_forward" else None
+        k_draft = (best or sweep["chosen"])["k"]
+        sweep["phases_k"] = {"k": k_draft, "criterion": args.draft_choose}
 
     # 3. configurations, each in its own engine (child process)
     common = dict(model=model, prompts=prompts, sampling=sampling, collect_metrics=True)
@@ -821,6 +827,8 @@ def run(args) -> dict[str, Any]:
             report["draft_model_sweep"].get("prompt_ids") == [it["id"] for it in items])
         # The sweep runs batched: the batch-16 phase is the one on its prompts (batch 1 takes a subset).
         report["equal_draft_compute"] = bench_spec_draft.equal_draft_compute(report, "batch16")
+    if "draft_model" in report["configs"]:
+        report["trees_vs_chain"] = bench_spec_draft.trees_vs_chain(report)
     report["per_prompt"] = per_prompt(items, results)
     report["runtime_s"] = time.perf_counter() - t_start
     return report

@@ -146,3 +146,53 @@ def sweep_summary(sweep: dict[str, Any]) -> str:
                       for r in sweep["results"])
     return (f"{NAME} sweep ({sweep['prompts']} prompts): {cells}; chosen K{sweep['chosen']['k']} (tokens/s), "
             f"best tokens/forward K{sweep['best_by_tokens_per_forward']['k']}")
+
+
+def trees_vs_chain(report: dict[str, Any]) -> dict[str, Any]:
+    """Each draft-*tree* configuration (its proposer counts ``tree_drafts``) against vLLM's ``draft_model`` chain, per
+    phase: tokens per target forward of both and their ratio, acceptance by tree depth, mean tree size and depth,
+    draft forwards per drafting step. The chain is the K ``draft_model``'s phases ran at
+    (``draft_model_sweep.phases_k``; ``--draft-choose tokens_per_forward`` makes it the sweep's best chain); with a
+    sweep on the same prompts (``--draft-sweep-on selected``) the sweep's best batched tokens per forward is given
+    beside it."""
+    configs = report.get("configs", {})
+    chain = configs.get(NAME) or {}
+    sweep = report.get("draft_model_sweep") or {}
+    out: dict[str, Any] = {"chain_k": (sweep.get("phases_k") or sweep.get("chosen") or {}).get("k"),
+                           "chain_k_criterion": (sweep.get("phases_k") or {}).get("criterion", "tokens_per_s"),
+                           "configs": {}}
+    best = sweep.get("best_by_tokens_per_forward")
+    if best and sweep.get("same_prompts_as_phases"):
+        out["sweep_best_batched"] = {"k": best["k"], "tokens_per_forward": best["tokens_per_forward"]}
+    for name, cfg in configs.items():
+        if name == NAME or not cfg.get("available", True):
+            continue
+        rows = {}
+        for phase, ph in cfg.get("phases", {}).items():
+            stats = (ph.get("proposer") or {}).get("stats") or {}
+            if not stats.get("tree_drafts"):
+                continue
+            row = ph["groups"]["all"]
+            base = (chain.get("phases", {}).get(phase) or {}).get("groups", {}).get("all", {})
+            trees = stats["tree_drafts"]
+            rows[phase] = {
+                "tokens_per_forward": row["tokens_per_forward"],
+                "chain_tokens_per_forward": base.get("tokens_per_forward"),
+                "ratio_over_chain": (row["tokens_per_forward"] / base["tokens_per_forward"]
+                                     if base.get("tokens_per_forward") else None),
+                "acceptance_by_depth": row.get("acceptance_per_position"),
+                "mean_tree_nodes": stats["tree_nodes"] / trees,
+                "mean_tree_depth": stats["tree_depth_sum"] / trees,
+                "max_tree_nodes": stats["tree_nodes_max"],
+                "draft_forwards_per_step": stats["draft_forwards"] / max(1, stats["propose_calls"]),
+                "tree_share_of_drafts": trees / max(1, trees + stats.get("chain_drafts", 0)),
+                "token_identical_share": row.get("token_identical_share"),
+                "tokens_per_s": row.get("tokens_per_s"),
+                "speedup_vs_vanilla": row.get("speedup_vs_vanilla"),
+            }
+            if phase == "batch16" and "sweep_best_batched" in out:
+                rows[phase]["ratio_over_sweep_best"] = (row["tokens_per_forward"]
+                                                        / out["sweep_best_batched"]["tokens_per_forward"])
+        if rows:
+            out["configs"][name] = rows
+    return out

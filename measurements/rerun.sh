@@ -21,6 +21,8 @@ COMMANDS=(
   "declab bench verify-cost --batch-sizes 1,16 --threads 1 --spec-report measurements/draft-models/spec.json --out measurements/draft-models"
   "declab bench verify-cost --cost-from plugins/token_recycling/measurements/verify-cost-h100.json --spec-report measurements/draft-models/spec.json --out measurements/draft-models/h100-projection"
   "declab bench spec --configs vanilla,pearl,specdec_pp,rapid --batch1-limit 2 --out measurements/draft-models-all"
+  # the draft-tree proposers (RSD, SpecTr, DySpec) against vLLM's draft_model at its best chain (K swept)
+  "declab bench spec --configs vanilla,draft_model,rsd,rsd_beam,spectr,dyspec --limit 2 --batch1-limit 1 --draft-ks 4,8,12 --draft-sweep-on selected --draft-choose tokens_per_forward --out measurements/draft-trees"
   "declab bench spec --configs vanilla,pearl,specdec_pp,rapid --phases batch1 --batch1-limit 0 --out measurements/draft-models-all-batch1"
   # plugin benches: reports in plugins/<name>/measurements/
   "declab bench contrastive --items 100 --out plugins/cad/measurements"

@@ -217,3 +217,27 @@ def test_equal_draft_compute_reads_the_fixed_k_curve_at_each_proposers_draft_tok
     assert adaptive["fixed_k_tokens_per_forward_at_equal_draft"] == pytest.approx(1.9)
     assert adaptive["ratio"] == pytest.approx(2.1 / 1.9) and adaptive["best_fixed_k"] == 4
     assert out["configs"]["short"]["fixed_k_tokens_per_forward_at_equal_draft"] == 1.5  # below K=1: K=1's value
+
+
+def test_trees_vs_chain_compares_tree_proposers_with_the_draft_model_chain_per_phase():
+    from declab.integrations.bench_spec_draft import trees_vs_chain
+
+    def phase(tpf, stats):
+        return {"groups": {"all": {"tokens_per_forward": tpf, "acceptance_per_position": [0.6, 0.3]}},
+                "proposer": {"stats": stats}}
+
+    tree_stats = {"tree_drafts": 8, "chain_drafts": 2, "tree_nodes": 96, "tree_depth_sum": 40, "tree_nodes_max": 12,
+                  "draft_forwards": 30, "propose_calls": 10}
+    report = {"draft_model_sweep": {"same_prompts_as_phases": True,
+                                    "phases_k": {"k": 8, "criterion": "tokens_per_forward"},
+                                    "best_by_tokens_per_forward": {"k": 8, "tokens_per_forward": 2.0}},
+              "configs": {"draft_model": {"phases": {"batch16": phase(2.0, {}), "batch1": phase(2.5, {})}},
+                          "pearl": {"phases": {"batch16": phase(1.6, {"draft_forwards": 3})}},
+                          "rsd": {"phases": {"batch16": phase(3.0, tree_stats), "batch1": phase(3.0, tree_stats)}}}}
+    out = trees_vs_chain(report)
+    assert set(out["configs"]) == {"rsd"} and out["chain_k"] == 8  # chain proposers are not trees
+    b16, b1 = out["configs"]["rsd"]["batch16"], out["configs"]["rsd"]["batch1"]
+    assert b16["ratio_over_chain"] == pytest.approx(1.5) and b1["ratio_over_chain"] == pytest.approx(1.2)
+    assert b16["ratio_over_sweep_best"] == pytest.approx(1.5) and "ratio_over_sweep_best" not in b1
+    assert b16["mean_tree_nodes"] == 12 and b16["mean_tree_depth"] == 5 and b16["tree_share_of_drafts"] == 0.8
+    assert b16["draft_forwards_per_step"] == 3 and b16["acceptance_by_depth"] == [0.6, 0.3]

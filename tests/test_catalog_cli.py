@@ -29,15 +29,18 @@ EXPECTED_PLUGINS = {
     "momentum": (15, "working"),
     "diverse_beam": (20, "working"),
     "token_recycling": (21, "partial"),
+    "dyspec": (31, "partial"),  # greedy trees; sampled requests draft chains until the sampling tree verifier is merged
     "lqcd": (25, "working"),
     "contrastive_search": (27, "partial"),  # CPU only (the tree-verification seam patches vLLM's CPU attention)
     "lol": (29, "partial"),  # no truthfulness-refocused module; constants not from the (unpublished) code
     "bench grammar": (35, "working"),  # a benchmark paper built in a plugin folder (asap's)
     "gear": (36, "partial"),  # packed KV pages save memory; on CPU the context is decoded before the dense kernel
+    "rsd": (38, "partial"),  # greedy trees; the recursive rejection-sampling verifier is the tree seam's other listener
     "specdec_pp": (47, "working"),
     "cad": (53, "working"),
     "tidaldecode": (54, "partial"),  # sparse rows recomputed after the dense CPU kernel: no speed-up without one
     "extractive": (55, "partial"),
+    "spectr": (56, "partial"),  # greedy trees; the k-sequential verifier is the tree seam's other listener
     "rapid": (58, "partial"),  # lossless variant only; lexical retrieval
     "asap": (65, "working"),
 }

@@ -1,10 +1,11 @@
-"""The draft-model proposers (PEARL, SpecDec++, RAPID; issue #14) through a real vLLM engine (CPU, decoder-29m as
+"""The draft-model proposers (PEARL, SpecDec++, RAPID; issue #14; the draft trees of RSD, SpecTr, DySpec, #15) through a real vLLM engine (CPU, decoder-29m as
 target, ../shared/fixtures/draft-5m as draft): token-identical greedy output in a concurrent batch and at batch 1,
 the target distribution at temperature 1 (a deliberately biased verifier fails the same test), each paper's
 behaviour visible in its statistics, and bad settings refused at start-up naming the setting.
 
 Engines: ``pearl`` (K=8, window 4), ``specdec_pp`` (K=8, threshold 0.7), ``rapid`` (K=4, draft context 64 tokens),
-compared with the session's vanilla references. ``declab bench spec`` runs every fitting Spec-Bench prompt.
+``rsd`` / ``spectr`` / ``dyspec`` (24-node trees; sampled requests draft chains until a sampling tree verifier is
+subscribed to the tree seam), compared with the session's vanilla references. ``declab bench spec`` runs every fitting Spec-Bench prompt.
 """
 
 from __future__ import annotations
@@ -95,11 +96,45 @@ def test_rapid_sampling_keeps_the_target_distribution(vanilla, rapid_engine):
     check_sampling(vanilla, rapid_engine, "rapid", biased_control=True)
 
 
+# -- draft trees: RSD, SpecTr, DySpec ------------------------------------------------------------------------------
+
+def check_greedy_tree(vanilla, engine, name: str) -> None:
+    stats = check_greedy(vanilla, engine, name)
+    assert stats["tree_drafts"] > 0 and stats["chain_drafts"] == 0, stats  # greedy requests: trees, no chain
+    assert stats["tree_nodes"] > stats["tree_depth_sum"], stats  # branched: more nodes than depth
+    assert stats["tree_rounds"] < stats["tree_nodes"], stats  # several nodes per batched draft forward
+
+
+def test_rsd_greedy_is_token_identical_with_trees_sampled_without_replacement(vanilla, rsd_engine):
+    check_greedy_tree(vanilla, rsd_engine, "rsd")
+
+
+def test_rsd_sampling_keeps_the_target_distribution(vanilla, rsd_engine):
+    check_sampling(vanilla, rsd_engine, "rsd", biased_control=False)
+
+
+def test_spectr_greedy_is_token_identical_with_k_drafts_as_one_tree(vanilla, spectr_engine):
+    check_greedy_tree(vanilla, spectr_engine, "spectr")
+
+
+def test_spectr_sampling_keeps_the_target_distribution(vanilla, spectr_engine):
+    check_sampling(vanilla, spectr_engine, "spectr", biased_control=False)
+
+
+def test_dyspec_greedy_is_token_identical_with_a_dynamic_tree(vanilla, dyspec_engine):
+    check_greedy_tree(vanilla, dyspec_engine, "dyspec")
+
+
+def test_dyspec_sampling_keeps_the_target_distribution(vanilla, dyspec_engine):
+    check_sampling(vanilla, dyspec_engine, "dyspec", biased_control=False)
+
+
 # -- start-up -------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("plugin,k,settings,message", [
     ("pearl", 2, {"window": 4}, "pearl.window (4) must not exceed num_speculative_tokens (2)"),
     ("rapid", 4, {"draft_model": "/nonexistent/draft"}, "draft_model: '/nonexistent/draft' is not a model folder"),
+    ("rsd", 8, {"branching": "3,x"}, "rsd.branching must be comma-separated integers"),
 ])
 def test_bad_settings_fail_at_start_up_naming_the_setting(engine_startup_error, plugin, k, settings, message):
     failure = engine_startup_error(EngineProfile(f"{plugin}_bad_{next(iter(settings))}", plugins=plugin,

@@ -88,6 +88,44 @@ class DraftConfig:
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
         )
 
+@dataclass(frozen=True)
+class DraftConfig:
+    """The fields of an HF Llama ``config.json`` the forward pass needs."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+
+    @classmethod
+    def from_file(cls, path: Path) -> "DraftConfig":
+        raw = json.loads(path.read_text())
+        arch = raw.get("architectures") or []
+        if raw.get("model_type") != "llama" or (arch and arch[0] != "LlamaForCausalLM"):
+            raise ValueError(f"draft_model: {path.parent} is not a Llama causal LM (model_type "
+                             f"{raw.get('model_type')!r}, architectures {arch})")
+        rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+        if rope.get("rope_type", "default") != "default":
+            raise ValueError(f"draft_model: rope_type {rope.get('rope_type')!r} is not supported (only 'default')")
+        heads = int(raw["num_attention_heads"])
+        return cls(
+            vocab_size=int(raw["vocab_size"]), hidden_size=int(raw["hidden_size"]),
+            intermediate_size=int(raw["intermediate_size"]), num_hidden_layers=int(raw["num_hidden_layers"]),
+            num_attention_heads=heads, num_key_value_heads=int(raw.get("num_key_value_heads", heads)),
+            head_dim=int(raw.get("head_dim") or raw["hidden_size"] // heads),
+            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(rope.get("rope_theta", raw.get("rope_theta", 10000.0))),
+            max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        )
+
 
 class DraftCache:
     """One request's keys and values per layer (``[kv_heads, capacity, head_dim]``, grown by doubling) and the
@@ -192,8 +230,10 @@ class DraftModel:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> "DraftModel":
         folder = Path(path)
-        weights = load_folder_weights(folder, dtype)
-        return cls(DraftConfig.from_file(folder / "config.json"), weights, path=str(folder))
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"draft_model: {str(folder)!r} is not a model folder (needs config.json)")
+        config = DraftConfig.from_file(folder / "config.json")  # refuses a non-Llama before reading weights
+        return cls(config, load_folder_weights(folder, dtype), path=str(folder))
 
     @property
     def num_parameters(self) -> int:
@@ -224,19 +264,22 @@ class DraftModel:
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
 
-    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int) -> torch.Tensor:
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         """One request's attention: ``q`` [n, heads, hd] at positions start..start+n-1 over ``keys`` / ``values``
-        [kv_heads, start+n, hd]; query i sees positions <= start + i. Written as two batched matrix products with
-        the query heads grouped by their key-value head: for the draft's tiny shapes this is several times faster
-        on CPU than ``scaled_dot_product_attention`` with ``enable_gqa``."""
+        [kv_heads, start+n, hd]; query i sees positions <= start + i, or the keys ``mask`` [n, start+n] (bool)
+        allows. Written as two batched matrix products with the query heads grouped by their key-value head: for
+        the draft's tiny shapes this is several times faster on CPU than ``scaled_dot_product_attention`` with
+        ``enable_gqa``."""
         n, heads, hd = q.shape
         kvh = keys.shape[0]
         group = heads // kvh
         qg = q.permute(1, 0, 2).reshape(kvh, group * n, hd)  # head h uses key-value head h // group
         scores = torch.bmm(qg, keys.transpose(1, 2)) * (1.0 / math.sqrt(hd))
-        if n > 1:
-            causal = torch.ones(n, start + n, dtype=torch.bool).tril(diagonal=start)
-            scores = scores.view(kvh, group, n, -1).masked_fill(~causal, float("-inf")).view(kvh, group * n, -1)
+        if mask is None and n > 1:
+            mask = torch.ones(n, start + n, dtype=torch.bool).tril(diagonal=start)
+        if mask is not None:
+            scores = scores.view(kvh, group, n, -1).masked_fill(~mask, float("-inf")).view(kvh, group * n, -1)
         out = torch.bmm(scores.softmax(dim=-1), values)  # [kvh, group * n, hd]
         return out.view(heads, n, hd).permute(1, 0, 2)
 
@@ -246,10 +289,32 @@ class DraftModel:
         """Encode each request's ``new_tokens`` after what its cache holds (appending them to the cache) and return
         the logits and hidden state of each request's last new token. Every request needs at least one new token.
         ``exit_layer`` (1 .. layers-1): also return the early-exit logits after that many layers."""
+        layers = self.config.num_hidden_layers
+        if exit_layer is not None and not 1 <= exit_layer < layers:
+            raise ValueError(f"DraftModel.forward: exit_layer must be in 1..{layers - 1}, got {exit_layer}")
+        x, bounds, exit_x = self._encode(caches, new_tokens, None, None, exit_layer)
+        last = torch.tensor([b - 1 for b in bounds[1:]])
+        hidden = self._rms(x[last], self.norm)
+        exit_logits = None if exit_x is None else (self._rms(exit_x[last], self.norm) @ self._lm_head_t).float()
+        return DraftOutput(logits=(hidden @ self._lm_head_t).float(), hidden=hidden, exit_logits=exit_logits)
+
+    @torch.inference_mode()
+    def forward_nodes(self, caches: Sequence[DraftCache], new_tokens: Sequence[Sequence[int]],
+                      positions: Sequence[Sequence[int]], masks: Sequence[torch.Tensor]) -> DraftOutput:
+        """Tree drafting: encode each request's ``new_tokens`` (nodes of a draft tree) at the rotary ``positions``
+        given (a node's position is its depth after the context, not its cache slot), each attending to the cache
+        slots its row of ``masks[r]`` (bool ``[n_r, len(cache) + n_r]``: the context, its ancestors, itself)
+        allows, and return the logits and hidden states of *every* new token ``[sum n_r, ...]``, request by
+        request. The nodes are appended to the caches like other tokens; cut them off with ``truncate``."""
+        x, _, _ = self._encode(caches, new_tokens, positions, masks)
+        hidden = self._rms(x, self.norm)
+        return DraftOutput(logits=(hidden @ self._lm_head_t).float(), hidden=hidden)
+
+    def _encode(self, caches, new_tokens, positions, masks,
+                exit_layer: int | None = None) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
+        """The decoder layers over the packed new tokens (written to the caches): final pre-norm states, the row
+        bounds of each request, and the residual stream after ``exit_layer`` layers (None without one)."""
         c = self.config
-        if exit_layer is not None and not 1 <= exit_layer < c.num_hidden_layers:
-            raise ValueError(f"DraftModel.forward: exit_layer must be in 1..{c.num_hidden_layers - 1}, "
-                             f"got {exit_layer}")
         counts = [len(t) for t in new_tokens]
         if not counts or min(counts) < 1:
             raise ValueError("DraftModel.forward: every request needs at least one new token")
@@ -257,7 +322,11 @@ class DraftModel:
         if max(s + n for s, n in zip(starts, counts)) > c.max_position_embeddings:
             raise ValueError(f"DraftModel.forward: past the draft's {c.max_position_embeddings} positions")
         flat = torch.tensor([t for toks in new_tokens for t in toks], dtype=torch.long)
-        pos = torch.cat([torch.arange(s, s + n) for s, n in zip(starts, counts)])
+        if positions is None:
+            pos = torch.cat([torch.arange(s, s + n) for s, n in zip(starts, counts)])
+        else:
+            pos = torch.tensor([p for ps in positions for p in ps], dtype=torch.long)
+        masks = masks if masks is not None else [None] * len(caches)
         for cache, s, n in zip(caches, starts, counts):
             cache._reserve(s + n)
         heads, kvh, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
@@ -266,8 +335,7 @@ class DraftModel:
         bounds = [0]
         for n in counts:
             bounds.append(bounds[-1] + n)
-        last = torch.tensor([b - 1 for b in bounds[1:]])
-        exit_logits = None
+        exit_x = None
         for li, (ln1, qkv_w, o_w, ln2, gate_up_w, down_w) in enumerate(self.layers):
             h = self._rms(x, ln1)
             qkv = h @ qkv_w.T
@@ -280,14 +348,13 @@ class DraftModel:
                 cache.keys[li][:, s:s + b - a] = k[a:b].transpose(0, 1)
                 cache.values[li][:, s:s + b - a] = v[a:b].transpose(0, 1)
                 keys, values = cache.keys[li][:, :s + b - a], cache.values[li][:, :s + b - a]
-                attn[a:b] = self._attend(q[a:b], keys, values, s)
+                attn[a:b] = self._attend(q[a:b], keys, values, s, masks[r])
             x = x + attn.reshape(-1, q_size) @ o_w.T
             h = self._rms(x, ln2)
             gate, up = (h @ gate_up_w.T).chunk(2, dim=-1)
             x = x + (F.silu(gate) * up) @ down_w.T
             if li + 1 == exit_layer:
-                exit_logits = (self._rms(x[last], self.norm) @ self._lm_head_t).float()
+                exit_x = x
         for cache, toks in zip(caches, new_tokens):
             cache.tokens.extend(int(t) for t in toks)
-        hidden = self._rms(x[last], self.norm)
-        return DraftOutput(logits=(hidden @ self._lm_head_t).float(), hidden=hidden, exit_logits=exit_logits)
+        return x, bounds, exit_x

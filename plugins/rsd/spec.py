@@ -1,0 +1,43 @@
+"""Declaration of the RSD plugin (plain data: no torch, no vLLM)."""
+
+from declab.integrations.sdk import ParamSpec, PluginSpec, ProposerBenchConfig, ProposerHook
+from declab.integrations.sdk.draft_settings import DRAFT_MODEL_PARAM, greedy_draft_temperature_param
+
+PROPOSER_PATH = "declab.plugins.rsd.RSDProposer"
+TREE_NODES = 48  # num_speculative_tokens of the bench configurations: the node budget of every draft tree
+
+SPEC = PluginSpec(
+    name="rsd",
+    paper=38,
+    status="partial",
+    summary="RSD: a draft-model tree sampled without replacement (Gumbel-top-k or stochastic beam search)",
+    reason=(
+        "the tree (Gumbel-top-k per node, or stochastic beam search) is drafted by the draft model inside vLLM and "
+        "verified in one target forward on vLLM's CPU backend: greedy requests token-identical to vanilla; the "
+        "recursive rejection-sampling verifier for sampled requests is a separate listener of the tree seam (until "
+        "it is merged sampled requests get the draft's chain, verified by vLLM's rejection sampler); CPU only"
+    ),
+    settings=(
+        DRAFT_MODEL_PARAM,
+        greedy_draft_temperature_param(0.0),
+        ParamSpec("variant", str, "gumbel", choices=("gumbel", "beam"),
+                  doc="'gumbel': RSD-C, Gumbel-top-k children per node (branching); 'beam': RSD-S, stochastic "
+                      "beam search (beam_width sequences per level, beam_depth levels)"),
+        ParamSpec("branching", str, "3,2,1,1,1,1,1,1", max_length=200,
+                  doc="RSD-C: children per node at depth 0, 1, ... (the tree's depth is the list's length); "
+                      "the tree is cut to num_speculative_tokens nodes in BFS order"),
+        ParamSpec("beam_width", int, 6, low=1, high=64, doc="RSD-S: sequences kept per level"),
+        ParamSpec("beam_depth", int, 8, low=1, high=32, doc="RSD-S: levels (tree depth)"),
+    ),
+    patches=("cpu_expand_kernel",),
+    proposer=ProposerHook(
+        proposer=PROPOSER_PATH,
+        max_speculative_tokens=128,
+        num_speculative_tokens=TREE_NODES,
+        bench_configs={
+            "rsd": ProposerBenchConfig(num_speculative_tokens=TREE_NODES, timeout_factor=3.0, color="#e377c2"),
+            "rsd_beam": ProposerBenchConfig(settings={"variant": "beam"}, num_speculative_tokens=TREE_NODES,
+                                            timeout_factor=3.0, color="#f7b6d2"),
+        },
+    ),
+)

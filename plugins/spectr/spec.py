@@ -1,0 +1,38 @@
+"""Declaration of the SpecTr plugin (plain data: no torch, no vLLM)."""
+
+from declab.integrations.sdk import ParamSpec, PluginSpec, ProposerBenchConfig, ProposerHook
+from declab.integrations.sdk.draft_settings import DRAFT_MODEL_PARAM, greedy_draft_temperature_param
+
+PROPOSER_PATH = "declab.plugins.spectr.SpecTrProposer"
+TREE_NODES = 48  # num_speculative_tokens of the bench configuration: k drafts x length
+
+SPEC = PluginSpec(
+    name="spectr",
+    paper=56,
+    status="partial",
+    summary="SpecTr: k i.i.d. draft chains from the draft model, verified together as one tree",
+    reason=(
+        "the k i.i.d. drafts are drawn by the draft model inside vLLM and verified together in one target forward "
+        "(a tree whose root has k chains) on vLLM's CPU backend: greedy requests token-identical to vanilla; the "
+        "k-sequential optimal-transport verifier for sampled requests is a separate listener of the tree seam "
+        "(until it is merged sampled requests get the draft's chain, verified by vLLM's rejection sampler); CPU only"
+    ),
+    settings=(
+        DRAFT_MODEL_PARAM,
+        # At 0 the k draws of a greedy request would coincide (one chain): greedy requests draw at the draft's own
+        # distribution by default.
+        greedy_draft_temperature_param(1.0),
+        ParamSpec("drafts", int, 6, low=1, high=32, doc="k, i.i.d. draft chains per step"),
+        ParamSpec("length", int, 8, low=1, high=32,
+                  doc="tokens per draft chain (k x length is cut to num_speculative_tokens, level by level)"),
+    ),
+    patches=("cpu_expand_kernel",),
+    proposer=ProposerHook(
+        proposer=PROPOSER_PATH,
+        max_speculative_tokens=128,
+        num_speculative_tokens=TREE_NODES,
+        bench_configs={
+            "spectr": ProposerBenchConfig(num_speculative_tokens=TREE_NODES, timeout_factor=3.0, color="#8c564b"),
+        },
+    ),
+)
