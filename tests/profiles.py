@@ -86,10 +86,11 @@ PROFILES: tuple[EngineProfile, ...] = (
     # EAD (tests/test_ead_engine.py): lossy, every draft kept (patch ead_accepts_drafts); thresholds per request.
     EngineProfile("ead", plugins="ead", engine_kwargs=draft_proposer("ead", 8, threshold=1.5, window=4)),
     # Training-free self-speculation of issue 16 (tests/test_self_spec_engine.py): the hybrid drafter and ADED
-    # (chain; the search tree on the tree seam), each on the default model.
+    # (chain; the search tree on the tree seam) and SJD, each on the default model.
     EngineProfile("hybrid", plugins="hybrid_drafter", engine_kwargs=draft_proposer("hybrid_drafter", 8)),
     EngineProfile("aded", plugins="aded", engine_kwargs=draft_proposer("aded", 8)),
     EngineProfile("aded_tree", plugins="aded", engine_kwargs=draft_proposer("aded", 24, mode="tree")),
+    EngineProfile("sjd", plugins="sjd", engine_kwargs=draft_proposer("sjd", 4)),
     ALL_LOGITS,
     tensor_parallel(ALL_LOGITS),
     tensor_parallel(TR_CHAIN),

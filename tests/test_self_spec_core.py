@@ -147,3 +147,34 @@ def test_a_deterministic_table_drafts_its_only_continuation():
     table = TrigramTable()
     table.observe_stream([1, 2, 3, 4, 5, 6, 7])
     assert best_chain(search(table, 1, 2, 16, 4, 8), 8) == [3, 4, 5, 6, 7]
+
+
+# -- SJD: the Jacobi window -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_jacobi_window_draws_from_what_it_reports(seed):
+    """Every drafted token has positive reported probability, every reported row is a distribution, stale positions
+    come first and new positions are point masses; greedy draws the stale argmax."""
+    import torch
+
+    from declab.plugins.sjd.core import JacobiWindow, stale_rows
+
+    rng = random.Random(seed)
+    vocab, k = rng.randint(2, 12), rng.randint(1, 6)
+    rows = torch.randn(rng.randint(1, 8), vocab)
+    accepted = rng.randint(0, rows.shape[0] - 1)
+    window = JacobiWindow(vocab)
+    window.carry(rows, accepted)
+    assert torch.equal(window.stale, stale_rows(rows, accepted)) and window.stale.shape[0] == rows.shape[0] - accepted - 1
+    gen = torch.Generator().manual_seed(seed)
+    for temperature in (0.0, 1.0, 0.5):
+        tokens, q = window.draw(k, temperature, gen, rng.choice(["random", "repeat"]))
+        assert len(tokens) == k and q.shape == (k, vocab)
+        assert torch.allclose(q.sum(dim=1), torch.ones(k))
+        assert all(q[i, t] > 0 for i, t in enumerate(tokens))
+        n = min(k, window.stale.shape[0])
+        if temperature == 0.0:
+            assert tokens[:n] == window.stale[:n].argmax(dim=1).tolist()
+        for i in range(n, k):
+            assert q[i, tokens[i]] == 1.0
