@@ -22,6 +22,10 @@ COMMANDS=(
   "declab bench verify-cost --cost-from plugins/token_recycling/measurements/verify-cost-h100.json --spec-report measurements/draft-models/spec.json --out measurements/draft-models/h100-projection"
   "declab bench spec --configs vanilla,pearl,specdec_pp,rapid --batch1-limit 2 --out measurements/draft-models-all"
   "declab bench spec --configs vanilla,pearl,specdec_pp,rapid --phases batch1 --batch1-limit 0 --out measurements/draft-models-all-batch1"
+  # training-free self-speculation (issue #16): hybrid drafter, ADED, SJD next to ngram, suffix and Token Recycling
+  "declab bench spec --configs vanilla,ngram,suffix,token_recycling_chain,hybrid,aded --ngram 1,3,8 --proposer-k 8 --batch-size 16 --out measurements/self-spec"
+  "declab bench spec --configs vanilla,ngram,suffix,token_recycling_chain,hybrid,aded --ngram 1,3,8 --proposer-k 8 --batch-size 64 --limit 5 --phases batch16 --out measurements/self-spec-b64"
+  "python -m declab.plugins.hybrid_drafter.summary measurements/self-spec-b64/spec.json"
   # plugin benches: reports in plugins/<name>/measurements/
   "declab bench contrastive --items 100 --out plugins/cad/measurements"
   "declab bench contrastive --parts cost --no-naive --out plugins/cfg/measurements"
