@@ -26,6 +26,7 @@ COMMANDS=(
   "declab bench spec --configs vanilla,ngram,suffix,token_recycling_chain,hybrid,aded,sjd --ngram 1,3,8 --proposer-k 8 --batch-size 16 --limit 5 --batch1-limit 5 --out measurements/self-spec"
   "declab bench spec --configs vanilla,ngram,suffix,token_recycling_chain,hybrid,aded --ngram 1,3,8 --proposer-k 8 --batch-size 64 --limit 5 --phases batch16 --out measurements/self-spec-b64"
   "python -m declab.plugins.hybrid_drafter.summary measurements/self-spec-b64/spec.json"
+  "python -m declab.plugins.hybrid_drafter.summary measurements/self-spec/spec.json measurements/self-spec-b64/spec.json"
   # plugin benches: reports in plugins/<name>/measurements/
   "declab bench contrastive --items 100 --out plugins/cad/measurements"
   "declab bench contrastive --parts cost --no-naive --out plugins/cfg/measurements"
