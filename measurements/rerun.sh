@@ -24,6 +24,11 @@ COMMANDS=(
   # the draft-tree proposers (RSD, SpecTr, DySpec) against vLLM's draft_model at its best chain (K swept)
   "declab bench spec --configs vanilla,draft_model,rsd,rsd_beam,spectr,dyspec --limit 2 --batch1-limit 1 --draft-ks 4,8,12 --draft-sweep-on selected --draft-choose tokens_per_forward --out measurements/draft-trees"
   "declab bench spec --configs vanilla,pearl,specdec_pp,rapid --phases batch1 --batch1-limit 0 --out measurements/draft-models-all-batch1"
+  # training-free self-speculation (issue #16): hybrid drafter, ADED, SJD next to ngram, suffix and Token Recycling
+  "declab bench spec --configs vanilla,ngram,suffix,token_recycling_chain,hybrid,aded,sjd --ngram 1,3,8 --proposer-k 8 --batch-size 16 --limit 5 --batch1-limit 5 --out measurements/self-spec"
+  "declab bench spec --configs vanilla,ngram,suffix,token_recycling_chain,hybrid,aded --ngram 1,3,8 --proposer-k 8 --batch-size 64 --limit 5 --phases batch16 --out measurements/self-spec-b64"
+  "python -m declab.plugins.hybrid_drafter.summary measurements/self-spec-b64/spec.json"
+  "python -m declab.plugins.hybrid_drafter.summary measurements/self-spec/spec.json measurements/self-spec-b64/spec.json"
   # plugin benches: reports in plugins/<name>/measurements/
   "declab bench contrastive --items 100 --out plugins/cad/measurements"
   "declab bench contrastive --parts cost --no-naive --out plugins/cfg/measurements"

@@ -110,6 +110,12 @@ PROFILES: tuple[EngineProfile, ...] = (
     # Contrastive search (tests/test_contrastive_search_engine.py): its proposer, up to 8 candidates per step.
     EngineProfile("contrastive_search", plugins="contrastive_search",
                   engine_kwargs={"speculative_config": contrastive_search(8)}),
+    # Training-free self-speculation of issue 16 (tests/test_self_spec_engine.py): the hybrid drafter and ADED
+    # (chain; the search tree on the tree seam) and SJD, each on the default model.
+    EngineProfile("hybrid", plugins="hybrid_drafter", engine_kwargs=draft_proposer("hybrid_drafter", 8)),
+    EngineProfile("aded", plugins="aded", engine_kwargs=draft_proposer("aded", 8)),
+    EngineProfile("aded_tree", plugins="aded", engine_kwargs=draft_proposer("aded", 24, mode="tree")),
+    EngineProfile("sjd", plugins="sjd", engine_kwargs=draft_proposer("sjd", 4)),
     ALL_LOGITS,
     tensor_parallel(ALL_LOGITS),
     tensor_parallel(TR_CHAIN),

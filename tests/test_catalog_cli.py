@@ -30,6 +30,8 @@ EXPECTED_PLUGINS = {
     "diverse_beam": (20, "working"),
     "token_recycling": (21, "partial"),
     "dyspec": (31, "partial"),  # greedy trees; sampled requests draft chains until the sampling tree verifier is merged
+    "aded": (8, "partial"),  # no corpus (prompts observed instead); trees verified only for greedy on CPU
+    "sjd": (34, "partial"),  # built for text-to-image; on text few stale drafts are accepted
     "lqcd": (25, "working"),
     "contrastive_search": (27, "partial"),  # CPU only (the tree-verification seam patches vLLM's CPU attention)
     "lol": (29, "partial"),  # no truthfulness-refocused module; constants not from the (unpublished) code

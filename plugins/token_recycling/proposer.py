@@ -45,8 +45,8 @@ import torch
 from declab.integrations.sdk import runtime
 from declab.integrations.sdk.proposer import DeclabProposer, DraftTree, TargetStep
 from declab.integrations.sdk.tree_verification import check_tree_engine
-from declab.plugins.token_recycling.core import (PAPER_TREE, AdjacencyMatrix, RequestSuccessors, best_chains,
-                                                 build_draft_tree)
+from declab.plugins.shared.recycled_successors import RecycledSuccessors
+from declab.plugins.token_recycling.core import PAPER_TREE, build_draft_tree
 from declab.plugins.token_recycling.spec import SPEC
 
 TREE_TEMPLATES = {"paper": PAPER_TREE}  # names as in spec.TREE_TEMPLATES
@@ -57,8 +57,7 @@ logger = logging.getLogger(__name__)
 # (``DECLAB_PROPOSER_STATS``, set by ``declab bench spec``) takes precedence.
 STATS_ENV = "DECLAB_TOKEN_RECYCLING_STATS"
 # Counters ``declab_bench_reset`` zeroes (the others describe the configuration or count since start-up).
-PHASE_COUNTERS = ("propose_calls", "propose_seconds", "rows_updated", "overlay_requests", "overlay_bytes_sum",
-                  "overlay_bytes_max", "overlay_rows_max")
+PHASE_COUNTERS = ("propose_calls", "propose_seconds", "rows_updated")
 
 
 class TokenRecyclingProposer(DeclabProposer):
@@ -83,21 +82,21 @@ class TokenRecyclingProposer(DeclabProposer):
             if not 1 <= self.k <= max_k:
                 raise ValueError(f"num_speculative_tokens must be in 1..{max_k} for token_recycling, got {self.k}")
         self.stop_at_unseen = config["stop_at_unseen"]
-        self.matrix = AdjacencyMatrix(vllm_config.model_config.get_vocab_size(), k=config["successors"])
+        # The shared matrix and, with "overlay", the rows each live request's own stream wrote (the family module
+        # shared with other recycling proposers).
+        self.recycled = RecycledSuccessors(vllm_config.model_config.get_vocab_size(), config["successors"],
+                                           config["overlay_rows"] if config["overlay"] else None)
+        self.matrix = self.recycled.matrix
         if self.tree and self.template.max_rank >= self.matrix.k:
             raise ValueError(f"template {config['template']!r} needs successors >= {self.template.max_rank + 1}, "
                              f"got {self.matrix.k}")
         # Tree mode: per live request, whether it is drafted as a tree (the seam can verify it) or as a chain.
         self._drafts_tree: dict[str, bool] = {}
-        # Per live request, the rows its own stream wrote (settings "overlay"; None = the paper's single matrix).
-        self.overlay_rows = config["overlay_rows"] if config["overlay"] else None
-        self._overlays: dict[str, RequestSuccessors] = {}
         self._step_started = 0.0
         self._stats_path = runtime.proposer_stats_path(STATS_ENV)  # None on TP ranks > 0
         self.stats = {"propose_calls": 0, "propose_seconds": 0.0, "rows_updated": 0,
                       "matrix_bytes": self.matrix.nbytes, "successors": self.matrix.k, "chain_len": self.k,
-                      "mode": config["mode"], "tree_drafts": 0, "chain_drafts": 0, "overlay": config["overlay"],
-                      "overlay_requests": 0, "overlay_bytes_sum": 0, "overlay_bytes_max": 0, "overlay_rows_max": 0}
+                      "mode": config["mode"], "tree_drafts": 0, "chain_drafts": 0, "overlay": config["overlay"]}
         logger.info("Token Recycling: matrix %s x %d (%.2f MB), %s", self.matrix.vocab_size, self.matrix.k,
                     self.matrix.nbytes / 1e6,
                     f"tree {self.template!r}" if self.tree else f"chain length {self.k}")
@@ -108,48 +107,27 @@ class TokenRecyclingProposer(DeclabProposer):
     def on_request_start(self, req_id: str, params) -> None:
         if self.tree:
             self._drafts_tree[req_id] = self.tree_verifiable(params)
-        if self.overlay_rows is not None:
-            self._overlays[req_id] = RequestSuccessors(self.matrix.k, self.matrix.dtype, self.overlay_rows)
+        self.recycled.start(req_id)
 
     def on_request_finish(self, req_id: str) -> None:
         self._drafts_tree.pop(req_id, None)
-        overlay = self._overlays.pop(req_id, None)
-        if overlay is not None:  # memory per request, measured when it is largest (at the end)
-            nbytes = overlay.nbytes + overlay.index_bytes
-            self.stats["overlay_requests"] += 1
-            self.stats["overlay_bytes_sum"] += nbytes
-            self.stats["overlay_bytes_max"] = max(self.stats["overlay_bytes_max"], nbytes)
-            self.stats["overlay_rows_max"] = max(self.stats["overlay_rows_max"], len(overlay))
+        self.recycled.finish(req_id)  # memory per request, measured when it is largest (at the end)
+
+    @property
+    def overlay_rows(self) -> int | None:
+        """Most rows one request's overlay keeps; None = the paper's single matrix (settable between runs)."""
+        return self.recycled.overlay_rows
+
+    @overlay_rows.setter
+    def overlay_rows(self, value: int | None) -> None:
+        self.recycled.overlay_rows = value
 
     # -- per step ------------------------------------------------------------------------------------------------
 
     def on_step(self, step: TargetStep) -> None:
         """M[token fed at row j] <- top-k(logits_j) for every position the target just computed."""
         self._step_started = time.perf_counter()
-        logits = step.logits
-        if logits is None:
-            return
-        inputs: list[int] = []
-        spans: list[tuple[str, int, int]] = []  # (request, first row, end row) of the rows each request fed
-        for i, new in enumerate(step.sampled_token_ids):
-            drafts = step.verified_drafts[i]
-            if not new:  # partial prefill chunk or discarded row: its logits row carries nothing to learn
-                inputs.extend([-1] * (1 + len(drafts)))
-                continue
-            before = int(step.num_tokens_no_spec[i]) - len(new)  # sequence length before this step's tokens
-            spans.append((step.req_ids[i], len(inputs), len(inputs) + 1 + len(drafts)))
-            inputs.append(int(step.token_ids_cpu[i, before - 1]))
-            inputs.extend(drafts)
-        if len(inputs) != logits.shape[0]:
-            logger.warning("Token Recycling: %d logits rows for %d inputs; step not recycled", logits.shape[0],
-                           len(inputs))
-            return
-        top = self.matrix.top_successors(logits).to(self.matrix.device)
-        self.stats["rows_updated"] += self.matrix.update(torch.tensor(inputs), top)
-        for req_id, start, end in spans:
-            overlay = self._overlays.get(req_id)
-            if overlay is not None:
-                overlay.update(inputs[start:end], top[start:end])
+        self.stats["rows_updated"] += self.recycled.learn(step)
 
     def draft(self, step: TargetStep) -> list[list[int] | DraftTree]:
         active = [i for i, new in enumerate(step.sampled_token_ids) if new]
@@ -157,23 +135,18 @@ class TokenRecyclingProposer(DeclabProposer):
         roots = {i: int(step.token_ids_cpu[i, int(step.num_tokens_no_spec[i]) - 1]) for i in active}
         tree_rows = [i for i in active if self._drafts_tree[step.req_ids[i]]] if self.tree else []
         for i in tree_rows:
-            tokens, _ = build_draft_tree(self.matrix, roots[i], self.template, self._overlays.get(step.req_ids[i]))
+            tokens, _ = build_draft_tree(self.matrix, roots[i], self.template,
+                                         self.recycled.overlays.get(step.req_ids[i]))
             drafts[i] = DraftTree(tokens, self.template.parents)
         tree_row_set = set(tree_rows)
         chain_rows = [i for i in active if i not in tree_row_set]
         if chain_rows:
             # Tree mode drafts a chain for requests a tree cannot serve: the tree's main branch.
             length = self.template.main_branch_length if self.tree else self.k
-            overlays = [self._overlays.get(step.req_ids[i]) for i in chain_rows] if self._overlays else None
-            chains = best_chains(self.matrix, [roots[i] for i in chain_rows], length, overlays)
-            if self.stop_at_unseen:
-                # Row r of `feeders` holds the token each draft was read from; stop before an unwritten row.
-                feeders = torch.cat([torch.tensor([roots[i] for i in chain_rows]).unsqueeze(1), chains[:, :-1]], dim=1)
-                ok = self.matrix.seen[feeders].int().cumprod(dim=1).sum(dim=1).tolist()
-            else:
-                ok = [length] * len(chain_rows)
+            chains = self.recycled.chains([step.req_ids[i] for i in chain_rows], [roots[i] for i in chain_rows],
+                                          length, self.stop_at_unseen)
             for row, i in enumerate(chain_rows):
-                drafts[i] = chains[row, : ok[row]].tolist()
+                drafts[i] = chains[row]
         self.stats["tree_drafts"] += len(tree_rows)
         self.stats["chain_drafts"] += len(chain_rows)
         self.stats["propose_calls"] += 1
@@ -186,25 +159,20 @@ class TokenRecyclingProposer(DeclabProposer):
 
     def declab_bench_reset(self) -> None:
         """Cold start: the adjacency matrix back to zeros, the per-phase counters to 0."""
-        self.matrix.reset()
+        self.recycled.reset()
         for key in PHASE_COUNTERS:
             self.stats[key] = type(self.stats[key])(0)
 
     def declab_bench_memory(self) -> dict:
         """Bytes of the proposer's own state (the matrix and its seen flags; per-request overlays, which live only
         while their request does, reported per request: mean and max over the requests finished this phase)."""
-        done = self.stats["overlay_requests"]
-        live = sum(o.nbytes + o.index_bytes for o in self._overlays.values())
-        return {"proposer_bytes": int(self.matrix.nbytes_total) + live, "matrix_bytes": int(self.matrix.nbytes),
-                "seen_rows": int(self.matrix.num_seen), "overlay_live_bytes": live,
-                "overlay_bytes_per_request_mean": round(self.stats["overlay_bytes_sum"] / done) if done else 0,
-                "overlay_bytes_per_request_max": self.stats["overlay_bytes_max"],
-                "overlay_rows_per_request_max": self.stats["overlay_rows_max"],
+        return {**self.recycled.memory(),
                 "what": "adjacency matrix |V| x k (+ seen flags)"
                         + (" + per-request overlays (rows its own stream wrote)" if self.overlay_rows else "")}
 
     def write_stats(self) -> None:
-        stats = dict(self.stats, seen_rows=self.matrix.num_seen)
+        stats = dict(self.stats, seen_rows=self.matrix.num_seen, **{
+            f"overlay_{k}": v for k, v in self.recycled.finished.items()})
         if self.tree:
             stats.update(self.tree_verification_stats())
         with open(self._stats_path, "w") as f:

@@ -1,0 +1,63 @@
+"""Tokens per target forward on Spec-Bench (its 13 categories pooled) and on code, per configuration, from
+``declab bench spec`` reports, and the hybrid's ratio over the best of ngram, suffix and Token Recycling (issue 16's
+target: >= 1.2). Writes ``summary.json`` beside the first report::
+
+    python -m declab.plugins.hybrid_drafter.summary measurements/self-spec-b64/spec.json [more reports]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+BASELINES = ("ngram", "suffix", "token_recycling_chain")
+CODE = "code"
+
+
+def pooled(groups: dict, names: list[str]) -> float | None:
+    generated = sum(groups[g]["generated_tokens"] for g in names)
+    accepted = sum(groups[g].get("num_accepted_tokens") or 0 for g in names)
+    return generated / (generated - accepted) if generated > accepted else None
+
+
+def summarise(report: dict) -> dict:
+    out: dict = {}
+    for phase in ("batch16", "batch1"):
+        label = f"batch{report['batch_size']}" if phase == "batch16" else "batch1"
+        rows = {}
+        for name, config in report["configs"].items():
+            groups = config.get("phases", {}).get(phase, {}).get("groups")
+            if not groups or name == "vanilla":
+                continue
+            spec_bench = [g for g in groups if g not in (CODE, "all")]
+            rows[name] = {"spec_bench": pooled(groups, spec_bench), "code": pooled(groups, [CODE]) if CODE in groups
+                          else None}
+        if not rows:
+            continue
+        for part in ("spec_bench", "code"):
+            best = max((rows[b][part] for b in BASELINES if b in rows and rows[b][part]), default=None)
+            if "hybrid" in rows and best:
+                rows.setdefault("hybrid_over_best_baseline", {})[part] = rows["hybrid"][part] / best
+        out[label] = rows
+    return out
+
+
+def main(argv: list[str]) -> None:
+    reports = [Path(a) for a in argv]
+    summary = {"what": "tokens per target forward, pooled over Spec-Bench's categories and over the code prompts",
+               "reports": [str(p) for p in reports], "by_batch": {}}
+    for path in reports:
+        summary["by_batch"].update(summarise(json.loads(path.read_text())))
+    first = json.loads(reports[0].read_text()).get("provenance", {})
+    summary["provenance"] = {**first, "command": " ".join(["python -m declab.plugins.hybrid_drafter.summary", *argv]),
+                             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                             "inputs_made": first.get("date")}
+    out = reports[0].parent / "summary.json"
+    out.write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary["by_batch"], indent=1))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
