@@ -30,6 +30,7 @@ EXPECTED_PLUGINS = {
     "diverse_beam": (20, "working"),
     "token_recycling": (21, "partial"),
     "lqcd": (25, "working"),
+    "superposed": (30, "partial"),  # n-gram tables from the standard library sources, not the paper's corpus
     "bench grammar": (35, "working"),  # a benchmark paper built in a plugin folder (asap's)
     "specdec_pp": (47, "working"),
     "cad": (53, "working"),

@@ -116,8 +116,8 @@ class NGramTables:
         if hit is None:
             return None
         ids, counts, total = hit
-        match = np.flatnonzero(ids == token)
-        return float(counts[match[0]]) / total if len(match) else 0.0
+        at = min(int(np.searchsorted(ids, token)), len(ids) - 1)
+        return float(counts[at]) / total if ids[at] == token else 0.0
 
     def interpolated(self, context: Sequence[int], candidates: Sequence[int], weights: Sequence[float]) -> np.ndarray:
         """The paper's n-gram score of each candidate: ``sum_c weights[c-1] * P_c(candidate | context)`` over the
@@ -130,9 +130,9 @@ class NGramTables:
             hit = self._lookup(c, context)
             if hit is None:
                 continue
-            ids, counts, total = hit
-            pos = {int(t): int(n) for t, n in zip(ids, counts)}
-            out += w * np.array([pos.get(int(t), 0) for t in cand], dtype=np.float64) / total
+            ids, counts, total = hit  # ids sorted within a context (built with lexsort)
+            at = np.minimum(np.searchsorted(ids, cand), len(ids) - 1)
+            out += w * np.where(ids[at] == cand, counts[at], 0).astype(np.float64) / total
         return out
 
     def nbytes(self) -> int:

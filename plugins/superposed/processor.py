@@ -51,11 +51,14 @@ def check_sampling(sampling_params: Any, method: str) -> None:
                          f"{sampling_params.stop_token_ids!r}): the row's own tokens are placeholders")
 
 
+def vocab_fingerprint(tokenizer: Any) -> str:
+    """Identifies the tokenizer's vocabulary (the n-gram tables' cache key)."""
+    return hashlib.sha256(repr(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()[:16]
+
+
 def ngram_tables(ctx: RowContext):
     """The interpolated n-gram tables for the served tokenizer (one per process; built and cached on first use)."""
-    tokenizer = ctx.tokenizer()
-    vocab = tokenizer.get_vocab()
-    fingerprint = hashlib.sha256(repr(sorted(vocab.items())).encode()).hexdigest()[:16]
+    fingerprint = vocab_fingerprint(ctx.tokenizer())
     with _TABLES_LOCK:
         if fingerprint not in _TABLES:
             from declab.plugins.superposed.ngram import stdlib_tables

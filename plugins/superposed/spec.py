@@ -11,7 +11,7 @@ REFUSED_OPTIONS = ("presence_penalty", "frequency_penalty", "repetition_penalty"
 SPEC = PluginSpec(
     name="superposed",
     paper=30,
-    status="working",
+    status="partial",
     summary="Superposed Decoding: k drafts from ONE forward per step; the row's input is the probability-weighted "
     "mix of the drafts' newest token embeddings, the drafts grow by the top tokens of its distribution filtered by "
     "an interpolated n-gram model (built from the Python standard library sources), k completions per request (n=k)",
