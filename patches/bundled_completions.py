@@ -1,10 +1,10 @@
 """Bundled-completions seam: the ``n`` completions of a request are decoded by ONE engine row, and each of vLLM's
 ``n`` child requests receives one of them (``declab.integrations.sdk.embeddings.BundledCompletions``).
 
-Why: Superposed Decoding produces k drafts from one forward pass per step, in one row whose KV cache holds the
-superposed sequence. vLLM returns ``n`` completions only as ``n`` child requests (parallel sampling, fanned out in the
-front-end), each decoded by its own row, and a row returns one token per step to its own request. The drafts of a
-superposed row are re-ranked every step (a draft may continue another's prefix), so they are known only at the end
+Why: Superposed Decoding (paper 30) produces k drafts from one forward pass per step, in one row whose KV cache
+holds the superposition of the drafts. vLLM returns ``n`` completions only as ``n`` child requests (parallel sampling, fanned out in the
+front-end), each decoded by its own row, and a row returns one token per step to its own request. The drafts of such a
+row are re-ranked every step (a draft may continue another's prefix), so they are known only at the end
 and cannot be streamed as they grow.
 
 How (two processes, two patches):
@@ -14,7 +14,7 @@ How (two processes, two patches):
   ``declab_completions``: request id -> [(token ids, finish reason)]), a few hundred integers per row.
 * engine core, ``EngineCore``: ``add_request`` parks the children of a request whose method declares
   ``LogitsHook.bundled_completions`` until all ``n`` have arrived (vLLM sends them back to back), then schedules
-  child 0 alone (with a cache salt of its own: its positions hold superposed KV no other request may reuse) and
+  child 0 alone (with a cache salt of its own: its positions hold mixed-embedding KV no other request may reuse) and
   keeps children 1..n-1 out of the scheduler. ``step`` notes the completions the worker shipped (by wrapping the
   scheduler's ``update_from_output`` for the duration of the call, on the instance), drops child 0's per-step
   outputs, and when child 0 finishes gives child ``i`` completion ``i`` in one output (its finish reason its own;

@@ -145,9 +145,18 @@ def test_child_index():
 
 
 class _Params:
+    """The SamplingParams fields admission reads (neutral values for the options the plugin refuses)."""
+
     def __init__(self, n=3, logprobs=None, stop_token_ids=None, k=3):
         self.n, self.logprobs, self.stop_token_ids = n, logprobs, stop_token_ids
         self.extra_args = {"declab": {"method": "superposed", "k": k}}
+
+    def __getattr__(self, name):
+        from declab.integrations.sdk.sampling_options import NEUTRAL
+
+        if name in NEUTRAL:
+            return NEUTRAL[name]
+        raise AttributeError(name)
 
 
 @pytest.mark.parametrize("params, named", [
@@ -155,10 +164,10 @@ class _Params:
     (_Params(stop_token_ids=[5]), "stop_token_ids"),
 ])
 def test_admission_refuses(params, named, monkeypatch):
-    from declab.plugins.superposed.processor import check_sampling
+    """Through the router's admission (``validate_params``), as vLLM calls it."""
+    from declab.integrations.router import DeclabLogitsRouter
 
     monkeypatch.setenv("DECLAB_PLUGINS", "superposed")
-
     with pytest.raises(ValueError, match=named):
-        check_sampling(params, "superposed")
-    check_sampling(_Params(), "superposed")
+        DeclabLogitsRouter.validate_params(params)
+    DeclabLogitsRouter.validate_params(_Params())

@@ -1,4 +1,4 @@
-"""Two seams for methods that decode several sequences inside ONE engine row (Superposed Decoding first).
+"""Two seams for methods that decode several sequences inside ONE engine row (Superposed Decoding, paper 30, first).
 
 Row input embeddings (``declab.patches.row_input_embeddings``, worker): a ``RowProcessor`` that also implements
 ``RowInputEmbeddings`` gives the input embedding of its row at the positions it chooses (e.g. a weighted mix of
@@ -57,6 +57,14 @@ class BundledCompletions:
     def completions(self) -> list[Completion] | None:
         """The request's completions so far (best first, exactly ``n`` once any exist), or None before the first."""
         raise NotImplementedError
+
+
+def check_bundled_count(sampling_params: Any, count: int, param: str, method: str) -> None:
+    """Admission: a bundled request's ``n`` (the completions vLLM returns) must equal its count parameter."""
+    n = getattr(sampling_params, "n", 1)
+    if n != count:
+        raise ValueError(f"declab.{param} must equal n (the number of completions vLLM returns) for "
+                         f"declab.method={method!r}: got {param}={count}, n={n}")
 
 
 def child_index(request_id: str) -> tuple[int, str] | None:

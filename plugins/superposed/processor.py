@@ -35,14 +35,8 @@ _TABLES_LOCK = threading.Lock()
 
 
 def check_sampling(sampling_params: Any, method: str) -> None:
-    """Admission: ``n`` must equal ``k``; no log-probs, no stop token ids (the row's own tokens are placeholders)."""
-    from declab.integrations.request_args import parse_request_args
-
-    k = parse_request_args(sampling_params.extra_args).params["k"]
-    n = getattr(sampling_params, "n", 1)
-    if n != k:
-        raise ValueError(f"declab.k must equal n (the number of completions vLLM returns) for "
-                         f"declab.method={method!r}: got k={k}, n={n}")
+    """Admission: no log-probs, no stop token ids (the row's own tokens are placeholders). ``n == k`` is the
+    bundled-completions seam's own check (``LogitsHook.bundled_completions``)."""
     if getattr(sampling_params, "logprobs", None) is not None:
         raise ValueError(f"logprobs is not supported together with declab.method={method!r} (got "
                          f"{sampling_params.logprobs!r}): the completions are re-ranked drafts, not sampled tokens")
