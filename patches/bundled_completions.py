@@ -20,8 +20,9 @@ How (two processes, two patches):
   outputs, and when child 0 finishes gives child ``i`` completion ``i`` in one output (its finish reason its own;
   an aborted child 0 aborts them all). ``abort_requests`` forgets parked children.
 
-Synchronous scheduling only (``EngineCore.step``; the engine-args seam already turns async scheduling off for
-grouped plugins, and the CPU platform never uses it); not with pipeline parallelism (``step_with_batch_queue``).
+Synchronous scheduling only (``EngineCore.step``; the CPU platform never schedules asynchronously); not with
+pipeline parallelism (``step_with_batch_queue``) nor data parallelism (vLLM's front-end may send the children of one
+request to different engine cores).
 
 vLLM version: 0.32.0 (``vllm/v1/engine/core.py::EngineCore.add_request`` / ``abort_requests`` / ``step``,
 ``vllm/v1/worker/gpu_model_runner.py::GPUModelRunner.sample_tokens``, parallel-sampling child ids
@@ -130,11 +131,15 @@ class BundledCompletionsCorePatch(DeclabPatch):
         def abort_requests(self, request_ids):
             book = _book(self)
             if book:
-                for rid in list(request_ids):
+                ids = list(request_ids)
+                for rid in ids:
                     parent = book.parent_of.get(rid)
                     bundle = book.by_parent.get(parent) if parent else None
-                    if bundle is not None and bundle.carrier_id is None:  # still parked: nothing was scheduled
+                    if bundle is not None:  # the client aborts every child: the row goes, no completions are sent
+                        if bundle.carrier_id is not None and bundle.carrier_id not in ids:
+                            ids.append(bundle.carrier_id)
                         book.forget(parent)
+                request_ids = ids
             return orig_abort(self, request_ids)
 
         def step(self):
