@@ -28,7 +28,7 @@ COMMANDS=(
   "declab bench spec-tree --limit 1 --out plugins/token_recycling/measurements"
   "declab bench verify-cost --cost-from plugins/token_recycling/measurements/verify-cost-h100.json --spec-report measurements/spec.json --out plugins/token_recycling/measurements/h100-projection"
   "declab bench diverse-beam --out plugins/diverse_beam/measurements"
-  "declab bench superposed --out plugins/superposed/measurements"
+  "declab bench superposed --code-prompts 8 --spec-bench-per-category 1 --out plugins/superposed/measurements"
   "declab bench ead --out plugins/ead/measurements"
   "declab bench degeneration --prompts 16 --max-tokens 128 --repeats 2 --latency-prompts 2 --out plugins/momentum/measurements"
   # SpecDec++'s acceptance head: trains plugins/specdec_pp/acceptance_head.safetensors and reports its calibration

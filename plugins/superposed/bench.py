@@ -3,15 +3,16 @@ on the same engine and prompts (code prompts and Spec-Bench first turns).
 
 Measured per configuration, all prompts in one batch:
 
-* cost: the engine's token evaluations (positions the model computed, from vLLM's ``vllm:iteration_tokens_total``
-  histogram: prompt prefill included) and engine steps, wall time; superposed decodes k drafts in one row, nucleus
-  decodes k rows;
-* coherence: perplexity of each completion under the served model (decoder-29m), conditioned on its prompt
-  (plain-transformers forward of prompt + completion, so no engine setting enters the score);
+* cost: the model's token evaluations (positions computed, prompt prefill included, counted in the worker around
+  the runner's forward) and forward passes, wall time; superposed decodes k drafts in one row, nucleus decodes k
+  rows (vLLM's own ``vllm:iteration_tokens_total`` cannot tell: it counts tokens from the outputs the client gets);
+* coherence: perplexity of each completion under the served model (decoder-29m), conditioned on its prompt (the
+  engine's prompt log-probs of prompt + completion, a plain request);
 * diversity among the k completions of a prompt: distinct-1/2/3 (pooled), self-BLEU-4 (each completion against the
   others; lower = more diverse), and the share of identical pairs;
 * agreement with the plain-transformers reference (``reference.py``: the same drafts fed through HF transformers'
-  ``inputs_embeds`` with its own KV cache): share of prompts whose k completions are token-identical.
+  ``inputs_embeds`` with its own KV cache) on the first ``--reference-prompts`` prompts: share of prompts whose k
+  completions are token-identical.
 
 One engine with the plugin selected (nucleus and greedy rows are plain requests on it), in a child process.
 """
@@ -37,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--k", type=int, default=3, help="completions per prompt")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling's p (the paper's baseline)")
+    parser.add_argument("--reference-prompts", type=int, default=8,
+                        help="first N prompts also decoded by the plain-transformers reference")
     return parser
 
 
@@ -85,38 +88,56 @@ def diversity(per_prompt: Sequence[Sequence[Sequence[int]]]) -> dict[str, float]
 # ------------------------------------------------------------------------------------------------ child side
 
 
-def _token_evaluations(llm) -> dict[str, float]:
-    out = {"token_evaluations": 0.0, "engine_steps": 0.0}
-    for m in llm.get_metrics():
-        if m.name == "vllm:iteration_tokens_total":
-            out["token_evaluations"] += float(getattr(m, "sum", 0.0))
-            out["engine_steps"] += float(getattr(m, "count", 0.0))
-    return out
+def count_forward_tokens(worker) -> None:
+    """Worker side (``collective_rpc``): count the positions and forward passes the model computes, on the runner
+    instance (the row-input-embeddings seam wraps the class's ``_model_forward``; this wraps the instance's)."""
+    runner = worker.model_runner
+    if "_model_forward" in runner.__dict__:
+        return
+    inner = runner._model_forward
+    runner._declab_bench_counts = {"token_evaluations": 0, "forwards": 0}
+
+    def counted(*args, **kwargs):
+        if runner.input_batch.num_reqs:
+            runner._declab_bench_counts["token_evaluations"] += int(runner.query_start_loc.np[runner.input_batch.num_reqs])
+            runner._declab_bench_counts["forwards"] += 1
+        return inner(*args, **kwargs)
+
+    runner._model_forward = counted
 
 
-def _perplexities(model, prompt_ids: list[int], completions: list[list[int]]) -> list[float]:
-    import torch
+def forward_counts(worker) -> dict:
+    return dict(worker.model_runner._declab_bench_counts)
 
-    out = []
-    for toks in completions:
-        if not toks:
-            out.append(float("nan"))
-            continue
-        ids = torch.tensor([prompt_ids + list(toks)])
-        with torch.inference_mode():
-            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
-        positions = range(len(prompt_ids) - 1, len(prompt_ids) + len(toks) - 1)
-        nll = -sum(float(logp[p, ids[0, p + 1]]) for p in positions) / len(toks)
-        out.append(math.exp(nll))
+
+def _counts(llm) -> dict[str, int]:
+    return llm.collective_rpc(forward_counts)[0]
+
+
+def _perplexities(llm, prompt_ids: list[list[int]], completions: list[list[list[int]]]) -> list[list[float]]:
+    """Perplexity of each completion given its prompt under the served model: the engine's prompt log-probs of
+    prompt + completion (a plain request: no plugin acts on it)."""
+    from vllm import SamplingParams, TokensPrompt
+
+    seqs = [(i, j, ids, list(c)) for i, (ids, comps) in enumerate(zip(prompt_ids, completions))
+            for j, c in enumerate(comps) if c]
+    outs = llm.generate([TokensPrompt(prompt_token_ids=ids + c) for _, _, ids, c in seqs],
+                        SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False)
+    out = [[float("nan")] * len(comps) for comps in completions]
+    for (i, j, ids, c), o in zip(seqs, outs):
+        lps = o.prompt_logprobs
+        nll = -sum(lps[p][tok].logprob for p, tok in zip(range(len(ids), len(ids) + len(c)), c)) / len(c)
+        out[i][j] = math.exp(nll)
     return out
 
 
 def _run_config(llm, prompts: list[str], params) -> dict[str, Any]:
-    before = _token_evaluations(llm)
+    llm.reset_prefix_cache()  # each configuration computes its prompts (none reuses another's KV)
+    before = _counts(llm)
     t = time.perf_counter()
     outs = llm.generate(prompts, params, use_tqdm=False)
     seconds = time.perf_counter() - t
-    after = _token_evaluations(llm)
+    after = _counts(llm)
     return {
         "seconds": seconds,
         **{k: after[k] - before[k] for k in after},
@@ -139,8 +160,9 @@ def measure(payload: dict[str, Any]) -> dict[str, Any]:
 
     assert os.environ.get("DECLAB_PLUGINS") == "superposed"
     k, max_tokens, prompts = payload["k"], payload["max_tokens"], payload["prompts"]
-    engine = {**CPU_ENGINE_KWARGS, "disable_log_stats": False}
+    engine = dict(CPU_ENGINE_KWARGS)
     llm = LLM(model=payload["model"], **engine)
+    llm.collective_rpc(count_forward_tokens)
     tokenizer = llm.get_tokenizer()
     t = time.perf_counter()
     tables, cache_path = stdlib_tables(lambda s: list(tokenizer.encode(s, add_special_tokens=False)),
@@ -168,18 +190,19 @@ def measure(payload: dict[str, Any]) -> dict[str, Any]:
     def score(tokens, ctx):
         return tables.interpolated(ctx, tokens, DEFAULT_NGRAM_WEIGHTS)
 
+    n_ref = min(payload["reference_prompts"], len(prompts))
     reference = [[toks for toks, _ in reference_completions(
         hf, ids, k=k, max_tokens=max_tokens, eos_token_id=eos, ngram=lambda ctx, c: score(c, ctx), alpha=0.54,
-        softmax_temperature=0.06, n_token_sample=9, penalty=200.0)] for ids in prompt_ids]
-    engine_sp = results["superposed"]["completions"]
+        softmax_temperature=0.06, n_token_sample=9, penalty=200.0)] for ids in prompt_ids[:n_ref]]
+    engine_sp = results["superposed"]["completions"][:n_ref]
     summary = {}
     for name, r in results.items():
-        ppl = [_perplexities(hf, ids, comps) for ids, comps in zip(prompt_ids, r["completions"])]
+        ppl = _perplexities(llm, prompt_ids, r["completions"])
         flat = [x for row in ppl for x in row if not math.isnan(x)]
         summary[name] = {
             "completions_per_prompt": sum(len(c) for c in r["completions"]) / len(prompts),
             "token_evaluations": r["token_evaluations"],
-            "engine_steps": r["engine_steps"],
+            "forwards": r["forwards"],
             "seconds": round(r["seconds"], 3),
             "perplexity_mean": sum(flat) / len(flat),
             "perplexity_median": sorted(flat)[len(flat) // 2],
@@ -199,13 +222,16 @@ def measure(payload: dict[str, Any]) -> dict[str, Any]:
         "forwards_saved_vs_nucleus": {
             "token_evaluations_ratio": sp["token_evaluations"] / nucleus["token_evaluations"],
             "token_evaluations_saved": nucleus["token_evaluations"] - sp["token_evaluations"],
-            "note": "nucleus shares the prompt's KV between its k rows through prefix caching where blocks are "
-                    "full; the decode positions are k x max_tokens for nucleus, max_tokens for superposed",
+            "decode_positions_per_prompt": {"superposed": max_tokens, "nucleus": k * max_tokens},
+            "note": "token evaluations = positions the model computed (prompts included), counted in the worker; "
+                    "the prefix cache is reset before each configuration; nucleus's k rows of a prompt may share "
+                    "its full KV blocks through prefix caching",
         },
         "reference_agreement": {
-            "prompts_token_identical": sum(a == b for a, b in zip(engine_sp, reference)) / len(prompts),
+            "prompts": n_ref,
+            "prompts_token_identical": sum(a == b for a, b in zip(engine_sp, reference)) / n_ref,
             "completions_token_identical": sum(x == y for a, b in zip(engine_sp, reference)
-                                               for x, y in zip(a, b)) / (k * len(prompts)),
+                                               for x, y in zip(a, b)) / (k * n_ref),
         },
         "texts_prompt0": {name: [tokenizer.decode(c) for c in r["completions"][0]] for name, r in results.items()},
         "runs": results,
@@ -227,7 +253,7 @@ def prompt_set(code_prompts: int, per_category: int) -> tuple[list[str], list[st
 def run(args) -> dict[str, Any]:
     prompts, groups = prompt_set(args.code_prompts, args.spec_bench_per_category)
     payload = {"model": str(args.model or default_model()), "prompts": prompts, "groups": groups, "k": args.k,
-               "max_tokens": args.max_tokens, "top_p": args.top_p}
+               "max_tokens": args.max_tokens, "top_p": args.top_p, "reference_prompts": args.reference_prompts}
     return call_in_child(MEASURE_TARGET, payload, env={"DECLAB_PLUGINS": "superposed"}, timeout=None,
                          name="superposed engine")
 
