@@ -2,8 +2,9 @@
 ``n`` child requests receives one of them (``declab.integrations.sdk.embeddings.BundledCompletions``).
 
 Why: Superposed Decoding (paper 30) produces k drafts from one forward pass per step, in one row whose KV cache
-holds the superposition of the drafts. vLLM returns ``n`` completions only as ``n`` child requests (parallel sampling, fanned out in the
-front-end), each decoded by its own row, and a row returns one token per step to its own request. The drafts of such a
+holds the superposition of the drafts. vLLM returns ``n`` completions only as ``n`` child requests (parallel
+sampling, fanned out in the front-end), each decoded by its own row, and a row returns one token per step to its
+own request. The drafts of such a
 row are re-ranked every step (a draft may continue another's prefix), so they are known only at the end
 and cannot be streamed as they grow.
 

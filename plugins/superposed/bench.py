@@ -72,7 +72,8 @@ def bleu(hypothesis: Sequence[int], references: Sequence[Sequence[int]], max_n: 
 def self_bleu(sequences: Sequence[Sequence[int]]) -> float:
     if len(sequences) < 2:
         return 0.0
-    return sum(bleu(s, [o for j, o in enumerate(sequences) if j != i]) for i, s in enumerate(sequences)) / len(sequences)
+    scores = [bleu(s, [o for j, o in enumerate(sequences) if j != i]) for i, s in enumerate(sequences)]
+    return sum(scores) / len(scores)
 
 
 def diversity(per_prompt: Sequence[Sequence[Sequence[int]]]) -> dict[str, float]:
@@ -99,8 +100,9 @@ def count_forward_tokens(worker) -> None:
 
     def counted(*args, **kwargs):
         if runner.input_batch.num_reqs:
-            runner._declab_bench_counts["token_evaluations"] += int(runner.query_start_loc.np[runner.input_batch.num_reqs])
-            runner._declab_bench_counts["forwards"] += 1
+            counts = runner._declab_bench_counts
+            counts["token_evaluations"] += int(runner.query_start_loc.np[runner.input_batch.num_reqs])
+            counts["forwards"] += 1
         return inner(*args, **kwargs)
 
     runner._model_forward = counted
@@ -254,8 +256,9 @@ def run(args) -> dict[str, Any]:
     prompts, groups = prompt_set(args.code_prompts, args.spec_bench_per_category)
     payload = {"model": str(args.model or default_model()), "prompts": prompts, "groups": groups, "k": args.k,
                "max_tokens": args.max_tokens, "top_p": args.top_p, "reference_prompts": args.reference_prompts}
-    return call_in_child(MEASURE_TARGET, payload, env={"DECLAB_PLUGINS": "superposed"}, timeout=None,
-                         name="superposed engine")
+    # collective_rpc ships the worker-side counter as a function: vLLM then needs pickle-based serialization.
+    env = {"DECLAB_PLUGINS": "superposed", "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
+    return call_in_child(MEASURE_TARGET, payload, env=env, timeout=None, name="superposed engine")
 
 
 def summary(report: dict[str, Any]) -> str:

@@ -201,7 +201,8 @@ def stdlib_tables(encode: Callable[[str], list[int]], vocab_fingerprint: str,
     tokens: list[int] = []
     for f in files:
         tokens.extend(encode(f.read_text(encoding="utf-8", errors="replace")))
-    source = f"python {sysconfig.get_python_version()} stdlib: {len(files)} files, {sum(f.stat().st_size for f in files)} bytes"
+    size = sum(f.stat().st_size for f in files)
+    source = f"python {sysconfig.get_python_version()} stdlib: {len(files)} files, {size} bytes"
     tables = NGramTables.from_tokens(tokens, source=source)
     tables.save(path)
     return tables, path
