@@ -119,6 +119,10 @@ def format_markdown() -> str:
         hook = _HOOK_WORDS[spec.hook]
         if spec.logits is not None and spec.logits.companions:
             hook += " + companion rows"
+        if spec.logits is not None and spec.logits.input_embeddings:
+            hook += " + row input embeddings"
+        if spec.logits is not None and spec.logits.bundled_completions:
+            hook += " + bundled completions"
         if spec.paper:
             paper = f"{spec.paper} {titles[spec.paper]}"
         else:

@@ -57,6 +57,10 @@ def register() -> None:
         needed.append("declab_stat_logger")  # declab:* metrics on /metrics (integrations/stat_logger.py)
     if any(s.logits is not None and s.logits.companions for s in specs):
         needed += ["prompt_rendering", "scheduler_stats_field", "request_groups"]
+    if any(s.logits is not None and s.logits.input_embeddings for s in specs):
+        needed.append("row_input_embeddings")
+    if any(s.logits is not None and s.logits.bundled_completions for s in specs):
+        needed += ["bundled_completions", "bundled_completions_worker"]
     for s in specs:
         needed.extend(p for p in s.patches if p not in needed)
     applied = apply_patches(needed)

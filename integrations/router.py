@@ -45,6 +45,11 @@ class DeclabLogitsRouter(LogitsProcessor):
             if hook.companions:
                 check_group_sampling_options(sampling_params, request.spec.name)
             refuse_sampling_options(sampling_params, request.spec.name, hook.refused_options, hook.refused_reason)
+            if hook.bundled_completions:
+                from declab.integrations.sdk.embeddings import check_bundled_count
+
+                check_bundled_count(sampling_params, request.params[hook.bundled_completions],
+                                    hook.bundled_completions, request.spec.name)
             if hook.check_sampling:
                 load_object(hook.check_sampling)(sampling_params, request.spec.name)
         except ValueError as e:

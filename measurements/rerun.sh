@@ -38,6 +38,7 @@ COMMANDS=(
   "declab bench verify-cost --cost-from plugins/token_recycling/measurements/verify-cost-h100.json --spec-report plugins/token_recycling/measurements/temperature-1/spec.json --out plugins/token_recycling/measurements/temperature-1/h100-projection"
   "declab bench verify-cost --cost-from plugins/token_recycling/measurements/verify-cost-h100.json --spec-report measurements/spec.json --out plugins/token_recycling/measurements/h100-projection"
   "declab bench diverse-beam --out plugins/diverse_beam/measurements"
+  "declab bench superposed --code-prompts 8 --spec-bench-per-category 1 --out plugins/superposed/measurements"
   "declab bench ead --out plugins/ead/measurements"
   "declab bench attention --budgets 32,64,128 --codecs kivi:4,gear:4 --prompts 8 --max-tokens 128 --passages 6 --out plugins/gear/measurements"
   "declab bench degeneration --prompts 16 --max-tokens 128 --repeats 2 --latency-prompts 2 --out plugins/momentum/measurements"

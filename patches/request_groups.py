@@ -1,6 +1,6 @@
 """Request-group seam: companion rows decoded in lockstep with a request inside the same batch, invisible to the
 client. Any plugin whose ``LogitsHook.companions`` names companion prompts gets one hidden row per prompt (today the
-contrastive family: CAD, LQCD, M3ID, and classifier-free guidance; next, superposed decoding); the seam knows no plugin.
+contrastive family: CAD, LQCD, M3ID, and classifier-free guidance); the seam knows no plugin.
 
 Why: such methods need, at every step, the logits of the same model on further prompts (without the context, with a
 neutral query, without the image, an unconditional prompt). vLLM 0.32 has no hook for a second conditioned forward

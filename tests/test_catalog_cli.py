@@ -35,6 +35,7 @@ EXPECTED_PLUGINS = {
     "lqcd": (25, "working"),
     "contrastive_search": (27, "partial"),  # CPU only (the tree-verification seam patches vLLM's CPU attention)
     "lol": (29, "partial"),  # no truthfulness-refocused module; constants not from the (unpublished) code
+    "superposed": (30, "partial"),  # n-gram tables from the standard library sources, not the paper's corpus
     "bench grammar": (35, "working"),  # a benchmark paper built in a plugin folder (asap's)
     "gear": (36, "partial"),  # packed KV pages save memory; on CPU the context is decoded before the dense kernel
     "rsd": (38, "partial"),  # greedy trees; the recursive rejection-sampling verifier is the tree seam's other listener

@@ -55,6 +55,11 @@ class LogitsHook:
     ``empty_companion``: what an empty companion prompt (no tokens) means: ``"refuse"`` (an error naming the
     parameter) or ``"last_prompt_token"`` (the companion row starts from the main prompt's last token alone, HF
     transformers' rule for classifier-free guidance without ``negative_prompt_ids``).
+    ``input_embeddings``: the row processor implements ``sdk.embeddings.RowInputEmbeddings`` (it gives its row's input
+    embedding at positions it chooses; the row-input-embeddings seam).
+    ``bundled_completions``: name of the integer parameter that is the request's number of completions, all decoded
+    by one row whose processor implements ``sdk.embeddings.BundledCompletions`` (the bundled-completions seam; the
+    request is sent with vLLM's ``n`` equal to it).
     """
 
     row_processor: str
@@ -64,6 +69,8 @@ class LogitsHook:
     refused_reason: str = ""
     companions: tuple[str, ...] = ()
     empty_companion: str = "refuse"
+    input_embeddings: bool = False
+    bundled_completions: str | None = None
 
     def __post_init__(self) -> None:
         from declab.integrations.sdk.groups import EMPTY_COMPANION_RULES
@@ -195,6 +202,9 @@ class PluginSpec:
             missing = [c for c in self.logits.companions if c not in names]
             if missing:
                 raise ValueError(f"plugin {self.name}: companion prompts {missing} are not declared parameters")
+        if self.logits is not None and self.logits.bundled_completions:
+            if self.logits.bundled_completions not in {p.name for p in self.params}:
+                raise ValueError(f"plugin {self.name}: bundled_completions names no declared parameter")
 
     @property
     def hook(self) -> str:
