@@ -10,7 +10,8 @@ and cannot be streamed as they grow.
 
 How (two processes, two patches):
 
-* worker, ``GPUModelRunner.sample_tokens``: after each step, the current completions of every row whose declab
+* worker, ``Worker.sample_tokens`` (the worker, not its runner, whose ``sample_tokens`` the runner-forward feed
+  wraps): after each step, the current completions of every row whose declab
   processor implements ``BundledCompletions`` ride on the returned ``ModelRunnerOutput`` (attribute
   ``declab_completions``: request id -> [(token ids, finish reason)]), a few hundred integers per row.
 * engine core, ``EngineCore``: ``add_request`` parks the children of a request whose method declares
@@ -26,7 +27,7 @@ pipeline parallelism (``step_with_batch_queue``) nor data parallelism (vLLM's fr
 request to different engine cores).
 
 vLLM version: 0.32.0 (``vllm/v1/engine/core.py::EngineCore.add_request`` / ``abort_requests`` / ``step``,
-``vllm/v1/worker/gpu_model_runner.py::GPUModelRunner.sample_tokens``, parallel-sampling child ids
+``vllm/v1/worker/gpu_worker.py::Worker.sample_tokens`` (the CPU worker inherits it), parallel-sampling child ids
 ``f"{index}_{parent}"`` from ``vllm/v1/engine/parallel_sampling.py``).
 Removal plan: drop when vLLM lets one request return several sequences from one row (a multi-sequence output of the
 model runner, as beam search in the engine would need), or lets a plugin answer the children of a parallel-sampling
@@ -214,7 +215,7 @@ def _rewrite_outputs(book: _BundleBook, outputs: dict) -> None:
 
 class BundledCompletionsWorkerPatch(DeclabPatch):
     name = "bundled_completions_worker"
-    target = "vllm.v1.worker.gpu_model_runner:GPUModelRunner"
+    target = "vllm.v1.worker.gpu_worker:Worker"
 
     @classmethod
     def replacements(cls, target: Any) -> dict[str, Any]:
@@ -223,15 +224,16 @@ class BundledCompletionsWorkerPatch(DeclabPatch):
 
         original = target.sample_tokens
 
-        def sample_tokens(self, *args, **kwargs):
-            output = original(self, *args, **kwargs)
-            logitsprocs = getattr(self.input_batch, "logitsprocs", None)
+        def sample_tokens(worker, *args, **kwargs):
+            output = original(worker, *args, **kwargs)
+            runner = worker.model_runner
+            logitsprocs = getattr(runner.input_batch, "logitsprocs", None)
             router = next((lp for lp in (logitsprocs.all if logitsprocs else ())
                            if isinstance(lp, DeclabLogitsRouter)), None)
             if router is None or not hasattr(output, "req_ids"):
                 return output
             shipped = {}
-            req_ids = self.input_batch.req_ids
+            req_ids = runner.input_batch.req_ids
             for row, processor in router.rows.items():
                 if (isinstance(processor, BundledCompletions) and row < len(req_ids)
                         and req_ids[row] in output.req_id_to_index):

@@ -382,6 +382,27 @@ def sample_run_accepting_every_draft(llm, *args) -> dict:
         rejection_sampler.rejection_sample = original
 
 
+def sample_run_with_argmax_first_tree_rule(llm, delegate, *args) -> dict:
+    """``sample_run`` with a deliberately biased tree verifier subscribed first (removed after): at every node, a
+    child whose token is the target's argmax is accepted outright; otherwise ``delegate`` (the ``tree_sampling``
+    rule matching how the proposer drew its children) decides. A distribution test must fail on it."""
+    from declab.integrations.sdk.tree_sampling import NodeRule
+    from declab.integrations.sdk.tree_verification import SEAM, SamplingTreeVerifier
+
+    class ArgmaxFirst(NodeRule):
+        def choose(self, logits, children, tokens, q_rows, draws):
+            top = int(logits.argmax())
+            hit = next((c for c in children if tokens[c] == top), None)
+            return (hit, top) if hit is not None else delegate.choose(logits, children, tokens, q_rows, draws)
+
+    biased = SamplingTreeVerifier(rule=ArgmaxFirst())
+    SEAM.subscribe(biased)
+    try:
+        return sample_run(llm, *args)
+    finally:
+        SEAM.unsubscribe(biased)
+
+
 @dataclass(frozen=True)
 class Reference:
     """A vanilla computation several tests compare against: ``scenario(llm, *args())`` on the vanilla engine."""

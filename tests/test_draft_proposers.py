@@ -11,10 +11,13 @@ subscribed to the tree seam), compared with the session's vanilla references. ``
 from __future__ import annotations
 
 import pytest
-from engines import EngineProfile, greedy_run, sample_run, sample_run_accepting_every_draft
+from engines import (EngineProfile, greedy_run, sample_run, sample_run_accepting_every_draft,
+                     sample_run_with_argmax_first_tree_rule)
 from helpers import assert_lossless
 from profiles import draft_proposer
 from stats import homogeneity
+
+from declab.integrations.sdk.tree_sampling import KSequentialRule, RecursiveRule
 
 pytestmark = [pytest.mark.engine, pytest.mark.vanilla("spec_bench_reduced", "stack_t1")]
 
@@ -42,14 +45,24 @@ def check_greedy(vanilla, engine, name: str) -> dict:
     return out["stats"]
 
 
-def check_sampling(vanilla, engine, name: str, *, biased_control: bool) -> None:
+def check_sampling(vanilla, engine, name: str, *, biased_control: bool, tree_rule=None) -> None:
     """Two-sample test (``stats.homogeneity``) of the tokens at positions 1-4 against vanilla over 2,000 samples at
-    temperature 1; with ``biased_control`` the same engine with a verifier that accepts every draft must fail it."""
+    temperature 1. With ``biased_control`` the same engine with a biased verifier must fail it: for a chain proposer
+    one that accepts every draft; for a tree proposer (``tree_rule``: the ``tree_sampling`` rule matching how it
+    draws children) one that accepts the target's argmax among a node's children outright, and every sampled
+    request must have been verified as a tree."""
     base = vanilla("stack_t1")
     args = (base["prompt"], base["n"], base["temperature"], base["max_tokens"])
-    out = engine.run(sample_run, *args)
+    out = engine.run(run_with_stats, sample_run, *args)
     assert out["spec"]["num_accepted_tokens"] > 200, out["spec"]  # the verifier decided many drafts
-    biased = engine.run(sample_run_accepting_every_draft, *args) if biased_control else None
+    biased = None
+    if biased_control and tree_rule is not None:
+        biased = engine.run(run_with_stats, sample_run_with_argmax_first_tree_rule, tree_rule, *args)
+    elif biased_control:
+        biased = engine.run(sample_run_accepting_every_draft, *args)
+    if tree_rule is not None:
+        for run in (out, biased):  # sampled requests drafted as trees (the sampling tree verifier accepts them)
+            assert run["stats"]["tree_drafts"] > 0 and run["stats"]["chain_drafts"] == 0, run["stats"]
     assert len(out["token_ids"]) == base["n"] == 2000
     for pos in (1, 2, 3, 4):  # token 0 is sampled before any draft
         fit = homogeneity([x[pos] for x in base["token_ids"]], [x[pos] for x in out["token_ids"]])
@@ -57,7 +70,7 @@ def check_sampling(vanilla, engine, name: str, *, biased_control: bool) -> None:
         assert fit.passes, (name, pos, str(fit))
         if biased is not None:
             control = homogeneity([x[pos] for x in base["token_ids"]], [x[pos] for x in biased["token_ids"]])
-            print(f"{name} position {pos}, verifier accepting every draft: {control}")
+            print(f"{name} position {pos}, biased verifier: {control}")
             assert not control.passes, (name, pos, str(control))
 
 
@@ -110,7 +123,7 @@ def test_rsd_greedy_is_token_identical_with_trees_sampled_without_replacement(va
 
 
 def test_rsd_sampling_keeps_the_target_distribution(vanilla, rsd_engine):
-    check_sampling(vanilla, rsd_engine, "rsd", biased_control=False)
+    check_sampling(vanilla, rsd_engine, "rsd", biased_control=True, tree_rule=RecursiveRule(update_q=True))
 
 
 def test_spectr_greedy_is_token_identical_with_k_drafts_as_one_tree(vanilla, spectr_engine):
@@ -118,7 +131,7 @@ def test_spectr_greedy_is_token_identical_with_k_drafts_as_one_tree(vanilla, spe
 
 
 def test_spectr_sampling_keeps_the_target_distribution(vanilla, spectr_engine):
-    check_sampling(vanilla, spectr_engine, "spectr", biased_control=False)
+    check_sampling(vanilla, spectr_engine, "spectr", biased_control=True, tree_rule=KSequentialRule())
 
 
 def test_dyspec_greedy_is_token_identical_with_a_dynamic_tree(vanilla, dyspec_engine):
@@ -126,7 +139,7 @@ def test_dyspec_greedy_is_token_identical_with_a_dynamic_tree(vanilla, dyspec_en
 
 
 def test_dyspec_sampling_keeps_the_target_distribution(vanilla, dyspec_engine):
-    check_sampling(vanilla, dyspec_engine, "dyspec", biased_control=False)
+    check_sampling(vanilla, dyspec_engine, "dyspec", biased_control=True, tree_rule=RecursiveRule(update_q=True))
 
 
 # -- start-up -------------------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 import pytest
-from engines import (EngineProfile, greedy_run, sample_run, sample_run_unpatched_kernel, seeded_sample_run,
+from engines import (EngineProfile, greedy_run, sample_run, sample_run_unpatched_kernel,
+                     sample_run_with_argmax_first_tree_rule, seeded_sample_run,
                      spec_counters)
 from helpers import assert_lossless
 from profiles import TR_TREE, token_recycling
@@ -151,23 +152,14 @@ def tree_sample(llm, *args) -> dict:
 
 
 def tree_sample_biased(llm, *args) -> dict:
-    """``tree_sample`` with a deliberately biased tree verifier subscribed first: a child that is the target's
-    argmax is accepted outright (otherwise the correct point-mass rule), removed after."""
+    """``tree_sample`` with a deliberately biased tree verifier: a child that is the target's argmax is accepted
+    outright (otherwise the correct point-mass rule)."""
     from declab.integrations.sdk.tree_sampling import PointMassRule
-    from declab.integrations.sdk.tree_verification import SEAM, SamplingTreeVerifier
 
-    class ArgmaxFirst(PointMassRule):
-        def choose(self, logits, children, tokens, q_rows, draws):
-            top = int(logits.argmax())
-            hit = next((c for c in children if tokens[c] == top), None)
-            return (hit, top) if hit is not None else super().choose(logits, children, tokens, q_rows, draws)
-
-    biased = SamplingTreeVerifier(rule=ArgmaxFirst())
-    SEAM.subscribe(biased)
-    try:
-        return tree_sample(llm, *args)
-    finally:
-        SEAM.unsubscribe(biased)
+    before = proposer_stats(llm)
+    out = sample_run_with_argmax_first_tree_rule(llm, PointMassRule(), *args)
+    out["stats"] = _delta(proposer_stats(llm), before)
+    return out
 
 
 # The tree of the 2,000-sample tests: 3 children at the root, depth 3, 7 draft nodes (ranks as in the paper's
