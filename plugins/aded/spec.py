@@ -14,8 +14,8 @@ SPEC = PluginSpec(
     reason=(
         "no corpus to initialise the tri-gram representation from (each request's prompt is observed instead), "
         "and the decay, row size and bigram back-off are ours where the paper leaves them open; the search tree "
-        "is verified inside the engine only for greedy requests on vLLM's CPU backend (mode 'tree'), other "
-        "requests get its most-visited chain; measured in `declab bench spec` next to ngram and Token Recycling"
+        "is verified inside the engine on vLLM's CPU backend (mode 'tree'; sampled requests by the tree seam's "
+        "sampling verifier, point-mass rule), requests with logprobs or penalties get its most-visited chain; measured in `declab bench spec` next to ngram and Token Recycling"
     ),
     settings=(
         ParamSpec("mode", str, "chain", choices=("chain", "tree"),
