@@ -64,14 +64,18 @@ def check_sampling(vanilla, engine, name: str, *, biased_control: bool, tree_rul
         for run in (out, biased):  # sampled requests drafted as trees (the sampling tree verifier accepts them)
             assert run["stats"]["tree_drafts"] > 0 and run["stats"]["chain_drafts"] == 0, run["stats"]
     assert len(out["token_ids"]) == base["n"] == 2000
+    controls = []
     for pos in (1, 2, 3, 4):  # token 0 is sampled before any draft
         fit = homogeneity([x[pos] for x in base["token_ids"]], [x[pos] for x in out["token_ids"]])
         print(f"{name} position {pos}: {fit}")
         assert fit.passes, (name, pos, str(fit))
         if biased is not None:
-            control = homogeneity([x[pos] for x in base["token_ids"]], [x[pos] for x in biased["token_ids"]])
-            print(f"{name} position {pos}, biased verifier: {control}")
-            assert not control.passes, (name, pos, str(control))
+            controls.append(homogeneity([x[pos] for x in base["token_ids"]], [x[pos] for x in biased["token_ids"]]))
+            print(f"{name} position {pos}, biased verifier: {controls[-1]}")
+    # The test is "every position passes": the biased verifier must fail it (where the target is nearly certain, as
+    # at position 1 of this prompt, a bias towards its argmax can be invisible).
+    if biased is not None:
+        assert any(not c.passes for c in controls), (name, [str(c) for c in controls])
 
 
 # -- PEARL ----------------------------------------------------------------------------------------------------------
