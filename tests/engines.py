@@ -382,20 +382,29 @@ def sample_run_accepting_every_draft(llm, *args) -> dict:
         rejection_sampler.rejection_sample = original
 
 
-def sample_run_with_argmax_first_tree_rule(llm, delegate, *args) -> dict:
-    """``sample_run`` with a deliberately biased tree verifier subscribed first (removed after): at every node, a
-    child whose token is the target's argmax is accepted outright; otherwise ``delegate`` (the ``tree_sampling``
-    rule matching how the proposer drew its children) decides. A distribution test must fail on it."""
+def sample_run_with_biased_tree_rule(llm, bias: str, delegate, *args) -> dict:
+    """``sample_run`` with a deliberately biased tree verifier subscribed first (removed after); a distribution test
+    must fail on it. At every node, ``bias="argmax_first"`` accepts a child whose token is the target's argmax
+    outright, ``bias="first_child"`` accepts the first child outright (the tree's "accept every draft"); otherwise
+    ``delegate`` (the ``tree_sampling`` rule matching how the proposer drew its children) decides."""
     from declab.integrations.sdk.tree_sampling import NodeRule
     from declab.integrations.sdk.tree_verification import SEAM, SamplingTreeVerifier
 
-    class ArgmaxFirst(NodeRule):
-        def choose(self, logits, children, tokens, q_rows, draws):
-            top = int(logits.argmax())
-            hit = next((c for c in children if tokens[c] == top), None)
-            return (hit, top) if hit is not None else delegate.choose(logits, children, tokens, q_rows, draws)
+    if bias not in ("argmax_first", "first_child"):
+        raise ValueError(f"bias must be 'argmax_first' or 'first_child', got {bias!r}")
 
-    biased = SamplingTreeVerifier(rule=ArgmaxFirst())
+    class Biased(NodeRule):
+        def choose(self, logits, children, tokens, q_rows, draws):
+            if bias == "first_child":
+                hit = children[0] if children else None
+            else:
+                top = int(logits.argmax())
+                hit = next((c for c in children if tokens[c] == top), None)
+            if hit is not None:
+                return hit, tokens[hit]
+            return delegate.choose(logits, children, tokens, q_rows, draws)
+
+    biased = SamplingTreeVerifier(rule=Biased())
     SEAM.subscribe(biased)
     try:
         return sample_run(llm, *args)

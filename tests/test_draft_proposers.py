@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 from engines import (EngineProfile, greedy_run, sample_run, sample_run_accepting_every_draft,
-                     sample_run_with_argmax_first_tree_rule)
+                     sample_run_with_biased_tree_rule)
 from helpers import assert_lossless
 from profiles import draft_proposer
 from stats import homogeneity
@@ -49,7 +49,9 @@ def check_sampling(vanilla, engine, name: str, *, biased_control: bool, tree_rul
     """Two-sample test (``stats.homogeneity``) of the tokens at positions 1-4 against vanilla over 2,000 samples at
     temperature 1. With ``biased_control`` the same engine with a biased verifier must fail it: for a chain proposer
     one that accepts every draft; for a tree proposer (``tree_rule``: the ``tree_sampling`` rule matching how it
-    draws children) one that accepts the target's argmax among a node's children outright, and every sampled
+    draws children) one that accepts every node's first child (the tree's "accept every draft"; accepting the
+    target's argmax child first, as Token Recycling's test does, is too close to recursive rejection sampling over a
+    good draft to show in 2,000 samples: RSD's statistic was 26.7 at most, p = 8e-4 > alpha), and every sampled
     request must have been verified as a tree."""
     base = vanilla("stack_t1")
     args = (base["prompt"], base["n"], base["temperature"], base["max_tokens"])
@@ -57,7 +59,7 @@ def check_sampling(vanilla, engine, name: str, *, biased_control: bool, tree_rul
     assert out["spec"]["num_accepted_tokens"] > 200, out["spec"]  # the verifier decided many drafts
     biased = None
     if biased_control and tree_rule is not None:
-        biased = engine.run(run_with_stats, sample_run_with_argmax_first_tree_rule, tree_rule, *args)
+        biased = engine.run(run_with_stats, sample_run_with_biased_tree_rule, "first_child", tree_rule, *args)
     elif biased_control:
         biased = engine.run(sample_run_accepting_every_draft, *args)
     if tree_rule is not None:
@@ -73,7 +75,7 @@ def check_sampling(vanilla, engine, name: str, *, biased_control: bool, tree_rul
             controls.append(homogeneity([x[pos] for x in base["token_ids"]], [x[pos] for x in biased["token_ids"]]))
             print(f"{name} position {pos}, biased verifier: {controls[-1]}")
     # The test is "every position passes": the biased verifier must fail it (where the target is nearly certain, as
-    # at position 1 of this prompt, a bias towards its argmax can be invisible).
+    # at position 1 of this prompt, a bias can be invisible).
     if biased is not None:
         assert any(not c.passes for c in controls), (name, [str(c) for c in controls])
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from engines import (EngineProfile, greedy_run, sample_run, sample_run_unpatched_kernel,
-                     sample_run_with_argmax_first_tree_rule, seeded_sample_run,
+                     sample_run_with_biased_tree_rule, seeded_sample_run,
                      spec_counters)
 from helpers import assert_lossless
 from profiles import TR_TREE, token_recycling
@@ -157,7 +157,7 @@ def tree_sample_biased(llm, *args) -> dict:
     from declab.integrations.sdk.tree_sampling import PointMassRule
 
     before = proposer_stats(llm)
-    out = sample_run_with_argmax_first_tree_rule(llm, PointMassRule(), *args)
+    out = sample_run_with_biased_tree_rule(llm, "argmax_first", PointMassRule(), *args)
     out["stats"] = _delta(proposer_stats(llm), before)
     return out
 
