@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import pytest
+import shards
 from engines import EngineHandle, EnginePool, EngineProfile, VanillaReferences
 from profiles import PROFILES, SERVERS, VANILLA_REFERENCES
 
@@ -134,16 +135,77 @@ def _rank(item) -> tuple[tuple[int, int], str]:
     return (0, 0), "core"
 
 
+_GROUPS: dict[str, str] = {}  # test id -> group (shards.py)
+_DURATIONS: dict[str, float] = {}  # group -> seconds this session
+_RANKED = {**{p.fixture: p for p in PROFILES}, **{p.fixture: p for p in SERVERS}}
+_RANK_FIXTURE = {rank: fixture for fixture, rank in {**_ENGINE_RANK, **_SERVER_RANK}.items()}
+_RANK_FIXTURE[_STARTUP_RANK] = STARTUP_FIXTURE
+
+
+def _group(item, rank: tuple[int, int], kind: str) -> tuple[str, bool]:
+    """(the item's group for shards.py, whether the group needs the whole machine)."""
+    if rank[0] == _OWN_PROCESSES_RANK:
+        return "own_processes", True
+    if rank[0] == 0:
+        return f"{kind}:{item.path.name}", False
+    fixture = _RANK_FIXTURE[rank[0]]
+    profile = _RANKED.get(fixture)
+    if isinstance(profile, EngineProfile):
+        exclusive = profile.engine_kwargs.get("tensor_parallel_size", 1) > 1
+    else:
+        exclusive = profile is not None and ("|" in (profile.env.get("VLLM_CPU_OMP_THREADS_BIND") or "")
+                                             or "--data-parallel-size" in profile.args)
+    return fixture, exclusive
+
+
+def pytest_addoption(parser):
+    parser.addoption("--declab-shard", default=None,
+                     help="run one shard of the session: 'i/n' or 'exclusive' (tests/shards.py; make test)")
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects, so the markers set here count
 def pytest_collection_modifyitems(config, items):
-    ranks = {}
+    ranks, groups, kinds, exclusive = {}, {}, {}, set()
     for item in items:
         rank, kind = _rank(item)
         if kind == "core" and (item.get_closest_marker("engine") or item.get_closest_marker("server")):
             kind = "engine"
         item.add_marker(kind)
         ranks[item.nodeid] = rank
+        group, alone = _group(item, rank, kind)
+        groups[item.nodeid] = group
+        kinds[group] = "core" if kind == "core" else ("server" if kind == "server" else "engine")
+        if alone:
+            exclusive.add(group)
     items.sort(key=lambda it: ranks[it.nodeid])  # stable: file order within a rank
+    _GROUPS.update(groups)
+    spec = config.getoption("--declab-shard")
+    if spec is None:
+        return
+    try:
+        shard = shards.parse(spec)
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
+    if shard == shards.EXCLUSIVE:
+        keep = exclusive
+    else:
+        index, count = shard
+        shared = {g: k for g, k in kinds.items() if g not in exclusive}
+        keep = {g for g, s in shards.assign(shared, count, shards.recorded()).items() if s == index}
+    kept = [it for it in items if groups[it.nodeid] in keep]
+    config.hook.pytest_deselected(items=[it for it in items if groups[it.nodeid] not in keep])
+    items[:] = kept
+
+
+def pytest_runtest_logreport(report):
+    """Each group's time (set-up, call, tear-down: engine starts included), for shards.write_timings."""
+    group = _GROUPS.get(report.nodeid)
+    if group is not None:
+        _DURATIONS[group] = _DURATIONS.get(group, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    shards.write_timings(_DURATIONS)
 
 
 def pytest_terminal_summary(terminalreporter):

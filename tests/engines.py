@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import cloudpickle
+import shards
 from helpers import child_env, declab_server
 
 from declab.integrations import lifetime
@@ -211,6 +212,13 @@ class EngineHost:
 HOST_ENV_SERVER = {"VLLM_CPU_KVCACHE_SPACE": HOST_ENV["VLLM_CPU_KVCACHE_SPACE"]}
 
 
+def shard_binding() -> dict[str, str]:
+    """The core this shard's servers bind vLLM's OpenMP thread to (tests/shards.py): without it every server binds
+    to core 0, and two shards' servers would share it while the other core idles."""
+    core = os.environ.get(shards.CORE_ENV)
+    return {"VLLM_CPU_OMP_THREADS_BIND": core} if core else {}
+
+
 class RunningServer:
     """A live ``declab serve`` (helpers.declab_server) of one server profile."""
 
@@ -219,7 +227,7 @@ class RunningServer:
         self._stack = contextlib.ExitStack()
         self.url = self._stack.enter_context(declab_server(
             profile.plugins, workdir / f"server-{profile.name}.log", *profile.args,
-            env={**HOST_ENV_SERVER, **profile.env},
+            env={**HOST_ENV_SERVER, **shard_binding(), **profile.env},
             preexec_fn=die_with_parent(signal.SIGTERM)))
 
     def close(self) -> None:

@@ -303,6 +303,14 @@ def plugin_cases(draw, spec: PluginSpec, endpoints: tuple[str, ...] = ("completi
         bad.add(f"{declab_key}.method")
         tags.add("wrong_case_namespace")
     sampling, sampling_tags = draw(sampling_options(hostile))
+    bundled = spec.logits.bundled_completions if spec.logits is not None else None
+    if bundled and rnd.random() < 0.75:  # most cases ask for as many completions as the method bundles, sampled
+        count = declab.get(bundled, next(p.default for p in spec.params if p.name == bundled))
+        if isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= 16:  # n is a cost too
+            sampling["n"] = count
+            if not sampling.get("temperature"):
+                sampling["temperature"] = 1.0
+            sampling_tags.add("bundled_n")
     return Case(plugin=spec.name, endpoint=draw(st.sampled_from(endpoints)), prompt=draw(st.sampled_from(PROMPTS)),
                 declab=declab, sampling=sampling, declab_key=declab_key, bad=bad, tags=tags | sampling_tags,
                 declared=tuple(p.name for p in spec.params))

@@ -132,8 +132,6 @@ SERVERS: tuple[ServerProfile, ...] = (
     # Every discovered logits plugin on one server: the fuzz suite (tests/test_fuzz.py) and the admission
     # regressions of issue #13 (tests/test_admission_regressions.py).
     ServerProfile("all_logits", ALL_LOGITS_PLUGINS),
-    ServerProfile("fuzz_proposer", "token_recycling",
-                  args=("--speculative-config", json.dumps(token_recycling(4)))),
     ServerProfile("contrastive_search", "contrastive_search",
                   args=("--speculative-config", json.dumps(contrastive_search(8)))),
 )

@@ -1,5 +1,5 @@
 """Fuzz suite (issue #13): requests generated from every plugin's declared parameters, combined with vLLM's own
-sampling options, sent through HTTP (a ``declab serve`` with every logits plugin; one with the proposer) and offline
+sampling options, sent through HTTP (a ``declab serve`` with every logits plugin; in sized runs one per proposer) and offline
 (the shared engine profiles' ``LLM``). Properties (``fuzz_checks``): no answer >= 500, every 4xx (offline: every
 ValueError) names a parameter the case sent, arguments the declaration refuses are refused, and the server (the
 engine) still answers ``/health`` and a plain request after every batch. Known bugs being fixed elsewhere are
@@ -15,6 +15,7 @@ channel, and the proposer's server is not started; its requests are fuzzed offli
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -23,6 +24,7 @@ from fuzz_cases import Case, batches, case_budget, plugin_cases, search_cases, s
 from fuzz_checks import FuzzLog, FuzzReport, Outcome
 from fuzz_http import MODEL, run_batch
 from helpers import CHAT_TEMPLATE
+from engines import ServerProfile
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from profiles import PROFILES
 
@@ -100,13 +102,23 @@ def test_http_logits_plugin(all_logits_server, plugin):
     log.assert_clean(HTTP_CASES)
 
 
+def proposer_server(plugin: str) -> ServerProfile:
+    """A ``declab serve`` running ``plugin``'s proposer with the ``speculative_config`` of its ``declab list``
+    entry (its engine-wide settings at their defaults)."""
+    config = SPECS[plugin].proposer.speculative_config()
+    return ServerProfile(f"fuzz_{plugin}", plugin, args=("--speculative-config", json.dumps(config)))
+
+
 @pytest.mark.skipif("DECLAB_FUZZ_CASES" not in os.environ,
-                    reason="a server of its own (about 2 minutes to start and stop): sized runs only "
-                           "(make fuzz); make test fuzzes the proposer offline")
+                    reason="a server of its own per proposer (about 2 minutes to start and stop): sized runs only "
+                           "(make fuzz); make test fuzzes the proposers offline")
+@pytest.mark.usefixtures("no_shared_engine")  # with the tests that start servers of their own, last
 @pytest.mark.parametrize("plugin", PROPOSERS)
-def test_http_proposer_server(fuzz_proposer_server, plugin):
+def test_http_proposer_server(engine_pool, plugin):
+    """Each proposer's cases go to a server running that proposer."""
+    server = engine_pool.server(proposer_server(plugin))
     log = REPORT.log("http", plugin)
-    fuzz(plugin_cases(SPECS[plugin]), HTTP_CASES, lambda cases: run_batch(fuzz_proposer_server, cases, log))
+    fuzz(plugin_cases(SPECS[plugin]), HTTP_CASES, lambda cases: run_batch(server, cases, log))
     log.assert_clean(HTTP_CASES)
 
 

@@ -8,7 +8,6 @@ folder). Only the processes this test started are signalled, by PID.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -50,43 +50,6 @@ def load_folder_weights(folder: str | os.PathLike, dtype: torch.dtype = torch.fl
         weights.update({k: v.to(dtype) for k, v in load_file(str(file)).items()})
     return weights
 
-@dataclass(frozen=True)
-class DraftConfig:
-    """The fields of an HF Llama ``config.json`` the forward pass needs."""
-
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    rope_theta: float
-    max_position_embeddings: int
-    tie_word_embeddings: bool
-
-    @classmethod
-    def from_file(cls, path: Path) -> "DraftConfig":
-        raw = json.loads(path.read_text())
-        arch = raw.get("architectures") or []
-        if raw.get("model_type") != "llama" or (arch and arch[0] != "LlamaForCausalLM"):
-            raise ValueError(f"draft_model: {path.parent} is not a Llama causal LM (model_type "
-                             f"{raw.get('model_type')!r}, architectures {arch})")
-        rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
-        if rope.get("rope_type", "default") != "default":
-            raise ValueError(f"draft_model: rope_type {rope.get('rope_type')!r} is not supported (only 'default')")
-        heads = int(raw["num_attention_heads"])
-        return cls(
-            vocab_size=int(raw["vocab_size"]), hidden_size=int(raw["hidden_size"]),
-            intermediate_size=int(raw["intermediate_size"]), num_hidden_layers=int(raw["num_hidden_layers"]),
-            num_attention_heads=heads, num_key_value_heads=int(raw.get("num_key_value_heads", heads)),
-            head_dim=int(raw.get("head_dim") or raw["hidden_size"] // heads),
-            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(rope.get("rope_theta", raw.get("rope_theta", 10000.0))),
-            max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
-            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-        )
 
 @dataclass(frozen=True)
 class DraftConfig:

@@ -21,7 +21,6 @@ Statistics (``self.stats``, written to ``runtime.proposer_stats_path()`` for ``d
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from declab.integrations.sdk import runtime
 from declab.integrations.models import default_draft_model
 from declab.integrations.sdk.draft_model import DraftCache, DraftModel, DraftOutput
 from declab.integrations.sdk.draft_settings import DRAFT_MODEL_ENV
@@ -50,9 +48,6 @@ class DraftRow:
     req_id: str
     context: list[int]
     budget: int
-
-
-PHASE_COUNTERS = ("propose_calls", "propose_seconds", "draft_forwards", "drafted_tokens", "draft_rows")
 
 
 class DraftModelProposer(DeclabProposer):
@@ -78,11 +73,8 @@ class DraftModelProposer(DeclabProposer):
             raise ValueError(f"num_speculative_tokens must be >= 1 for {self.spec.name}, got {self.k}")
         self.max_target_len = int(vllm_config.model_config.max_model_len)
         self.caches: dict[str, DraftCache] = {}
-        self._stats_path = runtime.proposer_stats_path()
-        self.stats: dict[str, Any] = {"propose_calls": 0, "propose_seconds": 0.0, "draft_forwards": 0,
-                                      "drafted_tokens": 0, "draft_rows": 0, "draft_cache_bytes": 0,
-                                      "draft_model": path, "draft_parameters": self.draft_model.num_parameters,
-                                      "num_speculative_tokens": self.k}
+        self.init_stats(("draft_forwards", "drafted_tokens", "draft_rows"), draft_cache_bytes=0, draft_model=path,
+                        draft_parameters=self.draft_model.num_parameters, num_speculative_tokens=self.k)
         logger.info("%s: draft %s (%.2fM parameters), up to %d tokens per step", self.spec.name, path,
                     self.draft_model.num_parameters / 1e6, self.k)
 
@@ -114,7 +106,7 @@ class DraftModelProposer(DeclabProposer):
             chains = self.draft_chains(req_ids, [r.context for r in rows], [r.budget for r in rows])
             for r, chain in zip(rows, chains):
                 drafts[r.row] = chain
-        self.finish_propose(started)
+        self.count_propose(started)
         return drafts
 
     def rows_to_draft(self, step: TargetStep) -> list[DraftRow]:
@@ -131,12 +123,6 @@ class DraftModelProposer(DeclabProposer):
             if budget >= 1:
                 rows.append(DraftRow(i, req_id, context, budget))
         return rows
-
-    def finish_propose(self, started: float) -> None:
-        self.stats["propose_calls"] += 1
-        self.stats["propose_seconds"] += time.perf_counter() - started
-        if self._stats_path and self.stats["propose_calls"] % 16 == 0:
-            self.write_stats()
 
     def draft_chains(self, req_ids: list[str], contexts: list[list[int]], budgets: list[int]) -> list[list[int]]:
         """Greedy chains of at most ``budgets[j]`` tokens after ``contexts[j]`` (``continue_drafting`` may stop a
@@ -177,15 +163,10 @@ class DraftModelProposer(DeclabProposer):
     def declab_bench_reset(self) -> None:
         """Per-phase counters to 0 and the draft caches dropped (the draft has no state across requests)."""
         self.caches.clear()
-        for key in PHASE_COUNTERS:
-            self.stats[key] = type(self.stats[key])(0)
+        self.reset_phase_counters()
 
     def declab_bench_memory(self) -> dict:
         weights = self.draft_model.nbytes
         caches = sum(c.nbytes for c in self.caches.values())
         return {"proposer_bytes": int(weights + caches), "draft_weights_bytes": int(weights),
                 "draft_cache_bytes": int(caches), "what": "draft model weights + per-request draft KV caches"}
-
-    def write_stats(self) -> None:
-        with open(self._stats_path, "w") as f:
-            json.dump(self.stats, f)

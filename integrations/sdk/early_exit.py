@@ -19,7 +19,7 @@ start-up with an error naming the setting.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 

@@ -26,6 +26,8 @@ target). Everything happens inside vLLM's ``propose`` call, in this order: reque
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
@@ -102,7 +104,49 @@ class DeclabProposer:
         self._step: TargetStep | None = None
         self._trees: dict[str, DraftTree] = {}  # requests drafted as trees by the last propose
 
+    # -- statistics (``declab bench spec`` reads the file; its worker calls ``declab_bench_reset`` between phases) --
+
+    STATS_EVERY = 16  # propose calls between two writes of the statistics file
+
+    def init_stats(self, phase_counters: tuple[str, ...] = (), *, stats_env: str | None = None,
+                   **fixed: Any) -> None:
+        """``self.stats``: ``propose_calls``, ``propose_seconds`` and ``phase_counters`` at 0 (zeroed again by
+        ``reset_phase_counters``), then ``fixed`` (the configuration, counters since start-up). The file is
+        ``runtime.proposer_stats_path`` (``stats_env``: an older variable naming it); None on TP ranks > 0."""
+        self._phase_counters = ("propose_calls", "propose_seconds", *phase_counters)
+        self.stats: dict[str, Any] = {**dict.fromkeys(self._phase_counters, 0), "propose_seconds": 0.0, **fixed}
+        self._stats_path = runtime.proposer_stats_path(*((stats_env,) if stats_env else ()))
+
+    def count_propose(self, started: float) -> None:
+        """One ``propose`` that began at ``started`` (``time.perf_counter``); the file rewritten every
+        ``STATS_EVERY`` calls."""
+        self.stats["propose_calls"] += 1
+        self.stats["propose_seconds"] += time.perf_counter() - started
+        if self._stats_path and self.stats["propose_calls"] % self.STATS_EVERY == 0:
+            self.write_stats()
+
+    def reset_phase_counters(self) -> None:
+        for key in self._phase_counters:
+            self.stats[key] = type(self.stats[key])(0)
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        """What the statistics file holds (subclasses add what is computed on demand)."""
+        return dict(self.stats)
+
+    def write_stats(self) -> None:
+        with open(self._stats_path, "w") as f:
+            json.dump(self.stats_snapshot(), f)
+
     # -- set-up --------------------------------------------------------------------------------------------------
+
+    def chain_length(self) -> int:
+        """``num_speculative_tokens`` as the length of a drafted chain, checked against the spec's
+        ``max_speculative_tokens`` (a ValueError naming it). A tree mode, whose K counts nodes, checks its own bound."""
+        top = self.spec.proposer.max_speculative_tokens
+        if not 1 <= self.num_speculative_tokens <= top:
+            raise ValueError(f"num_speculative_tokens must be in 1..{top} for {self.spec.name}, "
+                             f"got {self.num_speculative_tokens}")
+        return self.num_speculative_tokens
 
     def open_seams(self, *, trees: bool = False) -> None:
         """Apply the worker patches this proposer needs: the runner-to-proposer feed, the tree-verification seam

@@ -193,7 +193,7 @@ class TreeDraftProposer(DraftModelProposer):
             for r, tree in zip(tree_rows, self.draft_trees(tree_rows)):
                 drafts[r.row] = tree
         self.stats["chain_drafts"] += len(chain_rows)
-        self.finish_propose(started)
+        self.count_propose(started)
         return drafts
 
     def draft_trees(self, rows: list[DraftRow]) -> list[DraftTree]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import sys
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["TrigramTable", "SearchNode", "search", "best_chain", "best_tree", "naive_search", "tree_paths"]

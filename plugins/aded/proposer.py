@@ -19,16 +19,14 @@ Both verifications are exact, so greedy output is token-identical to plain decod
 
 from __future__ import annotations
 
-import json
 import time
 
-from declab.integrations.sdk import runtime
 from declab.integrations.sdk.proposer import DeclabProposer, DraftTree, TargetStep
 from declab.integrations.sdk.tree_verification import check_tree_engine
 from declab.plugins.aded.core import TrigramTable, best_chain, best_tree, search
 from declab.plugins.aded.spec import SPEC
 
-COUNTERS = ("propose_calls", "propose_seconds", "observed_tokens", "tree_drafts", "chain_drafts", "draft_tokens")
+PHASE_COUNTERS = ("observed_tokens", "tree_drafts", "chain_drafts", "draft_tokens")
 
 
 class AdedProposer(DeclabProposer):
@@ -38,10 +36,7 @@ class AdedProposer(DeclabProposer):
     def __init__(self, vllm_config) -> None:
         super().__init__(vllm_config)
         config = self.settings
-        self.k = self.num_speculative_tokens
-        max_k = SPEC.proposer.max_speculative_tokens
-        if not 1 <= self.k <= max_k:
-            raise ValueError(f"num_speculative_tokens must be in 1..{max_k} for aded, got {self.k}")
+        self.k = self.chain_length()
         if config["decay"] <= 0.0:
             raise ValueError("aded: decay must be > 0")
         self.tree = config["mode"] == "tree"
@@ -53,9 +48,7 @@ class AdedProposer(DeclabProposer):
         self.table = TrigramTable(*self.table_settings)
         self._seen: dict[str, int] = {}  # request -> committed tokens already observed
         self._drafts_tree: dict[str, bool] = {}
-        self.stats = dict.fromkeys(COUNTERS, 0)
-        self.stats["propose_seconds"] = 0.0
-        self._stats_path = runtime.proposer_stats_path()
+        self.init_stats(PHASE_COUNTERS)
         self.open_seams(trees=self.tree)
 
     def on_request_start(self, req_id: str, params) -> None:
@@ -101,10 +94,7 @@ class AdedProposer(DeclabProposer):
                 drafts[i] = best_chain(nodes, self.k)
                 self.stats["chain_drafts"] += 1
                 self.stats["draft_tokens"] += len(drafts[i])
-        self.stats["propose_calls"] += 1
-        self.stats["propose_seconds"] += time.perf_counter() - started
-        if self._stats_path and self.stats["propose_calls"] % 16 == 0:
-            self.write_stats()
+        self.count_propose(started)
         return drafts
 
     # -- benchmark hooks -----------------------------------------------------------------------------------------
@@ -112,13 +102,11 @@ class AdedProposer(DeclabProposer):
     def declab_bench_reset(self) -> None:
         """Cold start: an empty table, counters to 0."""
         self.table = TrigramTable(*self.table_settings)
-        for key in COUNTERS:
-            self.stats[key] = type(self.stats[key])(0)
+        self.reset_phase_counters()
 
     def declab_bench_memory(self) -> dict:
         return {"proposer_bytes": self.table.nbytes, "contexts": len(self.table),
                 "what": "adaptive tri-gram table (contexts -> successor weights, + bigram back-off rows)"}
 
-    def write_stats(self) -> None:
-        with open(self._stats_path, "w") as f:
-            json.dump(dict(self.stats, contexts=len(self.table)), f)
+    def stats_snapshot(self) -> dict:
+        return dict(self.stats, contexts=len(self.table))

@@ -151,7 +151,7 @@ class EADProposer(DraftModelProposer):
                     chain = chain[:-1]
                     self.stats["cut_drafts"] += 1
                 drafts[r.row] = chain
-        self.finish_propose(started)
+        self.count_propose(started)
         return drafts
 
     # -- benchmark hooks -----------------------------------------------------------------------------------------

@@ -23,17 +23,15 @@ where the request has no such repeat. Both are fixed choices, verified by vLLM's
 
 from __future__ import annotations
 
-import json
 import time
 
-from declab.integrations.sdk import runtime
 from declab.integrations.sdk.proposer import DeclabProposer, TargetStep
 from declab.plugins.hybrid_drafter.core import ContextIndex
 from declab.plugins.hybrid_drafter.spec import SPEC
 from declab.plugins.shared.recycled_successors import RecycledSuccessors
 
-STATS_COUNTERS = ("propose_calls", "propose_seconds", "rows_updated", "context_drafts", "context_tokens",
-                  "recycled_drafts", "recycled_tokens", "context_bytes_max", "context_requests", "context_bytes_sum")
+PHASE_COUNTERS = ("rows_updated", "context_drafts", "context_tokens", "recycled_drafts", "recycled_tokens",
+                  "context_bytes_max", "context_requests", "context_bytes_sum")
 
 
 class HybridProposer(DeclabProposer):
@@ -43,10 +41,7 @@ class HybridProposer(DeclabProposer):
     def __init__(self, vllm_config) -> None:
         super().__init__(vllm_config)
         config = self.settings
-        self.k = self.num_speculative_tokens
-        max_k = SPEC.proposer.max_speculative_tokens
-        if not 1 <= self.k <= max_k:
-            raise ValueError(f"num_speculative_tokens must be in 1..{max_k} for hybrid_drafter, got {self.k}")
+        self.k = self.chain_length()
         if config["min_ngram"] > config["max_ngram"]:
             raise ValueError(f"hybrid_drafter: min_ngram ({config['min_ngram']}) must be <= max_ngram "
                              f"({config['max_ngram']})")
@@ -56,10 +51,8 @@ class HybridProposer(DeclabProposer):
         self.recycled = RecycledSuccessors(vllm_config.model_config.get_vocab_size(), config["successors"],
                                            config["overlay_rows"] if config["overlay"] else None)
         self.contexts: dict[str, ContextIndex] = {}
-        self.stats = dict.fromkeys(STATS_COUNTERS, 0)
-        self.stats["propose_seconds"] = 0.0
+        self.init_stats(PHASE_COUNTERS)
         self._step_started = 0.0
-        self._stats_path = runtime.proposer_stats_path()
         self.open_seams()
 
     # -- per request ---------------------------------------------------------------------------------------------
@@ -119,10 +112,7 @@ class HybridProposer(DeclabProposer):
                     self.stats["recycled_drafts"] += 1
                 self.stats["recycled_tokens"] += len(extra)
                 drafts[i] = drafts[i] + extra
-        self.stats["propose_calls"] += 1
-        self.stats["propose_seconds"] += time.perf_counter() - self._step_started
-        if self._stats_path and self.stats["propose_calls"] % 16 == 0:
-            self.write_stats()
+        self.count_propose(self._step_started)
         return drafts
 
     # -- benchmark hooks (``declab bench spec``'s worker calls them between phases) ----------------------------
@@ -131,8 +121,7 @@ class HybridProposer(DeclabProposer):
         """Cold start: recycled successors back to zeros, counters to 0 (live context indexes stay with their
         requests; each request indexes only its own tokens)."""
         self.recycled.reset()
-        for key in STATS_COUNTERS:
-            self.stats[key] = type(self.stats[key])(0)
+        self.reset_phase_counters()
 
     def declab_bench_memory(self) -> dict:
         live = sum(index.nbytes for index in self.contexts.values())
@@ -144,6 +133,5 @@ class HybridProposer(DeclabProposer):
                 "what": "recycled successors (matrix |V| x k + per-request overlays) + per-request n-gram index of "
                         "the request's own tokens"}
 
-    def write_stats(self) -> None:
-        with open(self._stats_path, "w") as f:
-            json.dump(dict(self.stats, seen_rows=self.recycled.matrix.num_seen), f)
+    def stats_snapshot(self) -> dict:
+        return dict(self.stats, seen_rows=self.recycled.matrix.num_seen)

@@ -70,5 +70,5 @@ class PearlProposer(DraftModelProposer):
             chain = schedule.hand_over(submit, drafted.get(id(plan), []))[: r.budget]
             drafts[r.row] = chain
             self.stats["handed_over_tokens"] += len(chain)
-        self.finish_propose(started)
+        self.count_propose(started)
         return drafts

@@ -21,19 +21,17 @@ statistical test must catch.
 
 from __future__ import annotations
 
-import json
 import time
 
 import torch
 
-from declab.integrations.sdk import runtime
 from declab.integrations.sdk.proposer import DeclabProposer, TargetStep
 from declab.plugins.shared.recycled_successors import recycled_inputs
 from declab.plugins.sjd.core import JacobiWindow
 from declab.plugins.sjd.spec import SPEC
 
 GREEDY_EPS = 1e-5  # vLLM's greedy threshold
-COUNTERS = ("propose_calls", "propose_seconds", "windows", "stale_tokens", "random_tokens")
+PHASE_COUNTERS = ("windows", "stale_tokens", "random_tokens")
 
 
 class SJDProposer(DeclabProposer):
@@ -42,18 +40,13 @@ class SJDProposer(DeclabProposer):
 
     def __init__(self, vllm_config) -> None:
         super().__init__(vllm_config)
-        self.k = self.num_speculative_tokens
-        max_k = SPEC.proposer.max_speculative_tokens
-        if not 1 <= self.k <= max_k:
-            raise ValueError(f"num_speculative_tokens must be in 1..{max_k} for sjd, got {self.k}")
+        self.k = self.chain_length()
         self.init = self.settings["init"]
         self.vocab_size = vllm_config.model_config.get_vocab_size()
         self.windows: dict[str, JacobiWindow] = {}
         self.generator = torch.Generator().manual_seed(int(getattr(vllm_config.model_config, "seed", 0) or 0))
         self.biased = False
-        self.stats = dict.fromkeys(COUNTERS, 0)
-        self.stats["propose_seconds"] = 0.0
-        self._stats_path = runtime.proposer_stats_path()
+        self.init_stats(PHASE_COUNTERS)
         self.open_seams()
 
     def on_request_start(self, req_id: str, params) -> None:
@@ -98,16 +91,11 @@ class SJDProposer(DeclabProposer):
         runner = step.runner
         runner._draft_probs = probs.to(device=getattr(runner, "device", "cpu"))  # noqa: SLF001 (vLLM's documented slot)
         runner._draft_prob_req_ids = list(step.req_ids)  # noqa: SLF001
-        self.stats["propose_calls"] += 1
-        self.stats["propose_seconds"] += time.perf_counter() - started
-        if self._stats_path and self.stats["propose_calls"] % 16 == 0:
-            with open(self._stats_path, "w") as f:
-                json.dump(self.stats, f)
+        self.count_propose(started)
         return drafts
 
     def declab_bench_reset(self) -> None:
-        for key in COUNTERS:
-            self.stats[key] = type(self.stats[key])(0)
+        self.reset_phase_counters()
 
     def declab_bench_memory(self) -> dict:
         live = sum(w.stale.numel() * w.stale.element_size() for w in self.windows.values())

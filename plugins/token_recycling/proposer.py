@@ -36,13 +36,10 @@ plain seeded sampling draws for a seeded request (all tested through the engine)
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
-import torch
 
-from declab.integrations.sdk import runtime
 from declab.integrations.sdk.proposer import DeclabProposer, DraftTree, TargetStep
 from declab.integrations.sdk.tree_verification import check_tree_engine
 from declab.plugins.shared.recycled_successors import RecycledSuccessors
@@ -57,7 +54,7 @@ logger = logging.getLogger(__name__)
 # (``DECLAB_PROPOSER_STATS``, set by ``declab bench spec``) takes precedence.
 STATS_ENV = "DECLAB_TOKEN_RECYCLING_STATS"
 # Counters ``declab_bench_reset`` zeroes (the others describe the configuration or count since start-up).
-PHASE_COUNTERS = ("propose_calls", "propose_seconds", "rows_updated")
+PHASE_COUNTERS = ("rows_updated",)
 
 
 class TokenRecyclingProposer(DeclabProposer):
@@ -78,9 +75,7 @@ class TokenRecyclingProposer(DeclabProposer):
                 )
             check_tree_engine(vllm_config, what="token_recycling tree mode", instead="use mode 'chain'")
         else:
-            max_k = SPEC.proposer.max_speculative_tokens
-            if not 1 <= self.k <= max_k:
-                raise ValueError(f"num_speculative_tokens must be in 1..{max_k} for token_recycling, got {self.k}")
+            self.chain_length()
         self.stop_at_unseen = config["stop_at_unseen"]
         # The shared matrix and, with "overlay", the rows each live request's own stream wrote (the family module
         # shared with other recycling proposers).
@@ -93,10 +88,9 @@ class TokenRecyclingProposer(DeclabProposer):
         # Tree mode: per live request, whether it is drafted as a tree (the seam can verify it) or as a chain.
         self._drafts_tree: dict[str, bool] = {}
         self._step_started = 0.0
-        self._stats_path = runtime.proposer_stats_path(STATS_ENV)  # None on TP ranks > 0
-        self.stats = {"propose_calls": 0, "propose_seconds": 0.0, "rows_updated": 0,
-                      "matrix_bytes": self.matrix.nbytes, "successors": self.matrix.k, "chain_len": self.k,
-                      "mode": config["mode"], "tree_drafts": 0, "chain_drafts": 0, "overlay": config["overlay"]}
+        self.init_stats(PHASE_COUNTERS, stats_env=STATS_ENV, matrix_bytes=self.matrix.nbytes,
+                        successors=self.matrix.k, chain_len=self.k, mode=config["mode"], tree_drafts=0,
+                        chain_drafts=0, overlay=config["overlay"])
         logger.info("Token Recycling: matrix %s x %d (%.2f MB), %s", self.matrix.vocab_size, self.matrix.k,
                     self.matrix.nbytes / 1e6,
                     f"tree {self.template!r}" if self.tree else f"chain length {self.k}")
@@ -149,10 +143,7 @@ class TokenRecyclingProposer(DeclabProposer):
                 drafts[i] = chains[row]
         self.stats["tree_drafts"] += len(tree_rows)
         self.stats["chain_drafts"] += len(chain_rows)
-        self.stats["propose_calls"] += 1
-        self.stats["propose_seconds"] += time.perf_counter() - self._step_started
-        if self._stats_path and self.stats["propose_calls"] % 16 == 0:
-            self.write_stats()
+        self.count_propose(self._step_started)
         return drafts
 
     # -- benchmark hooks (``declab bench spec``'s worker calls them between phases) ----------------------------
@@ -160,8 +151,7 @@ class TokenRecyclingProposer(DeclabProposer):
     def declab_bench_reset(self) -> None:
         """Cold start: the adjacency matrix back to zeros, the per-phase counters to 0."""
         self.recycled.reset()
-        for key in PHASE_COUNTERS:
-            self.stats[key] = type(self.stats[key])(0)
+        self.reset_phase_counters()
 
     def declab_bench_memory(self) -> dict:
         """Bytes of the proposer's own state (the matrix and its seen flags; per-request overlays, which live only
@@ -170,10 +160,9 @@ class TokenRecyclingProposer(DeclabProposer):
                 "what": "adjacency matrix |V| x k (+ seen flags)"
                         + (" + per-request overlays (rows its own stream wrote)" if self.overlay_rows else "")}
 
-    def write_stats(self) -> None:
+    def stats_snapshot(self) -> dict:
         stats = dict(self.stats, seen_rows=self.matrix.num_seen, **{
             f"overlay_{k}": v for k, v in self.recycled.finished.items()})
         if self.tree:
             stats.update(self.tree_verification_stats())
-        with open(self._stats_path, "w") as f:
-            json.dump(stats, f)
+        return stats
