@@ -22,9 +22,12 @@ $(STAMP): pyproject.toml setup.py
 demo: install
 	$(VENV)/bin/declab demo
 
-# Every test: engines are shared per configuration profile (tests/profiles.py), one alive at a time.
+# Every test: engines are shared per configuration profile (tests/profiles.py), one alive at a time per shard; one
+# shard per core side by side, then the tensor/data-parallel groups alone (tests/shards.py). TEST_SHARDS=1: one
+# pytest after the other. DECLAB_TEST_TIMINGS=tests/timings.json records the groups' durations the split uses.
+TEST_SHARDS ?= $(shell nproc)
 test: install
-	$(PY) -m pytest -q -ra --durations=30 tests
+	$(PY) tests/run_shards.py --shards $(TEST_SHARDS) -q -ra --durations=30 tests
 
 test-fast: install
 	$(PY) -m pytest -q -ra -m core --durations=10 tests

@@ -101,15 +101,19 @@ def child_env(overrides: Mapping[str, str | None] | None = None) -> dict[str, st
     return env
 
 
-def kill_group(pgid: int, grace_s: float = KILL_GRACE_S) -> None:
+def kill_group(pgid: int, grace_s: float = KILL_GRACE_S, proc: subprocess.Popen | None = None) -> None:
     """End every process of group ``pgid``: ``SIGTERM`` (vLLM shuts its engine core down on it), ``SIGKILL`` to what
-    is left after ``grace_s``. A group with no process left is fine."""
+    is left after ``grace_s``. A group with no process left is fine. ``proc``: the group's leader when it is this
+    process's child; it is reaped as soon as it exits (unreaped, its zombie keeps the group alive for the whole grace
+    period: 60 s per server stop, measured)."""
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
+        if proc is not None:
+            proc.poll()
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
@@ -164,7 +168,7 @@ class ChildCall:
 
     def kill(self) -> None:
         """Kill the child's whole process group (engine core and workers included) and reap the child."""
-        kill_group(self.pid)
+        kill_group(self.pid, proc=self.proc)
         try:
             self.proc.wait(timeout=KILL_GRACE_S)
         except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL was sent to the group
@@ -197,7 +201,7 @@ class ChildCall:
         if self.proc.returncode is None and self.proc.poll() is None:
             self.kill()
         else:
-            kill_group(self.pid, grace_s=1.0)  # the child exited: end anything it left behind in its group
+            kill_group(self.pid, grace_s=1.0, proc=self.proc)  # the child exited: end anything it left behind in its group
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -49,10 +49,12 @@ def register() -> None:
         # Logits-level plugins implement the V1 runner's logits-processor interface. On GPU vLLM 0.32 may pick
         # Model Runner V2; prefer V1 unless the user chose explicitly (then the engine-args seam explains the clash).
         os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
-        # Their per-request arguments keep their JSON types over HTTP (booleans are not narrowed to 0 / 1).
-        needed += ["xargs_json_types_completion", "xargs_json_types_chat"]
     else:  # no router: the request's declab arguments are validated by a seam of their own
         needed.append("declab_args_admission")
+    if any(s.params for s in specs):
+        # Per-request arguments (of a logits method or of a proposer such as contrastive search) keep their JSON
+        # types over HTTP: booleans are not narrowed to 0 / 1 before admission sees them.
+        needed += ["xargs_json_types_completion", "xargs_json_types_chat"]
     if any(s.logits is not None or s.proposer is not None for s in specs):
         needed.append("declab_stat_logger")  # declab:* metrics on /metrics (integrations/stat_logger.py)
     if any(s.logits is not None and s.logits.companions for s in specs):

@@ -11,8 +11,9 @@ before the request becomes ``SamplingParams``). For every ``declab.*`` key of ``
 request's JSON body (``await raw_request.json()``: Starlette keeps the body FastAPI already parsed) is a boolean, the
 boolean is put back. Admission (``ParamSpec.validate``) then sees what the client sent, as offline: a boolean given
 for a number is an HTTP 400 naming the parameter. Other keys of ``vllm_xargs`` are left as vLLM made them. Applying
-it imports the two serving modules (0.24 s measured after ``import vllm``) in each process where a logits-level
-plugin is selected; only the API server ever calls them.
+it imports the two serving modules (0.24 s measured after ``import vllm``) in each process where a selected plugin
+declares per-request parameters (a logits method, or a proposer such as contrastive search: found by the fuzz
+suite, ``declab.alpha: true`` ran with alpha 1.0 on a contrastive search server); only the API server calls them.
 
 vLLM version: 0.32.0 (``vllm/entrypoints/openai/completion/serving.py``, ``chat_completion/serving.py``).
 

@@ -75,7 +75,7 @@ def declab_server(plugins: str, log: Path, *vllm_args: str, startup_s: float = 6
         yield base
     finally:
         # The server's whole process group (API server, engine core, worker): SIGTERM, SIGKILL after 60 s.
-        engine_run.kill_group(proc.pid, grace_s=60)
+        engine_run.kill_group(proc.pid, grace_s=60, proc=proc)
         proc.wait()
 
 

@@ -107,6 +107,11 @@ PROFILES: tuple[EngineProfile, ...] = (
     EngineProfile("gear_preempt", plugins="gear",
                   engine_kwargs={**attention("gear"), "block_size": 32, "num_gpu_blocks_override": 24,
                                  "max_model_len": 640, "max_num_seqs": 16, "enable_prefix_caching": True}),
+    # TidalDecode below the context (budget 64) on the same small cache: sparse decode rows read packed-free pages
+    # that preemption, prefix caching and aborts recycle.
+    EngineProfile("tidal_preempt", plugins="tidaldecode",
+                  engine_kwargs={**attention("tidaldecode", budget=64), "block_size": 32, "num_gpu_blocks_override": 24,
+                                 "max_model_len": 640, "max_num_seqs": 16, "enable_prefix_caching": True}),
     # Contrastive search (tests/test_contrastive_search_engine.py): its proposer, up to 8 candidates per step.
     EngineProfile("contrastive_search", plugins="contrastive_search",
                   engine_kwargs={"speculative_config": contrastive_search(8)}),

@@ -115,6 +115,38 @@ def test_gear_corrections_shrink_the_error_and_full_rank_is_exact_to_an_ulp():
     assert bool(((keys - x).abs() <= ulp).all())
 
 
+def outlier_channel_keys(seed: int = 0) -> torch.Tensor:
+    """A block of keys ``[2 heads, 32 tokens, 64]`` whose channels have very different scales (a few outlier
+    channels, as LLM keys have): per-token ranges are stretched by the outlier channels."""
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.ones(64)
+    scale[[3, 17, 40]] = torch.tensor([12.0, -9.0, 15.0])
+    return torch.randn(2, 32, 64, generator=g) * scale + torch.randn(64, generator=g) * 2
+
+
+def test_per_channel_keys_shrink_the_key_error_and_keep_values_and_full_rank_exact():
+    x = outlier_channel_keys()
+    err = {}
+    for channel in (False, True):
+        for rank, outliers in ((0, 0), (4, 2)):
+            codec = GearCodec(GearLayout(64, 32, 4, rank, outliers, channel_keys=channel))
+            keys, values = codec.decode(codec.encode(x, x)[None])
+            err[channel, rank] = float(((keys[0] - x) ** 2).mean())
+            assert torch.equal(values[0], GearCodec(GearLayout(64, 32, 4, rank, outliers)).decode(
+                GearCodec(GearLayout(64, 32, 4, rank, outliers)).encode(x, x)[None])[1][0])
+    assert err[True, 0] < 0.5 * err[False, 0] and err[True, 4] < err[False, 4] and err[True, 4] < err[True, 0]
+    # Per-channel plain keys are the transpose's per-vector quantization.
+    codec = GearCodec(GearLayout(64, 32, 4, 0, 0, channel_keys=True))
+    keys = codec.decode(codec.encode(x, x)[None])[0][0]
+    assert torch.equal(keys, dequantize(*quantize(x.transpose(-1, -2), 4)).transpose(-1, -2))
+    codec = GearCodec(GearLayout(64, 32, 4, 32, 2, channel_keys=True))
+    keys = codec.decode(codec.encode(x, x)[None])[0][0]
+    ulp = torch.finfo(torch.float32).eps * x.abs().clamp_min(x.abs().max() / 64)
+    assert bool(((keys - x).abs() <= ulp).all())
+    # Each key cell holds two per-channel scales and minima (64 channels over 32 tokens) instead of one.
+    assert GearLayout(64, 32, 4, 4, 2, channel_keys=True).cell_bytes == GearLayout(64, 32, 4, 4, 2).cell_bytes + 4
+
+
 def test_settings_checks_name_the_setting():
     with pytest.raises(ValueError, match=r"declab\.gear\.rank must be <= 32"):
         check_settings({"bits": 4, "rank": 64, "outlier_ratio": 0.0}, FACTS)

@@ -80,11 +80,48 @@ def mixed_with_aborts(llm) -> dict:
             "start": start, "end": pool.get_num_free_blocks(), "requests_left": len(sched.requests)}
 
 
-def test_gear_mixed_batches_preemption_and_aborts_leave_no_block(gear_preempt_engine):
-    got = gear_preempt_engine.run(mixed_with_aborts)
+def assert_no_block_left(got: dict) -> None:
     assert got["lengths"] == [96] * len(got["lengths"])
     assert got["preemptions"] > 0
     assert got["end"] == got["start"] and got["requests_left"] == 0
+
+
+def test_gear_mixed_batches_preemption_and_aborts_leave_no_block(gear_preempt_engine):
+    assert_no_block_left(gear_preempt_engine.run(mixed_with_aborts))
+
+
+def test_tidaldecode_mixed_batches_preemption_and_aborts_leave_no_block(tidal_preempt_engine):
+    assert_no_block_left(tidal_preempt_engine.run(mixed_with_aborts))
+
+
+@pytest.mark.usefixtures("no_shared_engine")
+@pytest.mark.parametrize("plugin,settings", [("gear", {"bits": 4, "rank": 4}), ("tidaldecode", {"budget": 64})])
+def test_declab_serve_runs_the_backend_configured_by_additional_config(tmp_path, plugin, settings):
+    """``declab serve --plugins P --additional-config ...``: the backend starts, vLLM reports the KV capacity of its
+    page format (GEAR: >= 3x the 65,536 tokens of 1 GiB of float32 pages), a long completion is answered, and a bad
+    setting on the command line stops the start-up with a message naming it."""
+    import json
+    import re
+
+    import requests
+    from helpers import declab_server
+
+    log = tmp_path / f"{plugin}.log"
+    config = json.dumps({"declab": {plugin: settings}})
+    with declab_server(plugin, log, "--additional-config", config, env={"VLLM_CPU_KVCACHE_SPACE": "1"}) as base:
+        body = {"model": "decoder-29m", "prompt": long_code_prompts()[0], "max_tokens": 64, "temperature": 0,
+                "ignore_eos": True}
+        r = requests.post(f"{base}/v1/completions", json=body, timeout=300)
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == 64
+    capacity = int(re.search(r"KV cache size: ([\d,]+) tokens", log.read_text()).group(1).replace(",", ""))
+    assert capacity >= (3 * 65_536 if plugin == "gear" else 65_536), capacity
+    name, value = ("bits", 3) if plugin == "gear" else ("budget", 0)
+    bad = json.dumps({"declab": {plugin: {**settings, name: value}}})
+    with pytest.raises(AssertionError, match="server exited"):
+        with declab_server(plugin, tmp_path / "bad.log", "--additional-config", bad, startup_s=300):
+            pass
+    assert f"additional_config.declab.{plugin}.{name}" in (tmp_path / "bad.log").read_text()
 
 
 @pytest.mark.parametrize("plugin,settings,message", [

@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_option(parser, "--out", default="measurements/attention", help="folder of attention.json / .png")
     parser.add_argument("--budgets", default="32,64,128,256", help="token budgets of TidalDecode and StreamingLLM")
     parser.add_argument("--codecs", default="kivi:4,gear:4,kivi:2,gear:2",
-                        help="codec configurations plugin:bits (gear: rank 4, outlier ratio 0.02)")
+                        help="codec configurations plugin:bits[:keys] (gear: rank 4, outlier ratio 0.02; keys "
+                             "'channel' (its default) or 'token')")
     parser.add_argument("--prompts", type=int, default=8, help="greedy contexts (half code files, half Spec-Bench)")
     parser.add_argument("--context-tokens", type=int, default=384)
     parser.add_argument("--max-tokens", type=int, default=128)
@@ -70,11 +71,15 @@ def configurations(args: argparse.Namespace) -> dict[str, tuple[str | None, dict
         out[f"tidaldecode_b{budget}"] = ("tidaldecode", {"budget": budget})
         out[f"streamingllm_b{budget}"] = ("streamingllm", {"budget": budget})
     for item in filter(None, args.codecs.split(",")):
-        plugin, bits = item.split(":")
+        plugin, bits, *keys = item.split(":")
         settings = {"bits": int(bits)}
+        name = f"{plugin}_{bits}bit"
         if plugin == "gear":
             settings.update(rank=4, outlier_ratio=0.02)
-        out[f"{plugin}_{bits}bit"] = (plugin, settings)
+            if keys:  # gear:BITS:token / gear:BITS:channel (default: the plugin's, per-channel keys)
+                settings["keys"] = keys[0]
+                name += f"_{keys[0]}_keys"
+        out[name] = (plugin, settings)
     return out
 
 

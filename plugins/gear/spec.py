@@ -26,7 +26,11 @@ SPEC = PluginSpec(
         ParamSpec("rank", int, default=4, low=0, high=256,
                   doc="rank of the low-rank correction per block and head (full rank = min(block_size, head_size))"),
         ParamSpec("outlier_ratio", float, default=0.02, low=0.0, high=0.5,
-                  doc="share of each token's entries kept exactly as sparse outliers (half largest, half smallest)"),
+                  doc="share of each token's entries kept exactly as sparse outliers (per-token values: half "
+                      "largest, half smallest; per-channel keys: furthest from their channel's block mean)"),
+        ParamSpec("keys", str, default="channel", choices=("channel", "token"),
+                  doc="keys quantized per channel over each block's tokens (KIVI / GEAR-KIVI: keys have outlier "
+                      "channels) or per token like the values"),
     ),
 )
 
