@@ -34,10 +34,14 @@ test-fast: install
 
 # The fuzz suite at full size (tests/test_fuzz.py): FUZZ_CASES generated cases per plugin and channel (HTTP,
 # offline), summary report in measurements/. `make test` runs the same suite at one batch per plugin.
+# FUZZ_PLUGINS=a,b: only these plugins (then name another FUZZ_REPORT).
 FUZZ_CASES ?= 1000
+FUZZ_PLUGINS ?=
+FUZZ_REPORT ?= measurements/fuzz.json
 fuzz: install
-	DECLAB_FUZZ_CASES=$(FUZZ_CASES) DECLAB_FUZZ_REPORT=measurements/fuzz.json \
-	DECLAB_FUZZ_COMMAND="make fuzz FUZZ_CASES=$(FUZZ_CASES)" $(PY) -m pytest -q -ra --durations=30 tests/test_fuzz.py
+	DECLAB_FUZZ_CASES=$(FUZZ_CASES) DECLAB_FUZZ_REPORT=$(FUZZ_REPORT) DECLAB_FUZZ_PLUGINS=$(FUZZ_PLUGINS) \
+	DECLAB_FUZZ_COMMAND="make fuzz FUZZ_CASES=$(FUZZ_CASES)$(if $(FUZZ_PLUGINS), FUZZ_PLUGINS=$(FUZZ_PLUGINS) FUZZ_REPORT=$(FUZZ_REPORT))" \
+	$(PY) -m pytest -q -ra --durations=30 tests/test_fuzz.py
 
 list: install
 	$(VENV)/bin/declab list

@@ -40,7 +40,7 @@ COMMANDS=(
   "declab bench diverse-beam --out plugins/diverse_beam/measurements"
   "declab bench superposed --code-prompts 8 --spec-bench-per-category 1 --out plugins/superposed/measurements"
   "declab bench ead --out plugins/ead/measurements"
-  "declab bench attention --budgets 32,64,128 --codecs kivi:4,gear:4 --prompts 8 --max-tokens 128 --passages 6 --out plugins/gear/measurements"
+  "declab bench attention --budgets 32,64,128 --codecs kivi:4,gear:4,gear:4:token,gear:8 --prompts 8 --max-tokens 128 --passages 6 --out plugins/gear/measurements"
   "declab bench degeneration --prompts 16 --max-tokens 128 --repeats 2 --latency-prompts 2 --out plugins/momentum/measurements"
   "declab bench contrastive-search --prompts 100 --max-tokens 32 --out plugins/contrastive_search/measurements"
   "declab bench degeneration --prompts 16 --max-tokens 128 --repeats 2 --latency-prompts 2 --skip-contrastive --out plugins/contrastive_search/measurements"
@@ -53,6 +53,8 @@ COMMANDS=(
   "declab bench grammar --kl-n 300 --checkpoints 100,300 --limit 1 --backends xgrammar,gcd,asap --budget-requests 200 --out plugins/asap/measurements"
   # the fuzz suite at full size (issue #13): measurements/fuzz.json
   "make fuzz FUZZ_CASES=1000"
+  # issue #18's methods (their proposer on a server of its own): measurements/fuzz-search-guidance.json
+  "make fuzz FUZZ_CASES=1000 FUZZ_PLUGINS=cfg,lol,superposed,contrastive_search FUZZ_REPORT=measurements/fuzz-search-guidance.json"
   # the README's main job
   "declab demo --out measurements/demo"
 )

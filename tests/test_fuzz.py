@@ -10,7 +10,8 @@ channel, and the proposer's server is not started; its requests are fuzzed offli
 
     make fuzz        # DECLAB_FUZZ_CASES=1000, report in measurements/fuzz.json
 
-``DECLAB_FUZZ_REPORT=PATH`` writes the summary report of any run; ``DECLAB_FUZZ_SEED`` changes the draws.
+``DECLAB_FUZZ_REPORT=PATH`` writes the summary report of any run; ``DECLAB_FUZZ_SEED`` changes the draws;
+``DECLAB_FUZZ_PLUGINS=a,b`` fuzzes only these plugins.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ BATCH = 16
 SEED = int(os.environ.get("DECLAB_FUZZ_SEED", "13"))
 REPORT = FuzzReport()
 
-SPECS = registry.all_specs()
+# DECLAB_FUZZ_PLUGINS=a,b (make fuzz FUZZ_PLUGINS=a,b): only these plugins.
+ONLY = {n for n in os.environ.get("DECLAB_FUZZ_PLUGINS", "").split(",") if n}
+SPECS = {n: s for n, s in registry.all_specs().items() if not ONLY or n in ONLY}
 LOGITS = [n for n, s in SPECS.items() if s.hook == registry.HOOK_LOGITS]
 PROPOSERS = [n for n, s in SPECS.items() if s.hook == registry.HOOK_PROPOSER]
 SEARCHES = [n for n, s in SPECS.items() if s.hook == registry.HOOK_SEARCH]
