@@ -3,7 +3,7 @@ the whole machine — and one summary. Usage::
 
     python tests/run_shards.py [--shards N] [pytest arguments ...]
 
-Each shard's output goes to ``<basetemp>/shard-<i>.log`` and is printed whole when the shard ends (in-process
+Each shard's output goes to ``/tmp/dl*/shard-<i>.log`` and is printed whole when the shard ends (in-process
 engines run one OpenMP thread each, so N = the machine's cores keeps every core busy). Exit status: the first
 non-zero one of the pytest runs (5, "no tests collected", counts as success for a shard that got no group).
 Every shard writes its groups' durations to ``tests/timings.json`` when ``DECLAB_TEST_TIMINGS`` names it.
@@ -29,15 +29,18 @@ NO_TESTS = 5  # pytest's exit code when a shard selected nothing
 
 
 def run(pytest_args: list[str], shards: int) -> int:
-    base = Path(tempfile.mkdtemp(prefix="declab-shards-"))
+    # Short: vLLM binds ZMQ sockets under a test's TMPDIR (inside its basetemp), and a socket path has at most 107
+    # characters; "/tmp/dlXXXXXXXX/0/<test dir>/tmp/<uuid>" stays shorter than pytest's own default basetemp.
+    base = Path(tempfile.mkdtemp(prefix="dl"))
     cores = os.cpu_count() or 1
 
     def start(spec: str, name: str, core: int | None) -> tuple[str, subprocess.Popen, Path, float]:
         log = base / f"{name}.log"
+        basetemp = base / (EXCLUSIVE[0] if spec == EXCLUSIVE else spec.split("/")[0])
         env = dict(os.environ)
         if core is not None:
             env[CORE_ENV] = str(core)
-        argv = [sys.executable, "-m", "pytest", f"--declab-shard={spec}", f"--basetemp={base / name}", *pytest_args]
+        argv = [sys.executable, "-m", "pytest", f"--declab-shard={spec}", f"--basetemp={basetemp}", *pytest_args]
         with open(log, "w") as fh:
             # A shard dies with this runner (a CI time-out kills the runner), and its engines with the shard.
             proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env,

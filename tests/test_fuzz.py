@@ -113,7 +113,7 @@ def proposer_server(plugin: str) -> ServerProfile:
 
 
 @pytest.mark.skipif("DECLAB_FUZZ_CASES" not in os.environ,
-                    reason="a server of its own per proposer (about 2 minutes to start and stop): sized runs only "
+                    reason="a server of its own per proposer (about 30 s to start and stop each): sized runs only "
                            "(make fuzz); make test fuzzes the proposers offline")
 @pytest.mark.usefixtures("no_shared_engine")  # with the tests that start servers of their own, last
 @pytest.mark.parametrize("plugin", PROPOSERS)
