@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from declab.integrations import registry
@@ -59,11 +59,13 @@ def test_cfg_is_cad_at_alpha_g_minus_one(pair, g):
 
 @FAST
 @given(rows)
+@example(([0.0, 1.0037807240225305e-28], [0.0, 0.0]))  # a float32 tie (found by hypothesis in a clean-clone run)
 def test_scale_one_is_plain_decoding(pair):
     cond, uncond = (torch.tensor(r, dtype=torch.float32) for r in pair)
     out = cfg_logits(cond, uncond, 1.0)
     assert torch.allclose(out, torch.log_softmax(cond, -1), atol=1e-5)
-    assert int(out.argmax()) == int(cond.argmax())
+    # The greedy choice is the prompt's own (up to float32 ties: logits 0 and 1e-28 have equal log-probabilities).
+    assert cond[int(out.argmax())] >= cond.max() - 1e-5
 
 
 def test_scale_zero_decodes_the_negative_stream():
