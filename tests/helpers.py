@@ -90,6 +90,31 @@ def prometheus_value(base: str, metric: str) -> float:
     return total
 
 
+def stream_and_abort(base: str, body: dict, keep_chunks: int = 2, timeout: float = 600) -> int:
+    """Stream a long completion and drop the connection after ``keep_chunks`` chunks (the server aborts it)."""
+    got = 0
+    with requests.post(f"{base}/v1/completions", json={**body, "stream": True, "max_tokens": 400},
+                       stream=True, timeout=timeout) as r:
+        assert r.status_code == 200, r.text
+        for line in r.iter_lines():
+            if line.startswith(b"data: ") and line != b"data: [DONE]":
+                got += 1
+                if got >= keep_chunks:
+                    break
+    return got
+
+
+def assert_idle_and_empty(base: str, wait_s: int = 60) -> None:
+    """No request running or waiting and the KV cache empty (polled: aborts are processed asynchronously)."""
+    metrics = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc")
+    for _ in range(wait_s):
+        if all(prometheus_value(base, m) == 0 for m in metrics):
+            break
+        time.sleep(1)
+    for metric in metrics:
+        assert prometheus_value(base, metric) == 0, metric
+
+
 def assert_lossless(outputs: list[list[int]], reference: list[list[int]], accepted: float, what: str = "") -> None:
     """A speculative run is lossless: one output per reference row, each token-identical to it, and drafts were
     really accepted (``accepted``: accepted draft tokens over the run). A proposer that never drafts is trivially

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
 from contrastive_requests import MAX_TOKENS
-from helpers import CHAT_TEMPLATE, prometheus_value
+from helpers import CHAT_TEMPLATE, assert_idle_and_empty, stream_and_abort
 
 from declab.integrations.models import eval_file
 
@@ -214,20 +213,6 @@ def test_cfg_over_http_gives_cads_answers_and_follows_the_reference(server, offl
             assert r.json()["choices"][0]["text"] == gen.text, (prompt, xargs)
 
 
-def _stream_and_abort(base, body, keep_chunks=2) -> int:
-    """Stream a long request and drop the connection after a few chunks (the server aborts it)."""
-    got = 0
-    with requests.post(f"{base}/v1/completions", json={**body, "stream": True, "max_tokens": 400},
-                       stream=True, timeout=300) as r:
-        assert r.status_code == 200, r.text
-        for line in r.iter_lines():
-            if line.startswith(b"data: ") and line != b"data: [DONE]":
-                got += 1
-                if got >= keep_chunks:
-                    break
-    return got
-
-
 def test_concurrent_mixed_requests_with_aborts(server, offline):
     conflict, leading = _items()
     jobs = []  # (kind, body, offline answer)
@@ -246,7 +231,7 @@ def test_concurrent_mixed_requests_with_aborts(server, offline):
     def run(job):
         kind, body, _ = job
         if kind == "abort":
-            return kind, _stream_and_abort(server, body)
+            return kind, stream_and_abort(server, body, timeout=300)
         r = _post(server, body)
         assert r.status_code == 200, r.text
         return kind, r.json()["choices"][0]["text"]
@@ -264,11 +249,4 @@ def test_concurrent_mixed_requests_with_aborts(server, offline):
     assert sum(offline["cad"][i] != offline["plain"][i] for i in cad_rows) >= 2
 
     # Aborted requests and their companions are gone and the KV cache is back to empty.
-    for _ in range(60):
-        if (prometheus_value(server, "vllm:num_requests_running") == 0
-                and prometheus_value(server, "vllm:num_requests_waiting") == 0):
-            break
-        time.sleep(1)
-    assert prometheus_value(server, "vllm:num_requests_running") == 0
-    assert prometheus_value(server, "vllm:num_requests_waiting") == 0
-    assert prometheus_value(server, "vllm:kv_cache_usage_perc") == 0.0
+    assert_idle_and_empty(server)

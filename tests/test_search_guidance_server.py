@@ -10,13 +10,12 @@ Superposed's k children) are freed.
 from __future__ import annotations
 
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from helpers import prometheus_value
+from helpers import assert_idle_and_empty, stream_and_abort
 
 from declab.integrations.models import eval_file
 from declab.integrations.prompts import CODE_PROMPTS
@@ -84,20 +83,6 @@ def _body(prompt: str, declab: dict, more: dict) -> dict:
     return body
 
 
-def _stream_and_abort(base: str, body: dict, keep_chunks: int = 2) -> int:
-    """Stream a long request and drop the connection after a few chunks (the server aborts it)."""
-    got = 0
-    with requests.post(f"{base}/v1/completions", json={**body, "stream": True, "max_tokens": 400},
-                       stream=True, timeout=600) as r:
-        assert r.status_code == 200, r.text
-        for line in r.iter_lines():
-            if line.startswith(b"data: ") and line != b"data: [DONE]":
-                got += 1
-                if got >= keep_chunks:
-                    break
-    return got
-
-
 def run_concurrently(base: str, jobs: list[tuple[str, str, dict, dict]]) -> list[list[str] | None]:
     """All jobs at once; a fifth streamed and dropped (None), the others' completion texts in index order."""
 
@@ -105,7 +90,7 @@ def run_concurrently(base: str, jobs: list[tuple[str, str, dict, dict]]) -> list
         _, prompt, declab, more = jobs[i]
         body = _body(prompt, declab, more)
         if i % ABORT_EVERY == ABORT_EVERY - 1:
-            _stream_and_abort(base, body)
+            stream_and_abort(base, body)
             return None
         r = requests.post(f"{base}/v1/completions", json=body, timeout=600)
         assert r.status_code == 200, (jobs[i][0], r.status_code, r.text)
@@ -113,19 +98,6 @@ def run_concurrently(base: str, jobs: list[tuple[str, str, dict, dict]]) -> list
 
     with ThreadPoolExecutor(N_CONCURRENT) as pool:
         return list(pool.map(one, range(len(jobs))))
-
-
-def assert_idle_and_empty(base: str) -> None:
-    """No request running or waiting and the KV cache empty (polled: aborts are processed asynchronously)."""
-    for _ in range(60):
-        if (prometheus_value(base, "vllm:num_requests_running") == 0
-                and prometheus_value(base, "vllm:num_requests_waiting") == 0
-                and prometheus_value(base, "vllm:kv_cache_usage_perc") == 0.0):
-            break
-        time.sleep(1)
-    assert prometheus_value(base, "vllm:num_requests_running") == 0
-    assert prometheus_value(base, "vllm:num_requests_waiting") == 0
-    assert prometheus_value(base, "vllm:kv_cache_usage_perc") == 0.0
 
 
 def check(base: str, jobs, expected) -> None:
