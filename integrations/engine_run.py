@@ -201,7 +201,7 @@ class ChildCall:
         if self.proc.returncode is None and self.proc.poll() is None:
             self.kill()
         else:
-            kill_group(self.pid, grace_s=1.0, proc=self.proc)  # the child exited: end anything it left behind in its group
+            kill_group(self.pid, grace_s=1.0)  # the child exited: end anything it left behind in its group
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -174,7 +174,7 @@ def pytest_collection_modifyitems(config, items):
         ranks[item.nodeid] = rank
         group, alone = _group(item, rank, kind)
         groups[item.nodeid] = group
-        kinds[group] = "core" if kind == "core" else ("server" if kind == "server" else "engine")
+        kinds[group] = kind
         if alone:
             exclusive.add(group)
     items.sort(key=lambda it: ranks[it.nodeid])  # stable: file order within a rank

@@ -1,6 +1,6 @@
 """Fuzz suite (issue #13): requests generated from every plugin's declared parameters, combined with vLLM's own
-sampling options, sent through HTTP (a ``declab serve`` with every logits plugin; in sized runs one per proposer) and offline
-(the shared engine profiles' ``LLM``). Properties (``fuzz_checks``): no answer >= 500, every 4xx (offline: every
+sampling options, sent through HTTP (a ``declab serve`` with every logits plugin; in sized runs one per proposer)
+and offline (the shared engine profiles' ``LLM``). Properties (``fuzz_checks``): no answer >= 500, every 4xx (offline: every
 ValueError) names a parameter the case sent, arguments the declaration refuses are refused, and the server (the
 engine) still answers ``/health`` and a plain request after every batch. Known bugs being fixed elsewhere are
 counted, not failed (``fuzz_checks.KNOWN``).
@@ -21,11 +21,11 @@ import math
 import os
 
 import pytest
+from engines import ServerProfile
 from fuzz_cases import Case, batches, case_budget, plugin_cases, search_cases, settings_cases
 from fuzz_checks import FuzzLog, FuzzReport, Outcome
 from fuzz_http import MODEL, run_batch
 from helpers import CHAT_TEMPLATE
-from engines import ServerProfile
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from profiles import PROFILES
 

@@ -58,9 +58,9 @@ def guidance_jobs() -> list[tuple[str, str, dict, dict]]:
 def search_jobs() -> list[tuple[str, str, dict, dict]]:
     """Plain rows and contrastive search, in turn, for the contrastive search server."""
     prompts = list(CODE_PROMPTS) + [it["prompt_with_context"] for it in _conflict_items()]
-    return [(kind, prompts[i % len(prompts)], {"method": "contrastive_search", "top_k": 4, "alpha": 0.6}
-             if kind == "contrastive_search" else {}, {})
-            for i, kind in enumerate(("plain", "contrastive_search")[i % 2] for i in range(N_CONCURRENT))]
+    search = {"method": "contrastive_search", "top_k": 4, "alpha": 0.6}
+    return [("contrastive_search", prompts[i % len(prompts)], search, {}) if i % 2 else
+            ("plain", prompts[i % len(prompts)], {}, {}) for i in range(N_CONCURRENT)]
 
 
 def offline_answers(llm, jobs: list[tuple[str, str, dict, dict]]) -> list[list[str]]:
@@ -127,7 +127,7 @@ def search_offline(contrastive_search_engine):
 
 def test_cfg_lol_superposed_and_plain_rows_concurrently_with_aborts(guidance_offline, all_logits_server):
     jobs, expected = guidance_offline
-    # The methods change answers here, so a server that ignored them would fail the equality above.
+    # CFG changes answers here, so a server that ignored it would fail check()'s equality.
     plain = {p: e for (k, p, _, _), e in zip(jobs, expected) if k == "plain"}
     assert any(e != plain[p] for (k, p, _, _), e in zip(jobs, expected) if k == "cfg" and p in plain)
     check(all_logits_server, jobs, expected)
