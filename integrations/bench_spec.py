@@ -97,7 +97,8 @@ from declab.integrations.sdk.bench import (
     metrics_diff,
     spec_metrics,
 )
-from declab.integrations.sdk.runtime import CONFIG_KEY, PLUGINS_ENV, PROPOSER_STATS_ENV, engine_settings
+from declab.integrations.sdk.runtime import (CONFIG_KEY, PLUGINS_ENV, PROPOSER_STATS_ENV, VLLM_METHOD_ENV,
+                                             engine_settings)
 from declab.integrations.sdk.spec import ProposerBenchConfig
 
 WORKER_CLS = "declab.integrations.bench_spec.SpecBenchWorker"
@@ -619,7 +620,7 @@ def run_ngram_sweep(model, subset, sampling, engine_kwargs, windows, ks, batch_s
     lmin0, lmax0 = windows[0]
     spec = RunSpec(model=model, prompts=prompts, sampling=sampling, name="ngram-sweep",
                    engine_kwargs={**engine_kwargs, "speculative_config": _ngram_spec(lmin0, lmax0, k_engine)},
-                   env={"DECLAB_PLUGINS": None}, collect_metrics=True)
+                   env=VLLM_METHOD_ENV, collect_metrics=True)
     t = time.perf_counter()
     res = run_child(spec, {"phases": phases}, timeout=timeout)
     log(f"  ngram sweep: {time.perf_counter() - t:.0f} s (startup {res['startup_s']:.0f} s)")
@@ -786,16 +787,17 @@ def run(args) -> dict[str, Any]:
     timeouts: dict[str, float] = {}
     specs["vanilla"] = RunSpec(name="vanilla", engine_kwargs=engine_kwargs, env={PLUGINS_ENV: None}, **common)
     if "ngram" in configs:
-        specs["ngram"] = RunSpec(name="ngram", env={PLUGINS_ENV: None},
+        specs["ngram"] = RunSpec(name="ngram", env=VLLM_METHOD_ENV,
                                  engine_kwargs={**engine_kwargs, "speculative_config": _ngram_spec(lmin, lmax, k_ngram)},
                                  **common)
     if "suffix" in configs and suffix_info["available"]:
-        specs["suffix"] = RunSpec(name="suffix", env={PLUGINS_ENV: None},
+        specs["suffix"] = RunSpec(name="suffix", env=VLLM_METHOD_ENV,
                                   engine_kwargs={**engine_kwargs, "speculative_config": {
                                       "method": "suffix", "num_speculative_tokens": suffix_k}}, **common)
     if draft_info["available"]:
-        specs["draft_model"] = RunSpec(name="draft_model", env={PLUGINS_ENV: None}, **common, engine_kwargs={
-            **engine_kwargs, "speculative_config": bench_spec_draft.draft_spec(draft_info["path"], k_draft)})
+        specs["draft_model"] = RunSpec(name="draft_model", env=VLLM_METHOD_ENV, **common, engine_kwargs={
+            **engine_kwargs, "speculative_config": bench_spec_draft.draft_spec(draft_info["path"], k_draft,
+                                                                               sampling["temperature"])})
     with tempfile.TemporaryDirectory(prefix="declab-proposer-stats-") as stats_dir:
         for name, c in selected.items():
             k = c.bench.num_speculative_tokens or proposer_k(args, c.plugin) or k_ngram

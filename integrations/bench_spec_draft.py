@@ -22,15 +22,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 from declab.integrations.sdk.bench import RunSpec
-from declab.integrations.sdk.runtime import PLUGINS_ENV
+from declab.integrations.sdk.runtime import VLLM_METHOD_ENV
 
 NAME = "draft_model"
 DEFAULT_DRAFT_KS = (1, 2, 3, 4, 6, 8)
 
 
-def draft_spec(path: str, k: int) -> dict[str, Any]:
-    """vLLM's ``speculative_config`` for draft model ``path`` drafting ``k`` tokens per step."""
-    return {"method": "draft_model", "model": path, "num_speculative_tokens": k}
+def draft_spec(path: str, k: int, temperature: float = 0.0) -> dict[str, Any]:
+    """vLLM's ``speculative_config`` for draft model ``path`` drafting ``k`` tokens per step. At temperature > 0 the
+    draft samples its tokens and vLLM's rejection sampler reads its probabilities (``draft_sample_method=
+    "probabilistic"``: standard speculative sampling, vLLM's best chain when sampling); vLLM's default drafts the
+    argmax and treats it as a one-hot draft distribution, which accepts far less when sampling."""
+    spec = {"method": "draft_model", "model": path, "num_speculative_tokens": k}
+    return {**spec, "draft_sample_method": "probabilistic"} if temperature > 0 else spec
 
 
 def draft_availability(path: str | None) -> dict[str, Any]:
@@ -73,8 +77,9 @@ def run_draft_sweep(*, model: str, draft: str, subset: list[dict[str, Any]], sam
     rows = []
     for k in ks:
         spec = RunSpec(model=model, prompts=prompts, sampling=sampling, name=f"{NAME}-sweep-K{k}",
-                       engine_kwargs={**engine_kwargs, "speculative_config": draft_spec(draft, k)},
-                       env={PLUGINS_ENV: None}, collect_metrics=True)
+                       engine_kwargs={**engine_kwargs, "speculative_config": draft_spec(
+                           draft, k, sampling.get("temperature", 0.0))},
+                       env=VLLM_METHOD_ENV, collect_metrics=True)
         t = time.perf_counter()
         res = run_child(spec, {"phases": [{"name": f"K{k}", "batches": batches}]}, timeout=timeout)
         ph = res["phases"][0]

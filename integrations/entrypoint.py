@@ -6,7 +6,8 @@ model-inspection subprocess). It must be idempotent and cheap:
 * ``DECLAB_DIE_WITH_PARENT=1`` (set by ``declab serve`` and declab's benchmark children): this process and the ones it
   forks die with their parent (``lifetime.py``; no vLLM code patched). Checked first, whatever the plugins.
 * ``DECLAB_PLUGINS`` unset or empty: return at once. Nothing is imported beyond this module, nothing registered,
-  nothing patched.
+  nothing patched -- unless ``DECLAB_VLLM_FIXES=1`` asks for the fixes of vLLM itself alone (below), with nothing
+  else.
 * Otherwise: validate the names, check the vLLM version against the pin (``DECLAB_SKIP_VERSION_CHECK=1`` to
   override), and apply exactly the seams and patches the selected plugins need (from their specs; no plugin is
   named here), plus the fixes of vLLM itself (``declab.patches.VLLM_FIXES``, e.g. seeded requests under chunked
@@ -30,7 +31,11 @@ def register() -> None:
 
         lifetime.arm_if_requested()
     value = os.environ.get("DECLAB_PLUGINS", "").strip()
-    if not value or _done_for == value:
+    if not value:
+        if os.environ.get("DECLAB_VLLM_FIXES") == "1" and _done_for != "":
+            _apply_vllm_fixes_alone()
+        return
+    if _done_for == value:
         return
 
     from declab.integrations import registry
@@ -70,6 +75,20 @@ def register() -> None:
     logger.info(
         "declab: plugins %s enabled in pid %d; patches applied: %s", ",".join(names), os.getpid(), applied or "none"
     )
+
+
+def _apply_vllm_fixes_alone() -> None:
+    """``DECLAB_VLLM_FIXES=1`` with no plugin: the version check and ``VLLM_FIXES``, nothing else."""
+    global _done_for
+    from declab.integrations.sdk import apply_patches
+    from declab.integrations.version import check_vllm_version
+    from declab.patches import VLLM_FIXES
+
+    check_vllm_version()
+    carry_to_ray_workers()
+    applied = apply_patches(list(VLLM_FIXES))
+    _done_for = ""
+    logger.info("declab: no plugin selected; fixes of vLLM applied in pid %d: %s", os.getpid(), applied or "none")
 
 
 RAY_PREFIXES_ENV = "VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY"

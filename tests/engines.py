@@ -307,6 +307,61 @@ def spec_counters(llm) -> dict[str, float]:
             if m.name.startswith("vllm:spec_decode") and hasattr(m, "value")}
 
 
+def _drafter_stats(worker) -> dict[str, Any]:
+    return worker.model_runner.drafter.stats_snapshot()  # vLLM's name for a runner's speculative proposer
+
+
+def drafter_stats(llm) -> dict[str, Any]:
+    """The speculative proposer's statistics now (``DeclabProposer.stats_snapshot``), cumulative."""
+    return llm.collective_rpc(_drafter_stats)[0]
+
+
+def counter_delta(after: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, Any]:
+    """``after - before`` for the numeric counters; other entries (settings, flags) as ``after`` has them."""
+    return {k: v - before.get(k, 0) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+            for k, v in after.items()}
+
+
+def mixed_tree_batch(llm, prompts: list[str]) -> dict[str, Any]:
+    """A tree proposer's mixed batch through the engine loop (8 prompts): greedy and sampled rows (trees), a greedy row
+    asking for logprobs and a sampled row with a repetition penalty (chains, verified by vLLM's rejection sampler),
+    and a greedy and a sampled tree row aborted after three steps. Free KV blocks before and after, requests left."""
+    from vllm import SamplingParams
+
+    sched = llm.llm_engine.engine_core.engine_core.scheduler
+    free_before = sched.kv_cache_manager.block_pool.get_num_free_blocks()
+    before, spec_before = drafter_stats(llm), spec_counters(llm)
+    params = {
+        "greedy0": SamplingParams(temperature=0.0, max_tokens=64),
+        "t1": SamplingParams(temperature=1.0, max_tokens=64),
+        "logprobs": SamplingParams(temperature=0.0, max_tokens=64, logprobs=1),
+        "greedy3": SamplingParams(temperature=0.0, max_tokens=64),
+        "t07_p09_seeded": SamplingParams(temperature=0.7, top_p=0.9, seed=7, max_tokens=64),
+        "penalty": SamplingParams(temperature=1.0, repetition_penalty=1.2, max_tokens=64),
+        "aborted_t1": SamplingParams(temperature=1.0, max_tokens=64, ignore_eos=True),
+        "aborted_greedy": SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True),
+    }
+    engine = llm.llm_engine
+    for (rid, sp), prompt in zip(params.items(), prompts, strict=True):
+        engine.add_request(rid, prompt, sp)
+    outs, steps = {}, 0
+    while engine.has_unfinished_requests():
+        for o in engine.step():
+            outs[o.request_id] = {"token_ids": list(o.outputs[0].token_ids), "finished": o.finished,
+                                  "finish_reason": o.outputs[0].finish_reason,
+                                  "logprobs_steps": len(o.outputs[0].logprobs or [])}
+        steps += 1
+        if steps == 3:
+            engine.abort_request(["aborted_t1", "aborted_greedy"])
+    return {"outputs": outs, "stats": counter_delta(drafter_stats(llm), before),
+            "spec": counter_delta(spec_counters(llm), spec_before),
+            "free_blocks": (free_before, sched.kv_cache_manager.block_pool.get_num_free_blocks()),
+            "requests_left": len(sched.requests)}
+
+
+MIXED_GREEDY_ROWS = {"greedy0": 0, "logprobs": 2, "greedy3": 3}  # mixed_tree_batch's greedy rows: prompt index
+
+
 def greedy_run(llm, prompts: list[str], max_tokens: int, batch1: int = 0) -> dict[str, Any]:
     """Greedy outputs of ``prompts`` in one concurrent batch, and of the first ``batch1`` prompts one at a time;
     ``spec`` / ``single_spec``: the speculative-decoding counters over the batch / over the one-at-a-time runs."""

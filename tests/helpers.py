@@ -140,3 +140,20 @@ def text_outside_identifiers(path: Path) -> list[tuple[int, str]]:
     # An f-string's replacement fields are expressions (identifiers again), not text.
     return [(tok.start[0], _FIELD.sub("{}", tok.string) if _F_PREFIX.match(tok.string) else tok.string)
             for tok in tokens]
+
+
+def assert_mixed_tree_batch(out: dict, greedy_reference: list[list[int]], greedy_rows: dict[str, int]) -> None:
+    """``engines.mixed_tree_batch``'s result: its greedy rows (``greedy_rows``: request id -> prompt index) equal
+    ``greedy_reference``, the logprob row got a logprob per token, the sampled rows finished, the aborted rows
+    stopped midway, trees and chains were both drafted, and no request or KV block is left behind."""
+    got = out["outputs"]
+    assert_lossless([got[r]["token_ids"] for r in greedy_rows], [greedy_reference[i] for i in greedy_rows.values()],
+                    out["spec"]["num_accepted_tokens"], "tree + chains, mixed batch")
+    assert got["logprobs"]["logprobs_steps"] == len(got["logprobs"]["token_ids"])
+    for rid in ("t1", "t07_p09_seeded", "penalty"):  # sampled rows finished (length or EOS)
+        assert got[rid]["finished"] and got[rid]["finish_reason"] in ("length", "stop"), (rid, got[rid])
+    for rid in ("aborted_t1", "aborted_greedy"):  # stopped midway, never finished
+        assert not got[rid]["finished"] and len(got[rid]["token_ids"]) < 64, got[rid]
+    assert out["stats"]["tree_drafts"] > 0 and out["stats"]["chain_drafts"] > 0, out["stats"]
+    assert out["requests_left"] == 0
+    assert out["free_blocks"][1] == out["free_blocks"][0], out["free_blocks"]

@@ -11,9 +11,9 @@ subscribed to the tree seam), compared with the session's vanilla references. ``
 from __future__ import annotations
 
 import pytest
-from engines import (EngineProfile, greedy_run, sample_run, sample_run_accepting_every_draft,
-                     sample_run_with_biased_tree_rule)
-from helpers import assert_lossless
+from engines import (MIXED_GREEDY_ROWS, EngineProfile, greedy_run, mixed_tree_batch, sample_run,
+                     sample_run_accepting_every_draft, sample_run_with_biased_tree_rule)
+from helpers import assert_lossless, assert_mixed_tree_batch
 from profiles import draft_proposer
 from stats import homogeneity
 
@@ -45,16 +45,17 @@ def check_greedy(vanilla, engine, name: str) -> dict:
     return out["stats"]
 
 
-def check_sampling(vanilla, engine, name: str, *, biased_control: bool, tree_rule=None) -> None:
-    """Two-sample test (``stats.homogeneity``) of the tokens at positions 1-4 against vanilla over 2,000 samples at
-    temperature 1. With ``biased_control`` the same engine with a biased verifier must fail it: for a chain proposer
+def check_sampling(vanilla, engine, name: str, *, biased_control: bool, tree_rule=None,
+                   reference: str = "stack_t1") -> None:
+    """Two-sample test (``stats.homogeneity``) of the tokens at positions 1-4 against vanilla over 2,000 samples
+    (``reference``: temperature 1, or 0.7 with top-p 0.9). With ``biased_control`` the same engine with a biased verifier must fail it: for a chain proposer
     one that accepts every draft; for a tree proposer (``tree_rule``: the ``tree_sampling`` rule matching how it
     draws children) one that accepts every node's first child (the tree's "accept every draft"; accepting the
     target's argmax child first, as Token Recycling's test does, is too close to recursive rejection sampling over a
     good draft to show in 2,000 samples: RSD's statistic was 26.7 at most, p = 8e-4 > alpha), and every sampled
     request must have been verified as a tree."""
-    base = vanilla("stack_t1")
-    args = (base["prompt"], base["n"], base["temperature"], base["max_tokens"])
+    base = vanilla(reference)
+    args = (base["prompt"], base["n"], base["temperature"], base["max_tokens"], base["top_p"])
     out = engine.run(run_with_stats, sample_run, *args)
     assert out["spec"]["num_accepted_tokens"] > 200, out["spec"]  # the verifier decided many drafts
     biased = None
@@ -69,11 +70,11 @@ def check_sampling(vanilla, engine, name: str, *, biased_control: bool, tree_rul
     controls = []
     for pos in (1, 2, 3, 4):  # token 0 is sampled before any draft
         fit = homogeneity([x[pos] for x in base["token_ids"]], [x[pos] for x in out["token_ids"]])
-        print(f"{name} position {pos}: {fit}")
+        print(f"{name} {reference} position {pos}: {fit}")
         assert fit.passes, (name, pos, str(fit))
         if biased is not None:
             controls.append(homogeneity([x[pos] for x in base["token_ids"]], [x[pos] for x in biased["token_ids"]]))
-            print(f"{name} position {pos}, biased verifier: {controls[-1]}")
+            print(f"{name} {reference} position {pos}, biased verifier: {controls[-1]}")
     # The test is "every position passes": the biased verifier must fail it (where the target is nearly certain, as
     # at position 1 of this prompt, a bias can be invisible).
     if biased is not None:
@@ -128,27 +129,62 @@ def test_rsd_greedy_is_token_identical_with_trees_sampled_without_replacement(va
     check_greedy_tree(vanilla, rsd_engine, "rsd")
 
 
-def test_rsd_sampling_keeps_the_target_distribution(vanilla, rsd_engine):
-    check_sampling(vanilla, rsd_engine, "rsd", biased_control=True, tree_rule=RecursiveRule(update_q=True))
-
-
 def test_spectr_greedy_is_token_identical_with_k_drafts_as_one_tree(vanilla, spectr_engine):
     check_greedy_tree(vanilla, spectr_engine, "spectr")
-
-
-def test_spectr_sampling_keeps_the_target_distribution(vanilla, spectr_engine):
-    check_sampling(vanilla, spectr_engine, "spectr", biased_control=True, tree_rule=KSequentialRule())
 
 
 def test_dyspec_greedy_is_token_identical_with_a_dynamic_tree(vanilla, dyspec_engine):
     check_greedy_tree(vanilla, dyspec_engine, "dyspec")
 
 
-def test_dyspec_sampling_keeps_the_target_distribution(vanilla, dyspec_engine):
-    check_sampling(vanilla, dyspec_engine, "dyspec", biased_control=True, tree_rule=RecursiveRule(update_q=True))
+# Each draft tree's verification rule for the biased control (how the proposer draws children): RSD and DySpec draw
+# without replacement, SpecTr its k chains i.i.d. Every test takes its engine as a fixture argument, which is how
+# the session orders and shards engine tests (conftest._rank).
+SAMPLING = pytest.mark.vanilla("stack_t1", "stack_t07_p09")
+AT_T1_AND_T07_P09 = pytest.mark.parametrize("reference", ["stack_t1", "stack_t07_p09"])
 
 
-# -- start-up -------------------------------------------------------------------------------------------------------
+@SAMPLING
+@AT_T1_AND_T07_P09
+def test_rsd_sampling_keeps_the_target_distribution(vanilla, rsd_engine, reference):
+    check_sampling(vanilla, rsd_engine, "rsd", biased_control=True, tree_rule=RecursiveRule(update_q=True),
+                   reference=reference)
+
+
+@SAMPLING
+@AT_T1_AND_T07_P09
+def test_spectr_sampling_keeps_the_target_distribution(vanilla, spectr_engine, reference):
+    check_sampling(vanilla, spectr_engine, "spectr", biased_control=True, tree_rule=KSequentialRule(),
+                   reference=reference)
+
+
+@SAMPLING
+@AT_T1_AND_T07_P09
+def test_dyspec_sampling_keeps_the_target_distribution(vanilla, dyspec_engine, reference):
+    check_sampling(vanilla, dyspec_engine, "dyspec", biased_control=True, tree_rule=RecursiveRule(update_q=True),
+                   reference=reference)
+
+
+def check_mixed_tree_batch(vanilla, engine) -> None:
+    """Greedy and sampled tree rows, a logprob row and a penalty row (chains), two rows aborted midway: correct greedy
+    outputs, finished sampled rows, no request or KV block left."""
+    base = vanilla("spec_bench_reduced")
+    assert_mixed_tree_batch(engine.run(mixed_tree_batch, base["prompts"][:8]), base["token_ids"], MIXED_GREEDY_ROWS)
+
+
+def test_rsd_mixed_batch_finishes_correctly_and_frees_its_kv_blocks(vanilla, rsd_engine):
+    check_mixed_tree_batch(vanilla, rsd_engine)
+
+
+def test_spectr_mixed_batch_finishes_correctly_and_frees_its_kv_blocks(vanilla, spectr_engine):
+    check_mixed_tree_batch(vanilla, spectr_engine)
+
+
+def test_dyspec_mixed_batch_finishes_correctly_and_frees_its_kv_blocks(vanilla, dyspec_engine):
+    check_mixed_tree_batch(vanilla, dyspec_engine)
+
+
+# -- start-up errors ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("plugin,k,settings,message", [
     ("pearl", 2, {"window": 4}, "pearl.window (4) must not exceed num_speculative_tokens (2)"),

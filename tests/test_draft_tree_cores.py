@@ -228,6 +228,24 @@ def test_spectr_at_temperature_zero_drafts_one_greedy_chain_and_cuts_chains_even
     assert tree_depths(tree.parents)[1:] == [1] * 4 + [2] * 4 + [3] * 2
 
 
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10**6), k=st.integers(1, 6), length=st.integers(1, 5))
+def test_spectr_merged_tree_is_the_trie_of_the_same_k_chains(seed, k, length):
+    """``merge`` (greedy requests): the same k chains as the naive reference, sharing their agreeing prefixes: every
+    root-to-leaf path is one of the chains, every chain is a path, and no node has two children with one token."""
+    draft = ToyDraft(seed, vocab=4)  # a small vocabulary, so chains often agree
+    tree, _ = grow(KSequentialDraftTree(5, k * length, k, length, temperature=1.0,
+                                        generator=torch.Generator().manual_seed(seed), merge=True), draft)
+    assert_well_formed(tree, k * length)
+    chains = {tuple(c) for c in reference_chains(5, draft.probs(1.0), k, length, torch.Generator().manual_seed(seed))}
+    depths = tree_depths(tree.parents)
+    paths = {s[1:] for s, d in zip(tree_sequences(tree), depths) if d == length}
+    assert paths == chains
+    assert len(tree.tokens) - 1 == len({c[:i] for c in chains for i in range(1, length + 1)})  # one node per prefix
+    for kids in children(tree).values():
+        assert len({tree.tokens[c] for c in kids}) == len(kids)
+
+
 # -- DySpec ---------------------------------------------------------------------------------------------------------
 
 @settings(max_examples=30, deadline=None)

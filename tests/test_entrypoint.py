@@ -1,3 +1,4 @@
+import ast
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ print("HEAVY", heavy)
 
 
 def _run(code, **env):
-    full = {k: v for k, v in os.environ.items() if k != "DECLAB_PLUGINS"}
+    full = {k: v for k, v in os.environ.items() if k not in ("DECLAB_PLUGINS", "DECLAB_VLLM_FIXES")}
     full.update(env)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, check=True).stdout
 
@@ -34,6 +35,23 @@ register()  # idempotent
 """
     out = _run(code, DECLAB_PLUGINS="momentum")
     assert "PATCHED ['create_engine_config']" in out
+
+
+def test_vllm_fixes_alone_apply_the_fixes_and_nothing_else():
+    """``DECLAB_VLLM_FIXES=1`` with no plugin (``declab bench spec``'s vLLM baselines): the fixes of vLLM that apply
+    on this platform and the one seam a fix listens on (``runner_sample``), no router; without it, nothing."""
+    code = PROBE + """
+from declab.patches import VLLM_FIXES, registry
+from vllm.engine.arg_utils import EngineArgs
+print("APPLIED", sorted(n for n, p in registry().items() if p.is_applied()))
+print("FIXES", sorted(n for n in VLLM_FIXES if registry()[n].applies()))
+print("ROUTER", hasattr(EngineArgs, "_declab_patched"))
+"""
+    out = dict(line.split(" ", 1) for line in _run(code, DECLAB_VLLM_FIXES="1").splitlines() if " " in line)
+    applied, fixes = ast.literal_eval(out["APPLIED"]), ast.literal_eval(out["FIXES"])
+    assert fixes and set(applied) - set(fixes) <= {"runner_sample"} and set(fixes) <= set(applied), out
+    assert out["ROUTER"] == "False"
+    assert "HEAVY []" in _run(PROBE, DECLAB_VLLM_FIXES="0")
 
 
 def test_selection_is_carried_to_ray_workers():

@@ -12,10 +12,9 @@ import os
 from pathlib import Path
 
 import pytest
-from engines import (EngineProfile, greedy_run, sample_run, sample_run_unpatched_kernel,
-                     sample_run_with_biased_tree_rule, seeded_sample_run,
-                     spec_counters)
-from helpers import assert_lossless
+from engines import (MIXED_GREEDY_ROWS, EngineProfile, greedy_run, mixed_tree_batch, sample_run,
+                     sample_run_unpatched_kernel, sample_run_with_biased_tree_rule, seeded_sample_run)
+from helpers import assert_lossless, assert_mixed_tree_batch
 from profiles import TR_TREE, token_recycling
 from stats import homogeneity
 
@@ -90,57 +89,10 @@ def test_tree_mode_is_token_identical_in_a_concurrent_batch(tree_runs):
     assert stats["relocated_paths"] > 10, stats
 
 
-def tree_mixed(llm, prompts: list[str]) -> dict:
-    """Tree mode with a mixed batch through the engine loop: greedy rows and sampled rows (trees), a greedy row asking
-    for logprobs and a sampled row with a repetition penalty (chains, verified by vLLM's rejection sampler), and a
-    greedy and a sampled tree row aborted after three steps. Free KV blocks before and after."""
-    from vllm import SamplingParams
-
-    sched = llm.llm_engine.engine_core.engine_core.scheduler
-    free_before = sched.kv_cache_manager.block_pool.get_num_free_blocks()
-    before, spec_before = proposer_stats(llm), spec_counters(llm)
-    params = {
-        "greedy0": SamplingParams(temperature=0.0, max_tokens=64),
-        "t1": SamplingParams(temperature=1.0, max_tokens=64),
-        "logprobs": SamplingParams(temperature=0.0, max_tokens=64, logprobs=1),
-        "greedy3": SamplingParams(temperature=0.0, max_tokens=64),
-        "t07_p09_seeded": SamplingParams(temperature=0.7, top_p=0.9, seed=7, max_tokens=64),
-        "penalty": SamplingParams(temperature=1.0, repetition_penalty=1.2, max_tokens=64),
-        "aborted_t1": SamplingParams(temperature=1.0, max_tokens=64, ignore_eos=True),
-        "aborted_greedy": SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True),
-    }
-    engine = llm.llm_engine
-    for (rid, sp), prompt in zip(params.items(), prompts):
-        engine.add_request(rid, prompt, sp)
-    outs, steps = {}, 0
-    while engine.has_unfinished_requests():
-        for o in engine.step():
-            outs[o.request_id] = {"token_ids": list(o.outputs[0].token_ids), "finished": o.finished,
-                                  "finish_reason": o.outputs[0].finish_reason,
-                                  "logprobs_steps": len(o.outputs[0].logprobs or [])}
-        steps += 1
-        if steps == 3:
-            engine.abort_request(["aborted_t1", "aborted_greedy"])
-    return {"outputs": outs, "stats": _delta(proposer_stats(llm), before),
-            "spec": _delta(spec_counters(llm), spec_before), "free_blocks": (free_before, sched.kv_cache_manager.
-            block_pool.get_num_free_blocks()), "requests_left": len(sched.requests)}
-
-
 def test_tree_mode_mixed_batch_finishes_correctly_and_frees_its_kv_blocks(vanilla, tr_tree_engine):
     base = vanilla("spec_bench_reduced")
-    out = tr_tree_engine.run(tree_mixed, base["prompts"][:8])
-    got = out["outputs"]
-    greedy = {"greedy0": 0, "logprobs": 2, "greedy3": 3}  # a tree for greedy0 and greedy3, a chain for logprobs
-    assert_lossless([got[r]["token_ids"] for r in greedy], [base["token_ids"][i] for i in greedy.values()],
-                    out["spec"]["num_accepted_tokens"], "tree + chains, mixed batch")
-    assert got["logprobs"]["logprobs_steps"] == len(got["logprobs"]["token_ids"])
-    for rid in ("t1", "t07_p09_seeded", "penalty"):  # sampled rows finished (length or EOS)
-        assert got[rid]["finished"] and got[rid]["finish_reason"] in ("length", "stop"), (rid, got[rid])
-    for rid in ("aborted_t1", "aborted_greedy"):  # stopped midway, never finished
-        assert not got[rid]["finished"] and len(got[rid]["token_ids"]) < 64, got[rid]
-    assert out["stats"]["tree_drafts"] > 0 and out["stats"]["chain_drafts"] > 0
-    assert out["requests_left"] == 0
-    assert out["free_blocks"][1] == out["free_blocks"][0], out["free_blocks"]
+    out = tr_tree_engine.run(mixed_tree_batch, base["prompts"][:8])
+    assert_mixed_tree_batch(out, base["token_ids"], MIXED_GREEDY_ROWS)
 
 
 def tree_sample(llm, *args) -> dict:

@@ -15,6 +15,13 @@ from declab.integrations.sdk.params import resolve_params
 logger = logging.getLogger("declab")
 
 PLUGINS_ENV = "DECLAB_PLUGINS"
+# "1": apply declab's fixes of vLLM bugs (``declab.patches.VLLM_FIXES``) even with no plugin selected, e.g. to run
+# vLLM's own speculative methods at temperature > 0 on the CPU build, whose rejection sampler is broken without them
+# (``patches/cpu_expand_kernel.py``). A plugin selection applies them anyway.
+VLLM_FIXES_ENV = "DECLAB_VLLM_FIXES"
+# The environment of a benchmark engine running one of vLLM's own speculative methods (ngram, suffix, draft_model):
+# no plugin, vLLM's bugs fixed (a baseline measured through a known CPU bug would be no baseline at temperature > 0).
+VLLM_METHOD_ENV = {PLUGINS_ENV: None, VLLM_FIXES_ENV: "1"}
 CONFIG_KEY = "declab"  # additional_config={"declab": {plugin: {setting: value}}}
 # Optional path where a speculative proposer may write its own statistics as JSON (``declab bench spec`` sets it
 # for every proposer configuration and records the file in its report).

@@ -143,12 +143,17 @@ class TreeDraftProposer(DraftModelProposer):
         self.greedy_draft_temperature = float(self.settings["greedy_draft_temperature"])
         self._drafts_tree: dict[str, bool] = {}
         self._temperature: dict[str, float] = {}
+        self._greedy: dict[str, bool] = {}
         self._generators: dict[str, torch.Generator] = {}
         self.stats.update({"tree_drafts": 0, "chain_drafts": 0, "tree_nodes": 0, "tree_depth_sum": 0,
                            "tree_nodes_max": 0, "tree_rounds": 0})
         self.open_seams(trees=True)
 
-    def grower(self, root: int, budget: int, temperature: float, generator: torch.Generator) -> TreeGrower:
+    def grower(self, root: int, budget: int, temperature: float, generator: torch.Generator,
+               verified_greedily: bool) -> TreeGrower:
+        """The request's grower: ``root`` its last committed token, ``budget`` its draft nodes, ``temperature`` /
+        ``generator`` its draws; ``verified_greedily``: the target checks the tree greedily (the request's
+        temperature is 0, whatever ``greedy_draft_temperature`` draws it at)."""
         raise NotImplementedError
 
     # -- per request ---------------------------------------------------------------------------------------------
@@ -156,6 +161,7 @@ class TreeDraftProposer(DraftModelProposer):
     def on_request_start(self, req_id: str, params: Any) -> None:
         self._drafts_tree[req_id] = self.tree_verifiable(params)
         temperature = float(getattr(params, "temperature", 0.0) or 0.0)
+        self._greedy[req_id] = temperature < GREEDY_EPS
         self._temperature[req_id] = temperature if temperature >= GREEDY_EPS else self.greedy_draft_temperature
         seed = getattr(params, "seed", None)
         gen = torch.Generator()
@@ -164,7 +170,7 @@ class TreeDraftProposer(DraftModelProposer):
 
     def on_request_finish(self, req_id: str) -> None:
         super().on_request_finish(req_id)
-        for state in (self._drafts_tree, self._temperature, self._generators):
+        for state in (self._drafts_tree, self._temperature, self._greedy, self._generators):
             state.pop(req_id, None)
 
     def declab_bench_reset(self) -> None:
@@ -208,8 +214,8 @@ class TreeDraftProposer(DraftModelProposer):
             pending.append(todo)
         out = self.draft_model.forward(caches, pending)
         self.stats["draft_forwards"] += 1
-        growers = [self.grower(r.context[-1], r.budget, self._temperature[r.req_id], self._generators[r.req_id])
-                   for r in rows]
+        growers = [self.grower(r.context[-1], r.budget, self._temperature[r.req_id], self._generators[r.req_id],
+                               self._greedy[r.req_id]) for r in rows]
         contexts = [len(r.context) for r in rows]
         slots: list[dict[int, int]] = [{} for _ in rows]  # per row: tree node -> cache slot (the root: context - 1)
         wanted = [g.grow({0: out.logits[j]}) for j, g in enumerate(growers)]

@@ -30,5 +30,5 @@ class DySpecProposer(TreeDraftProposer):
     def chain_length(self) -> int:
         return min(self.k, 8)
 
-    def grower(self, root, budget, temperature, generator):
+    def grower(self, root, budget, temperature, generator, verified_greedily):
         return DynamicTree(root, budget, self.per_round, self.max_depth, temperature, generator)

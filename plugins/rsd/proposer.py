@@ -33,7 +33,7 @@ class RSDProposer(TreeDraftProposer):
     def chain_length(self) -> int:
         return min(self.k, self.beam_depth if self.variant == "beam" else len(self.branching))
 
-    def grower(self, root, budget, temperature, generator):
+    def grower(self, root, budget, temperature, generator, verified_greedily):
         if self.variant == "beam":
             return StochasticBeamTree(root, budget, self.beam_width, self.beam_depth, temperature, generator)
         return GumbelTopKTree(root, budget, self.branching, temperature, generator)

@@ -30,5 +30,7 @@ class SpecTrProposer(TreeDraftProposer):
     def chain_length(self) -> int:
         return min(self.k, self.length)
 
-    def grower(self, root, budget, temperature, generator):
-        return KSequentialDraftTree(root, budget, self.drafts, self.length, temperature, generator)
+    def grower(self, root, budget, temperature, generator, verified_greedily):
+        # A greedy request's chains share their agreeing prefixes (see core): repeats cost no verification.
+        return KSequentialDraftTree(root, budget, self.drafts, self.length, temperature, generator,
+                                    merge=verified_greedily)
