@@ -21,8 +21,13 @@ COMMANDS=(
   "declab bench verify-cost --batch-sizes 1,16 --threads 1 --spec-report measurements/draft-models/spec.json --out measurements/draft-models"
   "declab bench verify-cost --cost-from plugins/token_recycling/measurements/verify-cost-h100.json --spec-report measurements/draft-models/spec.json --out measurements/draft-models/h100-projection"
   "declab bench spec --configs vanilla,pearl,specdec_pp,rapid --batch1-limit 2 --out measurements/draft-models-all"
-  # the draft-tree proposers (RSD, SpecTr, DySpec) against vLLM's draft_model at its best chain (K swept)
-  "declab bench spec --configs vanilla,draft_model,rsd,rsd_beam,spectr,dyspec --limit 2 --batch1-limit 1 --draft-ks 4,8,12 --draft-sweep-on selected --draft-choose tokens_per_forward --out measurements/draft-trees"
+  # the draft-tree proposers (RSD, SpecTr, DySpec) against vLLM's draft_model at its best chain (K swept): greedy on
+  # every fitting prompt, then sampling at temperature 1 (vLLM's methods run with its CPU fixes, DECLAB_VLLM_FIXES)
+  "declab bench spec --configs vanilla,draft_model,rsd,spectr,dyspec --batch1-limit 1 --draft-ks 4,8,12 --draft-choose tokens_per_forward --out measurements/draft-trees"
+  "declab bench spec --configs vanilla,draft_model,rsd,rsd_gumbel,spectr,dyspec --temperature 1 --limit 2 --batch1-limit 1 --draft-ks 4,8,12 --draft-sweep-on selected --draft-choose tokens_per_forward --out measurements/draft-trees-t1"
+  "declab bench verify-cost --cost-from plugins/token_recycling/measurements/verify-cost-h100.json --spec-report measurements/draft-trees/spec.json --out measurements/draft-trees/h100-projection"
+  "declab bench verify-cost --cost-from plugins/token_recycling/measurements/verify-cost-h100.json --spec-report measurements/draft-trees-t1/spec.json --out measurements/draft-trees-t1/h100-projection"
+  "python measurements/draft_model_sampling_probe.py --out measurements/draft-model-sampling.json"
   "declab bench spec --configs vanilla,pearl,specdec_pp,rapid --phases batch1 --batch1-limit 0 --out measurements/draft-models-all-batch1"
   # training-free self-speculation (issue #16): hybrid drafter, ADED, SJD next to ngram, suffix and Token Recycling
   "declab bench spec --configs vanilla,ngram,suffix,token_recycling_chain,hybrid,aded,sjd --ngram 1,3,8 --proposer-k 8 --batch-size 16 --limit 5 --batch1-limit 5 --out measurements/self-spec"

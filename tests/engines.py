@@ -412,6 +412,22 @@ def seeded_sample_run(llm, prompts: list[str], max_tokens: int, temperature: flo
     return {"token_ids": [list(o.outputs[0].token_ids) for o in outs], "single_token_ids": singles}
 
 
+def seeded_in_a_crowd(llm, prompts: list[str], max_tokens: int, temperature: float, top_p: float) -> dict:
+    """``seeded_sample_run`` (one batch, and the first two alone), then the same seeded requests interleaved with as
+    many unseeded requests on other prompts (greedy and sampled) in one batch."""
+    from vllm import SamplingParams
+
+    out = seeded_sample_run(llm, prompts, max_tokens, temperature, top_p, batch1=2)
+    seeded = [SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=i, ignore_eos=True)
+              for i in range(len(prompts))]
+    others = [SamplingParams(temperature=t, max_tokens=max_tokens + 8) for t in (0.0, 1.0) * (len(prompts) // 2)]
+    crowd_prompts = [p for pair in zip(prompts, reversed(prompts)) for p in pair]
+    crowd_params = [sp for pair in zip(seeded, others) for sp in pair]
+    crowd = llm.generate(crowd_prompts, crowd_params, use_tqdm=False)
+    out["crowd_token_ids"] = [list(o.outputs[0].token_ids) for o in crowd[::2]]
+    return out
+
+
 def sample_run_unpatched_kernel(llm, *args) -> dict:
     """``sample_run`` with the rejection sampler's ``expand_kernel`` sent back to vLLM's unpatched CPU fallback (the
     bug ``patches/cpu_expand_kernel.py`` fixes: per-draft temperatures left uninitialised), restored after. The

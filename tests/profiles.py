@@ -95,7 +95,7 @@ PROFILES: tuple[EngineProfile, ...] = (
     EngineProfile("specdec_pp", plugins="specdec_pp", engine_kwargs=draft_proposer("specdec_pp", 8)),
     EngineProfile("rapid", plugins="rapid", engine_kwargs=draft_proposer("rapid", 4, context_tokens=64)),
     # Draft-tree proposers (tests/test_draft_proposers.py): 24-node trees of the same draft, verified by the tree seam.
-    EngineProfile("rsd", plugins="rsd", engine_kwargs=draft_proposer("rsd", 24, branching="3,2,1,1,1,1")),
+    EngineProfile("rsd", plugins="rsd", engine_kwargs=draft_proposer("rsd", 24, beam_width=4, beam_depth=6)),
     EngineProfile("spectr", plugins="spectr", engine_kwargs=draft_proposer("spectr", 24, drafts=4, length=6)),
     EngineProfile("dyspec", plugins="dyspec", engine_kwargs=draft_proposer("dyspec", 24, per_round=6)),
     # EAD (tests/test_ead_engine.py): lossy, every draft kept (patch ead_accepts_drafts); thresholds per request.

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import pytest
 from engines import (MIXED_GREEDY_ROWS, EngineProfile, greedy_run, mixed_tree_batch, sample_run,
-                     sample_run_accepting_every_draft, sample_run_with_biased_tree_rule)
+                     sample_run_accepting_every_draft, sample_run_with_biased_tree_rule, seeded_in_a_crowd)
 from helpers import assert_lossless, assert_mixed_tree_batch
 from profiles import draft_proposer
 from stats import homogeneity
 
+from declab.integrations.prompts import CODE_PROMPTS
 from declab.integrations.sdk.tree_sampling import KSequentialRule, RecursiveRule
 
 pytestmark = [pytest.mark.engine, pytest.mark.vanilla("spec_bench_reduced", "stack_t1")]
@@ -182,6 +183,28 @@ def test_spectr_mixed_batch_finishes_correctly_and_frees_its_kv_blocks(vanilla, 
 
 def test_dyspec_mixed_batch_finishes_correctly_and_frees_its_kv_blocks(vanilla, dyspec_engine):
     check_mixed_tree_batch(vanilla, dyspec_engine)
+
+
+def check_seeded_reproducible(engine) -> None:
+    """Seeded sampled requests drafted and verified as trees (temperature 0.7, top-p 0.9) commit the same tokens in
+    a batch of 8, alone, and interleaved with 8 unseeded greedy and sampled requests: the drafts come from the
+    request's own generator, the verifier's draws from its own seed."""
+    out = engine.run(seeded_in_a_crowd, list(CODE_PROMPTS[:8]), 24, 0.7, 0.9)
+    assert out["single_token_ids"] == out["token_ids"][:2]
+    assert out["crowd_token_ids"] == out["token_ids"]
+    assert len({tuple(t) for t in out["token_ids"]}) > 1 and all(len(t) == 24 for t in out["token_ids"])
+
+
+def test_rsd_seeded_requests_are_reproducible_whatever_the_batch(rsd_engine):
+    check_seeded_reproducible(rsd_engine)
+
+
+def test_spectr_seeded_requests_are_reproducible_whatever_the_batch(spectr_engine):
+    check_seeded_reproducible(spectr_engine)
+
+
+def test_dyspec_seeded_requests_are_reproducible_whatever_the_batch(dyspec_engine):
+    check_seeded_reproducible(dyspec_engine)
 
 
 # -- start-up errors ------------------------------------------------------------------------------------------------

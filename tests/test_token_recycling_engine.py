@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from engines import (MIXED_GREEDY_ROWS, EngineProfile, greedy_run, mixed_tree_batch, sample_run,
-                     sample_run_unpatched_kernel, sample_run_with_biased_tree_rule, seeded_sample_run)
+                     sample_run_unpatched_kernel, sample_run_with_biased_tree_rule, seeded_in_a_crowd)
 from helpers import assert_lossless, assert_mixed_tree_batch
 from profiles import TR_TREE, token_recycling
 from stats import homogeneity
@@ -157,22 +157,6 @@ def test_tree_sampling_preserves_the_distribution(vanilla, tr_tree_engine, refer
         print(f"{reference} position {pos}: tree {fit}; argmax-accepting verifier {control}")
         assert fit.passes, (pos, str(fit))
         assert not control.passes, (pos, str(control))
-
-
-def seeded_in_a_crowd(llm, prompts: list[str], max_tokens: int, temperature: float, top_p: float) -> dict:
-    """``seeded_sample_run`` (one batch, and the first two alone), then the same seeded requests interleaved with as
-    many unseeded requests on other prompts (greedy and sampled) in one batch."""
-    from vllm import SamplingParams
-
-    out = seeded_sample_run(llm, prompts, max_tokens, temperature, top_p, batch1=2)
-    seeded = [SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=i, ignore_eos=True)
-              for i in range(len(prompts))]
-    others = [SamplingParams(temperature=t, max_tokens=max_tokens + 8) for t in (0.0, 1.0) * (len(prompts) // 2)]
-    crowd_prompts = [p for pair in zip(prompts, reversed(prompts)) for p in pair]
-    crowd_params = [sp for pair in zip(seeded, others) for sp in pair]
-    crowd = llm.generate(crowd_prompts, crowd_params, use_tqdm=False)
-    out["crowd_token_ids"] = [list(o.outputs[0].token_ids) for o in crowd[::2]]
-    return out
 
 
 @pytest.mark.vanilla("seeded_t1", "seeded_t07_p09")
