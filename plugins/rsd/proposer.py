@@ -4,10 +4,10 @@ Usage, with ``DECLAB_PLUGINS`` including ``rsd``::
 
     speculative_config={"method": "custom_class", "model": "declab.plugins.rsd.RSDProposer",
                         "num_speculative_tokens": 48}           # the tree's node budget
-    additional_config={"declab": {"rsd": {"variant": "gumbel", "branching": "3,2,1,1,1,1,1,1"}}}
+    additional_config={"declab": {"rsd": {"variant": "beam", "beam_width": 6, "beam_depth": 8}}}
 
-Per step the SDK's ``TreeDraftProposer`` grows each request's tree with ``core.GumbelTopKTree`` (RSD-C) or
-``core.StochasticBeamTree`` (RSD-S), one batched draft forward per tree level, and the tree-verification seam
+Per step the SDK's ``TreeDraftProposer`` grows each request's tree with ``core.StochasticBeamTree`` (RSD-S, the
+default) or ``core.GumbelTopKTree`` (RSD-C), one batched draft forward per tree level, and the tree-verification seam
 verifies it in one target forward. Requests the seam cannot verify get the draft's greedy chain.
 """
 
