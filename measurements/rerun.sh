@@ -28,6 +28,7 @@ COMMANDS=(
   "declab bench verify-cost --cost-from plugins/token_recycling/measurements/verify-cost-h100.json --spec-report measurements/draft-trees/spec.json --out measurements/draft-trees/h100-projection"
   "declab bench verify-cost --cost-from plugins/token_recycling/measurements/verify-cost-h100.json --spec-report measurements/draft-trees-t1/spec.json --out measurements/draft-trees-t1/h100-projection"
   "python measurements/draft_model_sampling_probe.py --out measurements/draft-model-sampling.json"
+  "declab bench spectr-grid --out plugins/spectr/measurements"
   "declab bench spec --configs vanilla,pearl,specdec_pp,rapid --phases batch1 --batch1-limit 0 --out measurements/draft-models-all-batch1"
   # training-free self-speculation (issue #16): hybrid drafter, ADED, SJD next to ngram, suffix and Token Recycling
   "declab bench spec --configs vanilla,ngram,suffix,token_recycling_chain,hybrid,aded,sjd --ngram 1,3,8 --proposer-k 8 --batch-size 16 --limit 5 --batch1-limit 5 --out measurements/self-spec"

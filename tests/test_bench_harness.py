@@ -102,6 +102,9 @@ def test_bench_spec_draft_model_configuration(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="--draft-ks"):
         draft.parse_ks("0,2")
     assert draft.draft_spec("/d", 3) == {"method": "draft_model", "model": "/d", "num_speculative_tokens": 3}
+    # Sampling: the draft samples and hands vLLM its probabilities (standard speculative sampling).
+    assert draft.draft_spec("/d", 3, 1.0) == {"method": "draft_model", "model": "/d", "num_speculative_tokens": 3,
+                                              "draft_sample_method": "probabilistic"}
     assert "--draft-model" in draft.draft_availability(None)["reason"]
     assert "no config.json" in draft.draft_availability(str(tmp_path))["reason"]
     (tmp_path / "config.json").write_text("{}")

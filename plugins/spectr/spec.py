@@ -1,6 +1,6 @@
 """Declaration of the SpecTr plugin (plain data: no torch, no vLLM)."""
 
-from declab.integrations.sdk import ParamSpec, PluginSpec, ProposerBenchConfig, ProposerHook
+from declab.integrations.sdk import BenchEntry, ParamSpec, PluginSpec, ProposerBenchConfig, ProposerHook
 from declab.integrations.sdk.draft_settings import DRAFT_MODEL_PARAM, greedy_draft_temperature_param
 
 PROPOSER_PATH = "declab.plugins.spectr.SpecTrProposer"
@@ -36,5 +36,9 @@ SPEC = PluginSpec(
         bench_configs={
             "spectr": ProposerBenchConfig(num_speculative_tokens=TREE_NODES, timeout_factor=3.0, color="#8c564b"),
         },
+    ),
+    benches=(
+        BenchEntry(name="spectr-grid", module="declab.plugins.spectr.bench",
+                   help="SpecTr: tokens per target forward over its settings grid (drafts, length, draw temperature)"),
     ),
 )
