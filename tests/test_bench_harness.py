@@ -22,7 +22,8 @@ from declab.integrations.sdk.bench import ChildFailed, ChildTimeout, call_in_chi
 def test_declab_bench_finds_generic_and_plugin_benchmarks():
     found = bench.benches()
     assert set(found) == {"overhead", "plugin", "spec", "verify-cost", "draft-agreement", "degeneration", "spec-tree",
-                          "contrastive", "diverse-beam", "grammar", "ead", "attention", "contrastive-search", "superposed", "lol"}
+                          "contrastive", "diverse-beam", "grammar", "ead", "attention", "contrastive-search", "superposed", "lol",
+                          "spectr-grid"}
     for name, (entry, plugin) in found.items():
         if plugin is None:
             assert entry.module.startswith("declab.integrations."), name
