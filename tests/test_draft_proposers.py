@@ -11,7 +11,7 @@ subscribed to the tree seam), compared with the session's vanilla references. ``
 from __future__ import annotations
 
 import pytest
-from engines import (MIXED_GREEDY_ROWS, EngineProfile, greedy_run, mixed_tree_batch, sample_run,
+from engines import (MIXED_GREEDY_ROWS, EngineProfile, counter_delta, greedy_run, mixed_tree_batch, sample_run,
                      sample_run_accepting_every_draft, sample_run_with_biased_tree_rule, seeded_in_a_crowd)
 from helpers import assert_lossless, assert_mixed_tree_batch
 from profiles import draft_proposer
@@ -32,8 +32,7 @@ def run_with_stats(llm, scenario, *args) -> dict:
     before = llm.collective_rpc(_drafter_stats)[0]
     out = scenario(llm, *args)
     after = llm.collective_rpc(_drafter_stats)[0]
-    out["stats"] = {k: v - before.get(k, 0) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-                    for k, v in after.items()}
+    out["stats"] = counter_delta(after, before)
     return out
 
 

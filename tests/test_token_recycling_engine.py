@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from engines import (MIXED_GREEDY_ROWS, EngineProfile, greedy_run, mixed_tree_batch, sample_run,
+from engines import (MIXED_GREEDY_ROWS, EngineProfile, counter_delta, greedy_run, mixed_tree_batch, sample_run,
                      sample_run_unpatched_kernel, sample_run_with_biased_tree_rule, seeded_in_a_crowd)
 from helpers import assert_lossless, assert_mixed_tree_batch
 from profiles import TR_TREE, token_recycling
@@ -56,16 +56,11 @@ def proposer_stats(llm) -> dict:
     return json.loads(Path(os.environ[STATS_ENV]).read_text())
 
 
-def _delta(after: dict, before: dict) -> dict:
-    return {k: v - before.get(k, 0) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-            for k, v in after.items()}
-
-
 def tree_greedy(llm, prompts: list[str]) -> dict:
     """The vanilla reference's greedy run in tree mode, with the proposer's statistics over it."""
     before = proposer_stats(llm)
     out = greedy_run(llm, prompts, 64, 6)
-    out["stats"] = _delta(proposer_stats(llm), before)
+    out["stats"] = counter_delta(proposer_stats(llm), before)
     return out
 
 
@@ -99,7 +94,7 @@ def tree_sample(llm, *args) -> dict:
     """``sample_run`` in tree mode, with the proposer's statistics over it."""
     before = proposer_stats(llm)
     out = sample_run(llm, *args)
-    out["stats"] = _delta(proposer_stats(llm), before)
+    out["stats"] = counter_delta(proposer_stats(llm), before)
     return out
 
 
@@ -110,7 +105,7 @@ def tree_sample_biased(llm, *args) -> dict:
 
     before = proposer_stats(llm)
     out = sample_run_with_biased_tree_rule(llm, "argmax_first", PointMassRule(), *args)
-    out["stats"] = _delta(proposer_stats(llm), before)
+    out["stats"] = counter_delta(proposer_stats(llm), before)
     return out
 
 
