@@ -121,6 +121,9 @@ PROFILES: tuple[EngineProfile, ...] = (
     EngineProfile("aded", plugins="aded", engine_kwargs=draft_proposer("aded", 8)),
     EngineProfile("aded_tree", plugins="aded", engine_kwargs=draft_proposer("aded", 24, mode="tree")),
     EngineProfile("sjd", plugins="sjd", engine_kwargs=draft_proposer("sjd", 4)),
+    # SWIFT (tests/test_swift_engine.py): its defaults, a search short enough to finish inside the tests.
+    EngineProfile("swift", plugins="swift", engine_kwargs=draft_proposer("swift", 8, search_patience=20,
+                                                                         max_search_iters=60)),
     ALL_LOGITS,
     tensor_parallel(ALL_LOGITS),
     tensor_parallel(TR_CHAIN),

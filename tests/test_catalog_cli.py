@@ -32,6 +32,7 @@ EXPECTED_PLUGINS = {
     "dyspec": (31, "partial"),  # greedy trees; sampled requests draft chains until the sampling tree verifier is merged
     "aded": (8, "partial"),  # no corpus (prompts observed instead); trees verified only for greedy on CPU
     "sjd": (34, "partial"),  # built for text-to-image; on text few stale drafts are accepted
+    "swift": (49, "partial"),  # lossless and adaptive; its speed-up needs a GPU (projected from measured costs)
     "lqcd": (25, "working"),
     "contrastive_search": (27, "partial"),  # CPU only (the tree-verification seam patches vLLM's CPU attention)
     "lol": (29, "partial"),  # no truthfulness-refocused module; constants not from the (unpublished) code
