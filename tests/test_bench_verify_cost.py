@@ -88,3 +88,14 @@ def test_forward_ms_times_every_query_length_on_a_tiny_model():
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     got = forward_ms(model, device="cpu", context=8, query_lengths=[1, 5], repeats=2, batch_size=2)
     assert set(got) == {"1", "5"} and all(v > 0 for v in got.values())
+
+
+def test_a_proposer_drafting_with_the_targets_own_layers_pays_its_share_of_a_target_forward():
+    """Layer skipping (SWIFT) states ``draft_cost_of_target_forward``: each draft forward costs that share of c(1)
+    on the projected device, whatever draft model was timed (and the next configuration keeps the timed one)."""
+    report = _draft_report()
+    report["configs"]["adaptive"]["phases"]["batch1"]["proposer"]["stats"]["draft_cost_of_target_forward"] = 0.5
+    out = project({"1": 10.0, "5": 14.0}, report, "batch1", draft_ms=0.5)
+    assert out["adaptive"]["draft_ms_per_forward"] == 5.0 and "own layers" in out["adaptive"]["draft_ms_from"]
+    assert out["adaptive"]["projected_speedup"] == pytest.approx(2.0 * 10 / (14 + 3 * 5.0))
+    assert out["draft_model"]["draft_ms_per_forward"] == 0.5

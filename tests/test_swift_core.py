@@ -101,6 +101,12 @@ def test_search_keeps_the_best_in_a_paired_comparison_and_stops_by_its_rules():
     search = LayerSetSearch(8, 4, max_iters=100, target_score=0.9)
     candidate = search.propose()
     assert search.observe(candidate, 0.95, 0.5) and search.best == candidate and search.done  # target reached
+    # The target is the best set's mean over its windows: one easy window after a hard one does not end the search.
+    search = LayerSetSearch(8, 4, max_iters=100, target_score=0.9)
+    candidate = search.propose()
+    search.observe(candidate, 0.6, 0.5)
+    search.observe(search.propose(), 0.1, 1.0)  # the best (candidate) scores 1.0 on an easy window
+    assert search.best == candidate and search.state.best_score == pytest.approx(0.8) and not search.done
     search = LayerSetSearch(8, 4, max_iters=2, patience=100, target_score=1.0)
     search.observe(search.propose(), 0.1, 0.2)
     search.observe(search.propose(), 0.1, 0.2)

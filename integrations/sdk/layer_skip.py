@@ -104,6 +104,21 @@ class TargetLayers:
         self.block_size = int(self.block_table.block_size)
         self.device = runner.device
 
+    def cost_fraction(self, skip: Sublayers) -> float:
+        """The share of a full forward's weights a forward with ``skip`` reads: the kept sublayers' parameters plus
+        the vocabulary projection, over all layers' plus the projection (the embedding is a lookup in both). On a
+        GPU a decode forward is bound by reading its weights, so this is the draft's cost relative to the target's
+        (a projection input; on this CPU the measured ratio is reported beside it)."""
+        def size(module) -> int:
+            return sum(p.numel() for p in module.parameters())
+
+        head = self.model.lm_head.weight.numel() if hasattr(self.model, "lm_head") else 0
+        attn = [size(layer.self_attn) for layer in self.layers]
+        mlp = [size(layer.mlp) for layer in self.layers]
+        kept = sum(a for i, a in enumerate(attn) if skip.attention_kept(i)) + sum(
+            m for i, m in enumerate(mlp) if skip.mlp_kept(i))
+        return (kept + head) / (sum(attn) + sum(mlp) + head)
+
     # -- slots ---------------------------------------------------------------------------------------------------
 
     def free_slots(self, row: int, first_position: int) -> int:

@@ -112,7 +112,7 @@ def gp_posterior_naive(observed, scores, query, *, length_scale: float = 1.0, no
 
 @dataclass
 class SearchState:
-    """What the search has seen (for reports): candidates scored, the best set and its last paired score."""
+    """What the search has seen (for reports): candidates scored, and the best set's mean score."""
 
     iterations: int = 0
     bayes_proposals: int = 0
@@ -180,12 +180,15 @@ class LayerSetSearch:
             total = s.scored.setdefault(skipped, [0.0, 0])
             total[0] += float(score)
             total[1] += 1
-        if candidate_score > best_score:
+        replaced = candidate_score > best_score
+        if replaced:
             self.best = candidate
-            s.best_score = float(candidate_score)
             s.replacements += 1
             s.since_improvement = 0
-            return True
-        s.best_score = float(best_score)
-        s.since_improvement += 1
-        return False
+        else:
+            s.since_improvement += 1
+        # The best set's mean over every window it was scored on: one easy window (a repeated passage) must not end
+        # the search at target_score.
+        total, n = s.scored[self.best]
+        s.best_score = total / n
+        return replaced

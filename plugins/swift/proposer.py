@@ -158,7 +158,11 @@ class SWIFTProposer(DeclabProposer):
     def stats_snapshot(self) -> dict:
         snap = dict(self.stats)
         snap["skip_sublayers"] = sorted(self.skipped)
-        snap["skipped"] = Sublayers(self.num_layers, self.skipped).describe()
+        skip = Sublayers(self.num_layers, self.skipped)
+        snap["skipped"] = skip.describe()
+        if self.layers is not None:
+            # ``declab bench verify-cost`` projects the draft's cost on another device as this share of c(1).
+            snap["draft_cost_of_target_forward"] = self.layers.cost_fraction(skip)
         if self.search is not None:
             st = self.search.state
             snap["search"] = {"iterations": st.iterations, "bayes_proposals": st.bayes_proposals,
