@@ -375,7 +375,9 @@ def _make_worker_class():
             out = {"drafter": type(drafter).__name__ if drafter is not None else None, **self._declab_timing,
                    **_proc_memory(), "memory": drafter_memory(drafter)}
             if drafter is not None and isinstance(getattr(drafter, "stats", None), dict):  # a plugin's own counters
-                out["drafter_stats"] = dict(drafter.stats)
+                # with what a declab proposer computes on demand (DeclabProposer.stats_snapshot)
+                snapshot = getattr(drafter, "stats_snapshot", None)
+                out["drafter_stats"] = snapshot() if callable(snapshot) else dict(drafter.stats)
             return out
 
     _WORKER_CLASS = SpecBenchWorker
