@@ -32,6 +32,7 @@ def test_swift_greedy_is_token_identical_in_a_batch_and_alone(vanilla, swift_eng
     assert stats["draft_forwards"] > 0 and stats["search_iterations"] > 0, stats
     assert len(stats["skip_sublayers"]) == 7, stats  # round(0.45 * 16) sublayers skipped
     assert stats["confidence_stops"] > 0, stats  # the default threshold 0.8 ends chains
+    assert 0.3 < stats["draft_cost_of_target_forward"] < 1.0, stats  # the weights the skipped forward reads
 
 
 def test_swift_with_no_sublayer_skipped_is_the_target(vanilla, swift_engine):

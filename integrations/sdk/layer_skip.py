@@ -105,19 +105,22 @@ class TargetLayers:
         self.device = runner.device
 
     def cost_fraction(self, skip: Sublayers) -> float:
-        """The share of a full forward's weights a forward with ``skip`` reads: the kept sublayers' parameters plus
-        the vocabulary projection, over all layers' plus the projection (the embedding is a lookup in both). On a
-        GPU a decode forward is bound by reading its weights, so this is the draft's cost relative to the target's
-        (a projection input; on this CPU the measured ratio is reported beside it)."""
-        def size(module) -> int:
-            return sum(p.numel() for p in module.parameters())
-
-        head = self.model.lm_head.weight.numel() if hasattr(self.model, "lm_head") else 0
-        attn = [size(layer.self_attn) for layer in self.layers]
-        mlp = [size(layer.mlp) for layer in self.layers]
-        kept = sum(a for i, a in enumerate(attn) if skip.attention_kept(i)) + sum(
-            m for i, m in enumerate(mlp) if skip.mlp_kept(i))
-        return (kept + head) / (sum(attn) + sum(mlp) + head)
+        """The share of a full forward's weights a forward with ``skip`` reads: the kept sublayers' matrices plus
+        the vocabulary projection, over all layers' plus the projection (the embedding is a lookup in both; norms are
+        negligible). Counted from the model's config: vLLM's CPU backend may repack weights out of ``parameters()``.
+        On a GPU a decode forward is bound by reading its weights, so this is the draft's cost relative to the
+        target's (a projection input; on this CPU the measured ratio is reported beside it)."""
+        c = self.runner.vllm_config.model_config.hf_config
+        hidden = int(c.hidden_size)
+        heads = int(c.num_attention_heads)
+        head_dim = int(getattr(c, "head_dim", None) or hidden // heads)
+        kv_heads = int(getattr(c, "num_key_value_heads", None) or heads)
+        attn = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim  # q, o; k, v
+        mlp = 3 * hidden * int(c.intermediate_size)  # gate, up, down
+        head = hidden * int(c.vocab_size)
+        kept = sum(attn for i in range(self.num_layers) if skip.attention_kept(i)) + sum(
+            mlp for i in range(self.num_layers) if skip.mlp_kept(i))
+        return (kept + head) / (self.num_layers * (attn + mlp) + head)
 
     # -- slots ---------------------------------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ well depends on the model *and* the task, so SWIFT chooses ``S`` while serving, 
 
     matchness(S) = (1 / w) * sum_{i in window} [ argmax p_S(. | x_<i) == x_i ]
 
-over the last ``w`` committed tokens (``context_window``), where ``p_S`` is the skipped model read in one parallel
+over the last ``w`` generated tokens of a request (``context_window``; windows reaching into the prompt are not
+scored, as in the reference), where ``p_S`` is the skipped model read in one parallel
 pass over the window (teacher forcing: no drafting needed to score a set). Candidates come from random search,
 with every ``bayes_interval``-th candidate proposed by Bayesian optimisation: a Gaussian process over the sets seen
 (the kernel ``exp(-hamming(a, b) / (2 ell^2))`` on the 0/1 skip masks) and, among random sets, the one with the

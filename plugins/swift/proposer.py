@@ -90,14 +90,19 @@ class SWIFTProposer(DeclabProposer):
         started = time.perf_counter()
         w = self.settings["context_window"]
         picked, windows, starts = [], [], []
-        for i in rows[: self.settings["search_rows"]]:
-            # positions start .. n-2 are in the cache (n-1, the newest token, is not): score start+1 .. n-1
+        prompt_lens = step.runner.input_batch.num_prompt_tokens
+        for i in rows:
+            if len(picked) == self.settings["search_rows"]:
+                break
+            # Generated text only, as the paper (a prompt is not the model's own text): the window's w tokens and
+            # the one before them. Positions start .. n-2 are in the cache (n-1, the newest token, is not).
             n = int(step.num_tokens_no_spec[i])
-            start = max(0, n - 1 - w)
-            if n - 1 - start >= 2:
-                picked.append(i)
-                starts.append(start)
-                windows.append(step.token_ids_cpu[i, start:n].astype(np.int64))
+            if n - int(prompt_lens[i]) < w + 1:
+                continue
+            start = n - 1 - w
+            picked.append(i)
+            starts.append(start)
+            windows.append(step.token_ids_cpu[i, start:n].astype(np.int64))
         if picked:
             candidate = self.search.propose()
             best_score = self._score(self.search.best, picked, windows, starts)
