@@ -24,6 +24,7 @@ COMMANDS=(
   # the draft-tree proposers (RSD, SpecTr, DySpec) against vLLM's draft_model at its best chain (K swept): greedy on
   # every fitting prompt, then sampling at temperature 1 (vLLM's methods run with its CPU fixes, DECLAB_VLLM_FIXES)
   "declab bench spec --configs vanilla,draft_model,rsd,spectr,dyspec --batch1-limit 1 --draft-ks 4,8,12 --draft-choose tokens_per_forward --out measurements/draft-trees"
+  "declab bench spec --configs vanilla,rsd,spectr,dyspec --phases batch1 --batch1-limit 0 --out measurements/draft-trees-batch1"
   "declab bench spec --configs vanilla,draft_model,rsd,rsd_gumbel,spectr,dyspec --temperature 1 --limit 2 --batch1-limit 1 --draft-ks 4,8,12 --draft-sweep-on selected --draft-choose tokens_per_forward --out measurements/draft-trees-t1"
   "declab bench verify-cost --cost-from plugins/token_recycling/measurements/verify-cost-h100.json --spec-report measurements/draft-trees/spec.json --out measurements/draft-trees/h100-projection"
   "declab bench verify-cost --cost-from plugins/token_recycling/measurements/verify-cost-h100.json --spec-report measurements/draft-trees-t1/spec.json --out measurements/draft-trees-t1/h100-projection"
@@ -35,6 +36,13 @@ COMMANDS=(
   "declab bench spec --configs vanilla,ngram,suffix,token_recycling_chain,hybrid,aded --ngram 1,3,8 --proposer-k 8 --batch-size 64 --limit 5 --phases batch16 --out measurements/self-spec-b64"
   "python -m declab.plugins.hybrid_drafter.summary measurements/self-spec-b64/spec.json"
   "python -m declab.plugins.hybrid_drafter.summary measurements/self-spec/spec.json measurements/self-spec-b64/spec.json"
+  # SWIFT (paper 49): adaptive vs a uniform skip set of the same size on the self-spec prompts (batch 16 and 1,
+  # batch 64), then greedy identity on every fitting prompt (batch 16 and 1, batch 64); H100 projections
+  "declab bench spec --configs vanilla,swift,swift_uniform --proposer-k 8 --batch-size 16 --limit 5 --batch1-limit 5 --out plugins/swift/measurements"
+  "declab bench spec --configs vanilla,swift,swift_uniform --proposer-k 8 --batch-size 64 --limit 5 --phases batch16 --out plugins/swift/measurements/batch64"
+  "declab bench spec --configs vanilla,swift --proposer-k 8 --batch1-limit 0 --out plugins/swift/measurements/all-prompts"
+  "declab bench spec --configs vanilla,swift --proposer-k 8 --batch-size 64 --phases batch16 --out plugins/swift/measurements/all-prompts-b64"
+  "declab bench verify-cost --cost-from plugins/token_recycling/measurements/verify-cost-h100.json --spec-report plugins/swift/measurements/spec.json --out plugins/swift/measurements/h100-projection"
   # plugin benches: reports in plugins/<name>/measurements/
   "declab bench contrastive --items 100 --out plugins/cad/measurements"
   "declab bench contrastive --parts cost --no-naive --out plugins/cfg/measurements"

@@ -131,6 +131,7 @@ class LayerSetSearch:
     ``search.observe(candidate, candidate_score, best_score)``. ``search.done`` ends the search; ``search.best`` is
     what drafts (also during the search)."""
 
+    MIN_SCORED = 4  # windows the best set must have been scored on before its mean can end the search
     GP_POINTS = 256  # the GP fits the last this many distinct sets scored (its cost grows as the cube)
 
     def __init__(self, num_layers: int, count: int, *, seed: int = 0, bayes_interval: int = 25,
@@ -149,8 +150,9 @@ class LayerSetSearch:
     @property
     def done(self) -> bool:
         s = self.state
+        settled = s.scored.get(self.best, (0.0, 0))[1] >= self.MIN_SCORED  # a mean over enough windows
         return (s.iterations >= self.max_iters or s.since_improvement >= self.patience
-                or (s.iterations > 0 and s.best_score >= self.target_score))
+                or (settled and s.best_score >= self.target_score))
 
     def _mask(self, skipped: frozenset[int]) -> np.ndarray:
         return np.array([s in skipped for s in self.eligible], dtype=np.int8)
@@ -188,8 +190,8 @@ class LayerSetSearch:
             s.since_improvement = 0
         else:
             s.since_improvement += 1
-        # The best set's mean over every window it was scored on: one easy window (a repeated passage) must not end
-        # the search at target_score.
+        # The best set's mean over every window it was scored on (at least MIN_SCORED of them before it counts):
+        # one easy window (a repeated passage) must not end the search at target_score.
         total, n = s.scored[self.best]
         s.best_score = total / n
         return replaced
