@@ -30,8 +30,8 @@ def check_greedy(vanilla, engine, name: str) -> dict:
 def check_sampling(vanilla, engine, name: str, *, biased_control: bool, tree_rule=None,
                    reference: str = "stack_t1") -> None:
     """Two-sample test (``stats.homogeneity``) of the tokens at positions 1-4 against vanilla over 2,000 samples
-    (``reference``: temperature 1, or 0.7 with top-p 0.9). With ``biased_control`` the same engine with a biased verifier must fail it: for a chain proposer
-    one that accepts every draft; for a tree proposer (``tree_rule``: the ``tree_sampling`` rule matching how it
+    (``reference``: temperature 1, or 0.7 with top-p 0.9). With ``biased_control`` the same engine with a biased
+    verifier must fail it: for a chain proposer one that accepts every draft; for a tree proposer (``tree_rule``: the ``tree_sampling`` rule matching how it
     draws children) one that accepts every node's first child (the tree's "accept every draft"; accepting the
     target's argmax child first, as Token Recycling's test does, is too close to recursive rejection sampling over a
     good draft to show in 2,000 samples: RSD's statistic was 26.7 at most, p = 8e-4 > alpha), and every sampled

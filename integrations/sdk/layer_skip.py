@@ -53,7 +53,8 @@ class Sublayers:
     def __post_init__(self) -> None:
         bad = [s for s in self.skipped if not 0 <= s < 2 * self.num_layers]
         if bad:
-            raise ValueError(f"sublayers {sorted(bad)} out of range for {self.num_layers} layers (0..{2 * self.num_layers - 1})")
+            raise ValueError(f"sublayers {sorted(bad)} out of range for {self.num_layers} layers "
+                             f"(0..{2 * self.num_layers - 1})")
 
     @classmethod
     def none(cls, num_layers: int) -> "Sublayers":

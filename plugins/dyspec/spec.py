@@ -14,7 +14,7 @@ SPEC = PluginSpec(
     reason=(
         "the dynamic tree is grown by the draft model inside vLLM (a few nodes per batched draft forward) and "
         "verified in one target forward on vLLM's CPU backend: greedy requests token-identical to vanilla on all "
-        "485 fitting prompts in batches of 16 (batch 1: 14 prompts so far), sampled requests by recursive rejection "
+        "485 fitting prompts in batches of 16 and one at a time, sampled requests by recursive rejection "
         "sampling without replacement (2,000 samples at temperature 1 and at 0.7 / top-p 0.9 pass a two-sample "
         "test, a biased verifier fails it); 1.46x (greedy) and 1.33x (temperature 1) the tokens per target forward "
         "of vLLM's best draft_model chain at batch 16; CPU only (the tree seam patches vLLM's CPU attention)"

@@ -14,7 +14,7 @@ SPEC = PluginSpec(
     reason=(
         "the tree (stochastic beam search by default, or Gumbel-top-k per node) is drafted by the draft model "
         "inside vLLM and verified in one target forward on vLLM's CPU backend: greedy requests token-identical to "
-        "vanilla on all 485 fitting prompts in batches of 16 (batch 1: 14 prompts so far), sampled requests by "
+        "vanilla on all 485 fitting prompts in batches of 16 and one at a time, sampled requests by "
         "recursive rejection sampling without replacement (2,000 samples at temperature 1 and at 0.7 / top-p 0.9 "
         "pass a two-sample test, a biased verifier fails it); RSD-S commits 1.34x (greedy) and 1.42x (temperature "
         "1) the tokens per target forward of vLLM's best draft_model chain at batch 16; CPU only (the tree seam "

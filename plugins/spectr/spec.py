@@ -14,9 +14,9 @@ SPEC = PluginSpec(
     reason=(
         "the k i.i.d. drafts are drawn by the draft model inside vLLM and verified together in one target forward "
         "(a tree whose root has k chains; a greedy request's chains merged into a trie) on vLLM's CPU backend: "
-        "greedy requests token-identical to vanilla on all 485 fitting prompts in batches of 16 (batch 1: 14 "
-        "prompts so far), sampled requests by k-sequential selection (2,000 samples at temperature 1 and at 0.7 / "
-        "top-p 0.9 pass a two-sample test, a biased verifier fails it); 1.28x (greedy) and 1.36x (temperature 1) "
+        "greedy requests token-identical to vanilla on all 485 fitting prompts in batches of 16 and one at a "
+        "time, sampled requests by k-sequential selection (2,000 samples at temperature 1 and at 0.7 / top-p 0.9 "
+        "pass a two-sample test, a biased verifier fails it); 1.28x (greedy) and 1.36x (temperature 1) "
         "the tokens per target forward of vLLM's best draft_model chain at batch 16; CPU only (the tree seam "
         "patches vLLM's CPU attention)"
     ),
