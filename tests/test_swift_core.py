@@ -100,10 +100,13 @@ def test_search_keeps_the_best_in_a_paired_comparison_and_stops_by_its_rules():
     assert search.best == start and search.done  # patience reached
     search = LayerSetSearch(8, 4, max_iters=100, target_score=0.9)
     candidate = search.propose()
-    assert search.observe(candidate, 0.95, 0.5) and search.best == candidate and not search.done  # one window only
-    for _ in range(LayerSetSearch.MIN_SCORED - 1):
-        search.observe(search.propose(), 0.1, 0.95)
-    assert search.best == candidate and search.done  # its mean over MIN_SCORED windows reached the target
+    assert search.observe(candidate, 0.95, 0.5, frozenset({"a"})) and search.best == candidate
+    assert not search.done  # one window only
+    for _ in range(LayerSetSearch.MIN_SCORED - 1):  # enough windows, all from one request (a loop, say)
+        search.observe(search.propose(), 0.1, 0.95, frozenset({"a"}))
+    assert search.best == candidate and not search.done
+    search.observe(search.propose(), 0.1, 0.95, frozenset({"b", "c", "d"}))
+    assert search.best == candidate and search.done  # MIN_SCORED windows from MIN_SOURCES requests
     # The target is the best set's mean over its windows: one easy window after a hard one does not end the search.
     search = LayerSetSearch(8, 4, max_iters=100, target_score=0.9)
     candidate = search.propose()

@@ -122,6 +122,7 @@ class SearchState:
     best_score: float = 0.0
     # every set scored -> (sum of its scores, times scored): the GP fits each set's mean score
     scored: dict[frozenset[int], list[float]] = field(default_factory=dict)
+    sources: dict[frozenset[int], set] = field(default_factory=dict)  # set -> the requests its windows came from
 
 
 class LayerSetSearch:
@@ -131,7 +132,10 @@ class LayerSetSearch:
     ``search.observe(candidate, candidate_score, best_score)``. ``search.done`` ends the search; ``search.best`` is
     what drafts (also during the search)."""
 
-    MIN_SCORED = 4  # windows the best set must have been scored on before its mean can end the search
+    # Before the best set's mean can end the search it must have been scored on this many windows, from this many
+    # requests: a small model's looping output is predicted by almost any set (one run ended at 0.96 on one loop).
+    MIN_SCORED = 8
+    MIN_SOURCES = 4
     GP_POINTS = 256  # the GP fits the last this many distinct sets scored (its cost grows as the cube)
 
     def __init__(self, num_layers: int, count: int, *, seed: int = 0, bayes_interval: int = 25,
@@ -150,7 +154,9 @@ class LayerSetSearch:
     @property
     def done(self) -> bool:
         s = self.state
-        settled = s.scored.get(self.best, (0.0, 0))[1] >= self.MIN_SCORED  # a mean over enough windows
+        # a mean over enough windows, from enough requests
+        settled = (s.scored.get(self.best, (0.0, 0))[1] >= self.MIN_SCORED
+                   and len(s.sources.get(self.best, ())) >= self.MIN_SOURCES)
         return (s.iterations >= self.max_iters or s.since_improvement >= self.patience
                 or (settled and s.best_score >= self.target_score))
 
@@ -175,14 +181,17 @@ class LayerSetSearch:
             return pool[int(np.argmax(mean + self.kappa * std))]
         return self._random()
 
-    def observe(self, candidate: frozenset[int], candidate_score: float, best_score: float) -> bool:
-        """Record a paired comparison on one window; True when the candidate became the best."""
+    def observe(self, candidate: frozenset[int], candidate_score: float, best_score: float,
+                sources: frozenset = frozenset()) -> bool:
+        """Record a paired comparison on one window (``sources``: the requests it came from); True when the
+        candidate became the best."""
         s = self.state
         s.iterations += 1
         for skipped, score in ((candidate, candidate_score), (self.best, best_score)):
             total = s.scored.setdefault(skipped, [0.0, 0])
             total[0] += float(score)
             total[1] += 1
+            s.sources.setdefault(skipped, set()).update(sources)
         replaced = candidate_score > best_score
         if replaced:
             self.best = candidate
@@ -190,8 +199,8 @@ class LayerSetSearch:
             s.since_improvement = 0
         else:
             s.since_improvement += 1
-        # The best set's mean over every window it was scored on (at least MIN_SCORED of them before it counts):
-        # one easy window (a repeated passage) must not end the search at target_score.
+        # The best set's mean over every window it was scored on (MIN_SCORED of them, from MIN_SOURCES requests,
+        # before it counts): one easy window (a repeated passage) must not end the search at target_score.
         total, n = s.scored[self.best]
         s.best_score = total / n
         return replaced

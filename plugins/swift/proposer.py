@@ -107,7 +107,8 @@ class SWIFTProposer(DeclabProposer):
             candidate = self.search.propose()
             best_score = self._score(self.search.best, picked, windows, starts)
             candidate_score = self._score(candidate, picked, windows, starts)
-            if self.search.observe(candidate, candidate_score, best_score):
+            if self.search.observe(candidate, candidate_score, best_score,
+                                   frozenset(step.req_ids[i] for i in picked)):
                 self.stats["skip_sublayers"] = sorted(self.search.best)
             self.stats["search_iterations"] += 1
             self.stats["best_matchness"] = self.search.state.best_score
