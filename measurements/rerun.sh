@@ -76,9 +76,15 @@ COMMANDS=(
 #   declab bench verify-cost --synthetic llama-7b --out plugins/token_recycling/measurements    (then renamed to
 #   verify-cost-h100.json; a second run: verify-cost-h100-run2.json)
 
+# Commands whose arguments hold JSON (shell-quoted exactly as their reports' provenance records them), one per line.
+while IFS= read -r line; do COMMANDS+=("$line"); done <<'QUOTED'
+declab bench spec --configs vanilla,swift,swift_uniform --proposer-k 8 --batch-size 16 --limit 5 --phases batch16 --settings 'swift={"skip_ratio": 0.25}' --out plugins/swift/measurements/skip-ratio-0.25
+declab bench spec --configs vanilla,swift,swift_uniform --proposer-k 8 --batch-size 16 --limit 5 --phases batch16 --settings 'swift={"skip_ratio": 0.35}' --out plugins/swift/measurements/skip-ratio-0.35
+QUOTED
+
 for command in "${COMMANDS[@]}"; do
   if [[ $# -eq 0 || "$command" == *"$1"* ]]; then
     echo "== $command (load $(cut -d' ' -f1-3 /proc/loadavg))"
-    $command
+    eval "$command"
   fi
 done
