@@ -153,10 +153,11 @@ def project(cost: dict[str, float], spec_report: dict[str, Any], phase: str,
         entry = {"tokens_per_forward": per_forward, "draft_step_share": draft_share, "mean_draft_tokens": draft_len,
                  "verify_ms_per_step": step}
         forwards = draft_forwards_per_step(cfg, ph)
+        stats = ph.get("proposer", {}).get("stats") or {}
         # A proposer that drafts with the target's own layers (layer skipping) states the share of a target forward
         # one draft forward costs (``draft_cost_of_target_forward`` in its stats): its draft cost is that share of
         # c(1) on the device projected to, not a separate draft model's d(1).
-        self_draft = (ph.get("proposer", {}).get("stats") or {}).get("draft_cost_of_target_forward")
+        self_draft = stats.get("draft_cost_of_target_forward")
         per_draft_ms = draft_ms
         if forwards is not None and self_draft is not None:
             per_draft_ms = float(self_draft) * cost["1"]
@@ -164,7 +165,7 @@ def project(cost: dict[str, float], spec_report: dict[str, Any], phase: str,
         if forwards is not None:
             entry.update(draft_forwards_per_step=forwards[0], draft_forwards_from=forwards[1], draft_ms_per_forward=
                          per_draft_ms, draft_ms_per_step=forwards[0] * per_draft_ms if per_draft_ms is not None else None)
-            overlapped = bool((ph.get("proposer", {}).get("stats") or {}).get("draft_overlaps_verification"))
+            overlapped = bool(stats.get("draft_overlaps_verification"))
             if per_draft_ms is None:
                 entry["note"] = "draft cost not measured: left out of this projection"
             elif overlapped:

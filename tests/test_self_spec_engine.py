@@ -6,20 +6,16 @@ The bench (`declab bench spec`) runs every fitting Spec-Bench prompt plus the co
 from __future__ import annotations
 
 import pytest
-from engines import greedy_run, sample_run
+from engines import drafter_stats, greedy_run, sample_run
 from helpers import assert_lossless
 from stats import homogeneity
 
 pytestmark = [pytest.mark.engine, pytest.mark.vanilla("spec_bench_reduced", "scale_out", "stack_t1")]
 
 
-def _drafter_stats(worker) -> dict:
-    return dict(worker.model_runner.drafter.stats)
-
-
 def greedy_with_stats(llm, prompts: list[str], max_tokens: int, batch1: int) -> dict:
     out = greedy_run(llm, prompts, max_tokens, batch1)
-    out["stats"] = llm.collective_rpc(_drafter_stats)[0]
+    out["stats"] = drafter_stats(llm)
     return out
 
 

@@ -56,10 +56,6 @@ class Sublayers:
             raise ValueError(f"sublayers {sorted(bad)} out of range for {self.num_layers} layers "
                              f"(0..{2 * self.num_layers - 1})")
 
-    @classmethod
-    def none(cls, num_layers: int) -> "Sublayers":
-        return cls(num_layers, frozenset())
-
     def attention_kept(self, layer: int) -> bool:
         return 2 * layer not in self.skipped
 

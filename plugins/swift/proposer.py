@@ -70,8 +70,9 @@ class SWIFTProposer(DeclabProposer):
                 start=fixed)
         self.fixed = fixed
         self.layers: TargetLayers | None = None  # built on the first step (needs the runner)
+        # The skipped set and the search's state are added by stats_snapshot (derived, not counted).
         self.init_stats(PHASE_COUNTERS, num_layers=self.num_layers, layer_set=s["layer_set"],
-                        skip_sublayers=sorted(fixed), stop_threshold=s["stop_threshold"])
+                        stop_threshold=s["stop_threshold"])
         self.open_seams()
 
     @property
@@ -107,11 +108,8 @@ class SWIFTProposer(DeclabProposer):
             candidate = self.search.propose()
             best_score = self._score(self.search.best, picked, windows, starts)
             candidate_score = self._score(candidate, picked, windows, starts)
-            if self.search.observe(candidate, candidate_score, best_score,
-                                   frozenset(step.req_ids[i] for i in picked)):
-                self.stats["skip_sublayers"] = sorted(self.search.best)
+            self.search.observe(candidate, candidate_score, best_score, frozenset(step.req_ids[i] for i in picked))
             self.stats["search_iterations"] += 1
-            self.stats["best_matchness"] = self.search.state.best_score
         self.stats["search_seconds"] += time.perf_counter() - started
 
     # -- drafting ------------------------------------------------------------------------------------------------
@@ -124,21 +122,21 @@ class SWIFTProposer(DeclabProposer):
         rows = [i for i, new in enumerate(step.sampled_token_ids) if new and step.req_ids[i] in self.request_params]
         if self.search is not None and not self.search.done and rows:
             self._search_step(step, rows)
+        committed = {i: int(step.num_tokens_no_spec[i]) for i in rows}
         budget = {}
-        for i in rows:
-            n = int(step.num_tokens_no_spec[i])
+        for i, n in committed.items():
             free = self.layers.free_slots(i, n - 1)
             budget[i] = min(self.k, free, self.max_model_len - n)
-            if budget[i] < self.k and free < self.k:
+            if free < self.k:
                 self.stats["block_end_cuts"] += 1
         active = [i for i in rows if budget[i] > 0]
-        tokens = {i: int(step.token_ids_cpu[i, int(step.num_tokens_no_spec[i]) - 1]) for i in active}
+        tokens = {i: int(step.token_ids_cpu[i, committed[i] - 1]) for i in active}
         skip = Sublayers(self.num_layers, self.skipped)
         threshold = self.settings["stop_threshold"]
         draft_started = time.perf_counter()
         position = 0
         while active:
-            first = [int(step.num_tokens_no_spec[i]) - 1 + position for i in active]
+            first = [committed[i] - 1 + position for i in active]
             logits = self.layers.forward(active, [[tokens[i]] for i in active], first, skip, write_kv=True)
             probs = torch.softmax(logits, dim=-1)
             top_p, top = probs.max(dim=-1)
