@@ -16,7 +16,7 @@ import pytest
 from helpers import text_outside_identifiers
 
 from declab.integrations import bench, bench_spec, registry
-from declab.integrations.sdk.bench import ChildFailed, ChildTimeout, call_in_child, write_report
+from declab.integrations.sdk.bench import ChildFailed, ChildTimeout, call_in_child, report_json, write_report
 
 
 def test_declab_bench_finds_generic_and_plugin_benchmarks():
@@ -193,6 +193,18 @@ def test_write_report_records_provenance(tmp_path, monkeypatch):
     assert prov["machine"]["load_avg_at_start"] == [0.5, 0.25, 0.125]
     assert len(prov["machine"]["load_avg_at_end"]) == 3
     assert ppath.read_bytes() == b"png"
+
+
+def test_report_json_is_the_same_value_with_one_record_per_line():
+    rows = [{"id": str(i), "vanilla/batch1": {"tokens": 64, "identical": True}} for i in range(40)]
+    report = {"benchmark": "spec", "nested": {"deep": {"list": list(range(50)), "empty": [], "none": None}},
+              "short": [1, 2.5, "x"], "per_prompt": rows, "few_rows": rows[:3]}
+    text = report_json(report)
+    assert json.loads(text) == report
+    lines = text.splitlines()
+    assert sum(line.strip().startswith('{"id":') for line in lines) == 40 + 3  # 40 inline, 3 each on one line
+    assert '"short": [1, 2.5, "x"]' in text
+    assert max(len(line) for line in lines) < 120
 
 
 def test_bench_sdk_imports_no_torch_or_vllm():

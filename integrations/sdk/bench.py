@@ -56,7 +56,7 @@ __all__ = [
     "run_in_child", "spec_metrics", "answer_rates", "kl_divergence", "repetition_stats", "default_model",
     "default_draft_model",
     "eval_file", "CODE_GROUP", "CODE_PROMPTS", "default_bench_prompts", "group_order", "load_prompt_set",
-    "spec_bench_prompts", "add_option", "summarize", "identical_share", "load_average", "provenance", "write_report",
+    "spec_bench_prompts", "add_option", "summarize", "identical_share", "load_average", "provenance", "report_json", "write_report",
     "plot_configs",
 ]
 
@@ -140,6 +140,29 @@ def provenance(load_at_start: list[float] | None = None) -> dict[str, Any]:
     }
 
 
+def report_json(obj: Any, level: int = 0) -> str:
+    """The report's JSON text, readable and compact: a value whose JSON fits in ``INLINE_CHARS`` stays on one line,
+    and a list of more than ``RECORDS_INLINE`` records (dicts) keeps one compact record per line; everything else is
+    indented as ``json.dumps(indent=1)`` would. Why: a per-prompt table of 500 prompts x 9 configurations stays a few
+    hundred KB, and the repository must stay under the device machine's 64 MiB. Same JSON value either way."""
+    flat = json.dumps(obj)
+    if not isinstance(obj, (dict, list)) or len(flat) <= INLINE_CHARS:
+        return flat
+    pad, inner = " " * level, " " * (level + 1)
+    if isinstance(obj, dict):
+        items = [f"{inner}{json.dumps(str(k))}: {report_json(v, level + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if len(obj) > RECORDS_INLINE and all(isinstance(x, dict) for x in obj):
+        rows = [inner + json.dumps(x, separators=(",", ":")) for x in obj]
+    else:
+        rows = [inner + report_json(x, level + 1) for x in obj]
+    return "[\n" + ",\n".join(rows) + "\n" + pad + "]"
+
+
+INLINE_CHARS = 100
+RECORDS_INLINE = 16
+
+
 def write_report(report: dict[str, Any], out: str | Path, name: str,
                  plot: Callable[[dict[str, Any], Path], None],
                  load_at_start: list[float] | None = None) -> tuple[Path, Path]:
@@ -149,7 +172,7 @@ def write_report(report: dict[str, Any], out: str | Path, name: str,
     folder.mkdir(parents=True, exist_ok=True)
     jpath, ppath = folder / f"{name}.json", folder / f"{name}.png"
     report.setdefault("provenance", provenance(load_at_start))
-    jpath.write_text(json.dumps(report, indent=1))
+    jpath.write_text(report_json(report))
     plot(report, ppath)
     return jpath, ppath
 
