@@ -117,7 +117,8 @@ PROFILES: tuple[EngineProfile, ...] = (
                   engine_kwargs={"speculative_config": contrastive_search(8)}),
     # Training-free self-speculation of issue 16 (tests/test_self_spec_engine.py): the hybrid drafter and ADED
     # (chain; the search tree on the tree seam) and SJD, each on the default model.
-    EngineProfile("hybrid", plugins="hybrid_drafter", engine_kwargs=draft_proposer("hybrid_drafter", 8)),
+    EngineProfile("hybrid", plugins="hybrid_drafter", engine_kwargs=draft_proposer("hybrid_drafter", 8,
+                                                                                   hindsight=True)),
     EngineProfile("aded", plugins="aded", engine_kwargs=draft_proposer("aded", 8)),
     EngineProfile("aded_tree", plugins="aded", engine_kwargs=draft_proposer("aded", 24, mode="tree")),
     EngineProfile("sjd", plugins="sjd", engine_kwargs=draft_proposer("sjd", 4)),

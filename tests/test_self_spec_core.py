@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from declab.plugins.aded.core import TrigramTable, best_chain, best_tree, naive_search, search, tree_paths
-from declab.plugins.hybrid_drafter.core import ContextIndex, naive_match
+from declab.plugins.hybrid_drafter.core import ContextIndex, SourceHindsight, naive_match
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 streams = st.lists(st.integers(0, 5), min_size=0, max_size=60)
@@ -31,6 +31,33 @@ def test_context_index_matches_the_scan_after_every_extension(tokens, min_n, ext
         index.extend(tokens[pos : pos + cut])
         pos = min(len(tokens), pos + cut)
         assert index.match(k) == naive_match(tokens[:pos], k, min_n, max_n)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=12, max_size=40), st.integers(1, 5), st.integers(0, 2 ** 16))
+def test_source_hindsight_scores_candidates_against_what_was_committed(tokens, k, seed):
+    """Candidates recorded along a greedy stream, settled as the stream grows: each source's total is the sum of its
+    candidates' common prefixes with the tokens that followed, best is the sum of per-step maxima."""
+    rng = random.Random(seed)
+    hindsight = SourceHindsight(("a", "b"))
+    want = {"steps": 0, "best": 0, "a": 0, "b": 0}
+    committed = 4
+    while committed < len(tokens):
+        cands = {s: [rng.choice([tokens[j], 9]) if j < len(tokens) else 9 for j in range(committed, committed + k)]
+                 for s in ("a", "b")}
+        hindsight.record("r", committed, cands)
+        scores = {}
+        for s, cand in cands.items():
+            n = 0
+            while n < len(cand) and committed + n < len(tokens) and cand[n] == tokens[committed + n]:
+                n += 1
+            scores[s] = n
+        want = {"steps": want["steps"] + 1, "best": want["best"] + max(scores.values()),
+                **{s: want[s] + scores[s] for s in ("a", "b")}}
+        committed += rng.randint(1, k + 1)
+        hindsight.settle("r", tokens[: min(committed, len(tokens))])
+    hindsight.settle("r", tokens, final=True)
+    assert hindsight.totals == want and not hindsight.pending
 
 
 def test_context_index_prefers_the_longest_and_latest_match():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Sequence
 
-__all__ = ["ContextIndex", "naive_match"]
+__all__ = ["ContextIndex", "SourceHindsight", "naive_match"]
 
 
 class ContextIndex:
@@ -69,3 +69,54 @@ def naive_match(tokens: Sequence[int], k: int, min_n: int, max_n: int) -> tuple[
             if list(tokens[s : s + n]) == suffix:
                 return n, list(tokens[s + n : s + n + k])
     return 0, []
+
+
+class SourceHindsight:
+    """Greedy hindsight over draft sources: per drafting step, how many tokens each source's candidate would have had
+    accepted, and the best of them (a diagnostic for ``declab bench spec``, off by default).
+
+    Under greedy decoding a chain draft is accepted up to its first disagreement with the target's greedy
+    continuation, and that continuation is exactly what the request commits next. So every candidate drafted at
+    committed length ``start`` is scored, once the request has committed ``start + len(candidate)`` tokens (or has
+    finished), as its common prefix with ``tokens[start:]``. Summed over steps: ``1 + best / steps`` is the tokens
+    per target forward of a drafter that always picked the best source for the step (the steps of the real run;
+    a different pick would shift later steps, so this is the per-step bound, not a simulation)."""
+
+    def __init__(self, sources: Sequence[str]) -> None:
+        self.sources = tuple(sources)
+        self.pending: dict[str, list[tuple[int, dict[str, list[int]]]]] = {}
+        self.totals = {"steps": 0, "best": 0, **{s: 0 for s in self.sources}}
+
+    def record(self, req_id: str, start: int, candidates: dict[str, list[int]]) -> None:
+        self.pending.setdefault(req_id, []).append((start, candidates))
+
+    def settle(self, req_id: str, tokens: Sequence[int], final: bool = False) -> None:
+        """Score the request's candidates whose continuation is committed (all of them when ``final``: the tail
+        then scores against what is known, a lower bound for every source alike)."""
+        entries = self.pending.get(req_id)
+        if not entries:
+            self.pending.pop(req_id, None)
+            return
+        keep = []
+        for start, candidates in entries:
+            if not final and start + max(map(len, candidates.values()), default=0) > len(tokens):
+                keep.append((start, candidates))
+                continue
+            scores = {s: common_prefix(candidates.get(s, ()), tokens[start:]) for s in self.sources}
+            self.totals["steps"] += 1
+            self.totals["best"] += max(scores.values(), default=0)
+            for s, v in scores.items():
+                self.totals[s] += v
+        if keep and not final:
+            self.pending[req_id] = keep
+        else:
+            self.pending.pop(req_id, None)
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

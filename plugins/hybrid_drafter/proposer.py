@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 
 from declab.integrations.sdk.proposer import DeclabProposer, TargetStep
-from declab.plugins.hybrid_drafter.core import ContextIndex
+from declab.plugins.hybrid_drafter.core import ContextIndex, SourceHindsight
 from declab.plugins.hybrid_drafter.spec import SPEC
 from declab.plugins.shared.recycled_successors import RecycledSuccessors
 
@@ -51,6 +51,7 @@ class HybridProposer(DeclabProposer):
         self.recycled = RecycledSuccessors(vllm_config.model_config.get_vocab_size(), config["successors"],
                                            config["overlay_rows"] if config["overlay"] else None)
         self.contexts: dict[str, ContextIndex] = {}
+        self.hindsight = SourceHindsight(("context", "recycled", "hybrid")) if config["hindsight"] else None
         self.init_stats(PHASE_COUNTERS)
         self._step_started = 0.0
         self.open_seams()
@@ -68,6 +69,8 @@ class HybridProposer(DeclabProposer):
             self.stats["context_requests"] += 1
             self.stats["context_bytes_sum"] += nbytes
             self.stats["context_bytes_max"] = max(self.stats["context_bytes_max"], nbytes)
+            if self.hindsight is not None:
+                self.hindsight.settle(req_id, index.tokens, final=True)
         self.recycled.finish(req_id)
 
     # -- per step ------------------------------------------------------------------------------------------------
@@ -85,6 +88,8 @@ class HybridProposer(DeclabProposer):
             index = self.contexts[req_id] = ContextIndex(self.min_n, self.max_n)
         if len(index) < size:
             index.extend(step.token_ids_cpu[row, len(index) : size].tolist())
+            if self.hindsight is not None:
+                self.hindsight.settle(req_id, index.tokens)
         return index
 
     def draft(self, step: TargetStep) -> list[list[int]]:
@@ -112,8 +117,24 @@ class HybridProposer(DeclabProposer):
                     self.stats["recycled_drafts"] += 1
                 self.stats["recycled_tokens"] += len(extra)
                 drafts[i] = drafts[i] + extra
+        if self.hindsight is not None:
+            self._record_hindsight(step, drafts)
         self.count_propose(self._step_started)
         return drafts
+
+    def _record_hindsight(self, step: TargetStep, drafts: list[list[int]]) -> None:
+        """Each source's own candidate for every drafted row (context alone, recycled chain alone, the hybrid's
+        draft), for ``SourceHindsight`` to score once the request commits what follows."""
+        rows = [i for i, new in enumerate(step.sampled_token_ids) if new]
+        if not rows:
+            return
+        req_ids = [step.req_ids[i] for i in rows]
+        recycled = self.recycled.chains(req_ids, [self.contexts[r].tokens[-1] for r in req_ids], self.k,
+                                        self.stop_at_unseen)
+        for i, req_id, chain in zip(rows, req_ids, recycled):
+            index = self.contexts[req_id]
+            self.hindsight.record(req_id, len(index), {"context": index.match(self.k)[1], "recycled": chain,
+                                                       "hybrid": drafts[i]})
 
     # -- benchmark hooks (``declab bench spec``'s worker calls them between phases) ----------------------------
 
@@ -122,6 +143,8 @@ class HybridProposer(DeclabProposer):
         requests; each request indexes only its own tokens)."""
         self.recycled.reset()
         self.reset_phase_counters()
+        if self.hindsight is not None:
+            self.hindsight = SourceHindsight(self.hindsight.sources)
 
     def declab_bench_memory(self) -> dict:
         live = sum(index.nbytes for index in self.contexts.values())
@@ -134,4 +157,5 @@ class HybridProposer(DeclabProposer):
                         "the request's own tokens"}
 
     def stats_snapshot(self) -> dict:
-        return dict(self.stats, seen_rows=self.recycled.matrix.num_seen)
+        hindsight = {f"hindsight_{k}": v for k, v in self.hindsight.totals.items()} if self.hindsight else {}
+        return dict(self.stats, seen_rows=self.recycled.matrix.num_seen, **hindsight)

@@ -20,6 +20,9 @@ SPEC = PluginSpec(
         ParamSpec("overlay", bool, True, doc="per-request overlay of recycled successors, read before the shared matrix"),
         ParamSpec("overlay_rows", int, 4096, low=16, high=1 << 20, doc="most rows one request's overlay keeps"),
         ParamSpec("stop_at_unseen", bool, True, doc="end a recycled chain before a token whose row was never written"),
+        ParamSpec("hindsight", bool, False,
+                  doc="bench diagnostic: also draft each source alone every step and count, in greedy hindsight, "
+                      "the tokens each would have had accepted (stats hindsight_*); costs a second chain read"),
     ),
     proposer=ProposerHook(
         proposer=PROPOSER_PATH,

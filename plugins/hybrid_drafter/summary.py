@@ -1,6 +1,8 @@
 """Tokens per target forward on Spec-Bench (its 13 categories pooled) and on code, per configuration, from
-``declab bench spec`` reports, and the hybrid's ratio over the best of ngram, suffix and Token Recycling (issue 16's
-target: >= 1.2). Writes ``summary.json`` beside the first report::
+``declab bench spec`` reports, and the hybrid's ratio over the best chain of ngram, suffix and Token Recycling at the
+same K (issue 16's target: >= 1.2) and over Token Recycling's tree (80 draft tokens per step) when the report has it.
+A hybrid run with ``hindsight`` adds, per phase, what each source alone and the best source per step would have had
+accepted (``SourceHindsight``). Writes ``summary.json`` beside the first report::
 
     python -m declab.plugins.hybrid_drafter.summary measurements/self-spec-b64/spec.json [more reports]
 """
@@ -13,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 BASELINES = ("ngram", "suffix", "token_recycling_chain")
+TREE = "token_recycling_tree"
 CODE = "code"
 
 
@@ -22,6 +25,16 @@ def pooled(groups: dict, names: list[str]) -> float | None:
     return generated / (generated - accepted) if generated > accepted else None
 
 
+def hindsight(stats: dict) -> dict:
+    """Accepted tokens per drafting step of each source alone, of the hybrid, and of the best source per step
+    (pooled over every prompt of the phase), and the best's gain over the hybrid in tokens per step."""
+    steps = stats["hindsight_steps"]
+    per_step = {k[len("hindsight_"):]: 1 + v / steps for k, v in stats.items()
+                if k.startswith("hindsight_") and k != "hindsight_steps"}
+    return {"steps": steps, "tokens_per_step": per_step,
+            "best_over_hybrid": per_step["best"] / per_step["hybrid"]}
+
+
 def summarise(report: dict) -> dict:
     out: dict = {}
     for phase in ("batch16", "batch1"):
@@ -29,7 +42,7 @@ def summarise(report: dict) -> dict:
         rows = {}
         for name, config in report["configs"].items():
             groups = config.get("phases", {}).get(phase, {}).get("groups")
-            if not groups or name == "vanilla":
+            if not groups or name == "vanilla" or "all" not in groups:
                 continue
             spec_bench = [g for g in groups if g not in (CODE, "all")]
             rows[name] = {"spec_bench": pooled(groups, spec_bench), "code": pooled(groups, [CODE]) if CODE in groups
@@ -40,6 +53,12 @@ def summarise(report: dict) -> dict:
             best = max((rows[b][part] for b in BASELINES if b in rows and rows[b][part]), default=None)
             if "hybrid" in rows and best:
                 rows.setdefault("hybrid_over_best_baseline", {})[part] = rows["hybrid"][part] / best
+            tree = rows.get(TREE, {}).get(part)
+            if "hybrid" in rows and tree:
+                rows.setdefault("hybrid_over_token_recycling_tree", {})[part] = rows["hybrid"][part] / tree
+        stats = report["configs"].get("hybrid", {}).get("phases", {}).get(phase, {}).get("proposer", {}).get("stats")
+        if stats and stats.get("hindsight_steps"):
+            rows["hindsight"] = hindsight(stats)
         out[label] = rows
     return out
 
