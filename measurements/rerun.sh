@@ -79,6 +79,10 @@ COMMANDS=(
 # Commands whose arguments hold JSON (shell-quoted exactly as their reports' provenance records them), one per line.
 while IFS= read -r line; do COMMANDS+=("$line"); done <<'QUOTED'
 declab bench spec --configs vanilla,swift,swift_uniform --proposer-k 8 --batch-size 16 --limit 5 --phases batch16 --settings 'swift={"skip_ratio": 0.25}' --out plugins/swift/measurements/skip-ratio-0.25
+declab bench spec --configs vanilla,hybrid --proposer-k 8 --batch-size 16 --limit 5 --batch1-limit 5 --settings 'hybrid_drafter={"hindsight": true}' --out plugins/hybrid_drafter/measurements/hindsight
+declab bench spec --configs vanilla,hybrid --proposer-k 8 --batch-size 64 --limit 5 --phases batch16 --settings 'hybrid_drafter={"hindsight": true}' --out plugins/hybrid_drafter/measurements/hindsight-b64
+python -m declab.plugins.hybrid_drafter.summary plugins/hybrid_drafter/measurements/hindsight/spec.json
+python -m declab.plugins.hybrid_drafter.summary plugins/hybrid_drafter/measurements/hindsight-b64/spec.json
 declab bench spec --configs vanilla,swift,swift_uniform --proposer-k 8 --batch-size 16 --limit 5 --phases batch16 --settings 'swift={"skip_ratio": 0.35}' --out plugins/swift/measurements/skip-ratio-0.35
 QUOTED
 
