@@ -31,12 +31,14 @@ COMMANDS=(
   "python measurements/draft_model_sampling_probe.py --out measurements/draft-model-sampling.json"
   "declab bench spectr-grid --out plugins/spectr/measurements"
   "declab bench spec --configs vanilla,pearl,specdec_pp,rapid --phases batch1 --batch1-limit 0 --out measurements/draft-models-all-batch1"
-  # training-free self-speculation (issue #16): hybrid drafter, ADED, SJD next to ngram, suffix and Token Recycling
-  "declab bench spec --configs vanilla,ngram,suffix,token_recycling_chain,hybrid,aded,sjd --ngram 1,3,8 --proposer-k 8 --batch-size 16 --limit 5 --batch1-limit 5 --out measurements/self-spec"
-  "declab bench spec --configs vanilla,ngram,suffix,token_recycling_chain,hybrid,aded --ngram 1,3,8 --proposer-k 8 --batch-size 64 --limit 5 --phases batch16 --out measurements/self-spec-b64"
-  "python -m declab.plugins.hybrid_drafter.summary measurements/self-spec-b64/spec.json"
-  "python -m declab.plugins.hybrid_drafter.summary measurements/self-spec/spec.json measurements/self-spec-b64/spec.json"
-  # SWIFT (paper 49): adaptive vs a uniform skip set of the same size on the self-spec prompts (batch 16 and 1,
+  # issue #16's proposers on every fitting prompt at batch 1, 16 and 64; summary; H100 projections (batch 1 and 16)
+  "declab bench spec --configs vanilla,ngram,suffix,token_recycling_chain,token_recycling_tree,hybrid,aded,aded_tree,sjd --ngram 1,3,8 --proposer-k 8 --phases batch1 --batch1-limit 0 --out measurements/self-spec-all-b1"
+  "declab bench spec --configs vanilla,ngram,suffix,token_recycling_chain,token_recycling_tree,hybrid,aded,aded_tree,sjd --ngram 1,3,8 --proposer-k 8 --phases batch16 --out measurements/self-spec-all"
+  "declab bench spec --configs vanilla,ngram,suffix,token_recycling_chain,token_recycling_tree,hybrid,aded,aded_tree,sjd --ngram 1,3,8 --proposer-k 8 --batch-size 64 --phases batch16 --out measurements/self-spec-all-b64"
+  "python -m declab.plugins.hybrid_drafter.summary measurements/self-spec-all/spec.json measurements/self-spec-all-b1/spec.json measurements/self-spec-all-b64/spec.json"
+  "declab bench verify-cost --cost-from plugins/token_recycling/measurements/verify-cost-h100.json --spec-report measurements/self-spec-all-b1/spec.json --out measurements/self-spec-all-b1/h100-projection"
+  "declab bench verify-cost --cost-from plugins/token_recycling/measurements/verify-cost-h100.json --spec-report measurements/self-spec-all/spec.json --out measurements/self-spec-all/h100-projection"
+  # SWIFT (paper 49): adaptive vs a uniform skip set of the same size on the --limit 5 prompts (batch 16 and 1,
   # batch 64), then greedy identity on every fitting prompt (batch 16 and 1, batch 64); H100 projections
   "declab bench spec --configs vanilla,swift,swift_uniform --proposer-k 8 --batch-size 16 --limit 5 --batch1-limit 5 --out plugins/swift/measurements"
   "declab bench spec --configs vanilla,swift,swift_uniform --proposer-k 8 --batch-size 64 --limit 5 --phases batch16 --out plugins/swift/measurements/batch64"

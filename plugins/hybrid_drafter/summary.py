@@ -4,7 +4,7 @@ same K (issue 16's target: >= 1.2) and over Token Recycling's tree (80 draft tok
 A hybrid run with ``hindsight`` adds, per phase, what each source alone and the best source per step would have had
 accepted (``SourceHindsight``). Writes ``summary.json`` beside the first report::
 
-    python -m declab.plugins.hybrid_drafter.summary measurements/self-spec-b64/spec.json [more reports]
+    python -m declab.plugins.hybrid_drafter.summary measurements/self-spec-all/spec.json [more reports]
 """
 
 from __future__ import annotations
