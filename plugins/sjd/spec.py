@@ -11,8 +11,9 @@ SPEC = PluginSpec(
     summary=("SJD: speculative Jacobi decoding, drafts sampled from the target's own distributions of the previous "
              "Jacobi iteration, accepted by vLLM's rejection sampler with the draft probabilities (min(1, p/q))"),
     reason=(
-        "the paper targets auto-regressive text-to-image models; here it runs on a text model, where stale Jacobi "
-        "distributions are rarely right past the first position (`declab bench spec`), and the paper's spatial "
+        "the paper targets auto-regressive text-to-image models; here it runs on a text model, where a draft from "
+        "the previous Jacobi iteration is rarely the target's next token (4 % accepted at the first draft position, "
+        "1.05 tokens per target forward on 485 prompts, `declab bench spec`), and the paper's spatial "
         "initialisation of new positions does not apply (random tokens, as its default)"
     ),
     settings=(
