@@ -72,7 +72,7 @@ def retention(by_batch: dict) -> dict:
         if base is None or label == "batch1":
             continue
         for name, row in rows.items():
-            if name in base and "spec_bench" in row and name != "hindsight" and not name.startswith("hybrid_over"):
+            if name in base and "spec_bench" in row and not name.startswith("hybrid_over"):
                 out.setdefault(label, {})[name] = {part: row[part] / base[name][part] for part in ("spec_bench", "code")
                                                    if row.get(part) and base[name].get(part)}
     return out
