@@ -42,7 +42,7 @@ def summarise(report: dict) -> dict:
         rows = {}
         for name, config in report["configs"].items():
             groups = config.get("phases", {}).get(phase, {}).get("groups")
-            if not groups or name == "vanilla" or "all" not in groups:
+            if not groups or name == "vanilla":
                 continue
             spec_bench = [g for g in groups if g not in (CODE, "all")]
             rows[name] = {"spec_bench": pooled(groups, spec_bench), "code": pooled(groups, [CODE]) if CODE in groups
