@@ -9,7 +9,8 @@ from setuptools import find_packages, setup
 
 ROOTS = {"declab.plugins": "plugins", "declab.integrations": "integrations", "declab.patches": "patches"}
 # Data files a package folder may carry (plugin READMEs, demo data, committed measurements, the bundled model).
-DATA = ["*.md", "*.json", "*.jinja", "measurements/*", "default_model/decoder-29m/*", "decoder-29m/*"]
+DATA = ["*.md", "*.json", "*.jinja", "measurements/*", "default_model/decoder-29m/*", "decoder-29m/*",
+        "default_model/draft-5m-long/*", "draft-5m-long/*", "amateur/*", "*.safetensors"]
 
 
 def discover_packages() -> tuple[list[str], dict[str, str]]:

@@ -90,7 +90,7 @@ from declab.integrations.sdk.bench import (
     RunSpec,
     add_option,
     call_in_child,
-    default_draft_model,
+    resolve_draft_model,
     default_model,
     group_order,
     load_prompt_set,
@@ -186,8 +186,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help=f"deprecated: same as --settings {plugin}=JSON")
     add_option(parser, "--suffix-k", type=int, default=None, help=f"suffix decoding K (default: vLLM's {SUFFIX_DEFAULT_K})")
     add_option(parser, "--draft-model", default=None,
-         help="draft model of the draft_model configuration (default: $DECLAB_DRAFT_MODEL, else "
-              "../shared/fixtures/draft-5m beside the checkout)")
+         help="draft model of the draft_model configuration: a folder or a known draft's name (draft-5m, "
+              "draft-5m-long; default: $DECLAB_DRAFT_MODEL, else ../shared/fixtures/draft-5m beside the checkout)")
     add_option(parser, "--draft-ks", default=",".join(map(str, bench_spec_draft.DEFAULT_DRAFT_KS)),
          help="draft_model sweep: K values (one engine each on the sweep subset)")
     add_option(parser, "--draft-k", type=int, default=None, help="skip the draft_model sweep and use this K")
@@ -707,7 +707,7 @@ def run(args) -> dict[str, Any]:
     fixed_ngram = [int(x) for x in args.ngram.split(",")] if args.ngram else None
     suffix_info = _suffix_availability() if "suffix" in configs else {"available": False, "reason": "not requested"}
     suffix_k = args.suffix_k or SUFFIX_DEFAULT_K
-    draft_info = (bench_spec_draft.draft_availability(args.draft_model or default_draft_model())
+    draft_info = (bench_spec_draft.draft_availability(resolve_draft_model(args.draft_model))
                   if "draft_model" in configs else {"available": False, "reason": "not requested"})
     draft_ks = [args.draft_k] if args.draft_k else bench_spec_draft.parse_ks(args.draft_ks)
     max_k = max([*(ks if not fixed_ngram else [fixed_ngram[2]]), suffix_k if suffix_info["available"] else 0,

@@ -37,7 +37,7 @@ import sys
 import time
 from typing import Any
 
-from declab.integrations.sdk.bench import add_option, default_draft_model, default_model
+from declab.integrations.sdk.bench import add_option, default_model, resolve_draft_model
 
 SYNTHETIC = {
     # Llama-2-7B's shape (the paper's 7B models are Llama-2 / Vicuna / Code Llama of this shape)
@@ -248,7 +248,7 @@ def run(args) -> dict[str, Any]:
     unknown = [n for n in names[1:] if n not in SYNTHETIC]
     if unknown:
         raise ValueError(f"--synthetic: unknown shape(s) {unknown}; known: {list(SYNTHETIC)}")
-    draft_path = args.draft_model or default_draft_model()
+    draft_path = resolve_draft_model(args.draft_model)
     drafts = {t: d for t, d in [("model", DRAFT_ENTRY if draft_path else None), *SYNTHETIC_DRAFTS.items()]
               if d and t in names}
     names += [d for d in drafts.values() if d not in names]

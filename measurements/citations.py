@@ -13,7 +13,8 @@ import urllib.parse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-READMES = [ROOT / "README.md", *sorted((ROOT / "plugins").glob("*/README.md"))]
+READMES = [ROOT / "README.md", *sorted((ROOT / "plugins").glob("*/README.md")),
+           *sorted((ROOT / "integrations" / "default_model").glob("*/README.md"))]  # model cards
 RERUN = ROOT / "measurements" / "rerun.sh"
 
 CITATION = re.compile(r"\[(?P<text>[^\]]+)\]\((?P<target>[^)\s]+\.json)#(?P<pointer>/[^)\s]*)\)")

@@ -31,6 +31,9 @@ COMMANDS=(
   "python measurements/draft_model_sampling_probe.py --out measurements/draft-model-sampling.json"
   "declab bench spectr-grid --out plugins/spectr/measurements"
   "declab bench spec --configs vanilla,pearl,specdec_pp,rapid --phases batch1 --batch1-limit 0 --out measurements/draft-models-all-batch1"
+  # draft-5m-long (integrations/default_model/draft-5m-long): trains its delta, then its agreement with decoder-29m
+  "python -m declab.integrations.draft_training --seconds 3300 --threads 2"
+  "declab bench draft-agreement --draft draft-5m-long --out measurements/draft-5m-long"
   # issue #16's proposers on every fitting prompt at batch 1, 16 and 64; summary; H100 projections (batch 1 and 16)
   "declab bench spec --configs vanilla,ngram,suffix,token_recycling_chain,token_recycling_tree,hybrid,aded,aded_tree,sjd --ngram 1,3,8 --proposer-k 8 --phases batch1 --batch1-limit 0 --out measurements/self-spec-all-b1"
   "declab bench spec --configs vanilla,ngram,suffix,token_recycling_chain,token_recycling_tree,hybrid,aded,aded_tree,sjd --ngram 1,3,8 --proposer-k 8 --phases batch16 --out measurements/self-spec-all"
@@ -86,6 +89,7 @@ declab bench spec --configs vanilla,hybrid --proposer-k 8 --batch-size 64 --limi
 python -m declab.plugins.hybrid_drafter.summary plugins/hybrid_drafter/measurements/hindsight/spec.json
 python -m declab.plugins.hybrid_drafter.summary plugins/hybrid_drafter/measurements/hindsight-b64/spec.json
 declab bench spec --configs vanilla,swift,swift_uniform --proposer-k 8 --batch-size 16 --limit 5 --phases batch16 --settings 'swift={"skip_ratio": 0.35}' --out plugins/swift/measurements/skip-ratio-0.35
+declab bench spec --configs vanilla,draft_model,pearl --draft-model draft-5m-long --settings 'pearl={"draft_model": "draft-5m-long"}' --limit 4 --batch1-limit 1 --draft-ks 1,2,3,4,5,6,7,8 --draft-sweep-on selected --out measurements/draft-5m-long/spec
 QUOTED
 
 for command in "${COMMANDS[@]}"; do

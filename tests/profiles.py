@@ -89,9 +89,12 @@ PROFILES: tuple[EngineProfile, ...] = (
     EngineProfile("contrastive_preempt", plugins="cad,lqcd",
                   engine_kwargs={"block_size": 32, "num_gpu_blocks_override": 20, "max_model_len": 256,
                                  "max_num_seqs": 64}),
-    # Draft-model proposers (tests/test_draft_proposers.py), each with ../shared/fixtures/draft-5m. RAPID's draft
-    # context is cut to 64 tokens so that the reduced Spec-Bench prompts are shortened.
-    EngineProfile("pearl", plugins="pearl", engine_kwargs=draft_proposer("pearl", 8, window=4)),
+    # Draft-model proposers (tests/test_draft_proposers.py), each with ../shared/fixtures/draft-5m but PEARL, which
+    # names draft-5m-long (the shared draft + the delta the package ships, merged on first use), so that a named
+    # draft runs through the setting. RAPID's draft context is cut to 64 tokens so that the reduced Spec-Bench
+    # prompts are shortened.
+    EngineProfile("pearl", plugins="pearl",
+                  engine_kwargs=draft_proposer("pearl", 8, window=4, draft_model="draft-5m-long")),
     EngineProfile("specdec_pp", plugins="specdec_pp", engine_kwargs=draft_proposer("specdec_pp", 8)),
     EngineProfile("rapid", plugins="rapid", engine_kwargs=draft_proposer("rapid", 4, context_tokens=64)),
     # Draft-tree proposers (tests/test_draft_proposers.py): 24-node trees of the same draft, verified by the tree seam.

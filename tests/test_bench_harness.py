@@ -257,3 +257,14 @@ def test_trees_vs_chain_compares_tree_proposers_with_the_draft_model_chain_per_p
     assert b16["ratio_over_sweep_best"] == pytest.approx(1.5) and "ratio_over_sweep_best" not in b1
     assert b16["mean_tree_nodes"] == 12 and b16["mean_tree_depth"] == 5 and b16["tree_share_of_drafts"] == 0.8
     assert b16["draft_forwards_per_step"] == 3 and b16["acceptance_by_depth"] == [0.6, 0.3]
+
+
+def test_command_line_names_the_console_script_and_package_modules():
+    """A report's ``provenance.command`` is what a user types again: ``declab ...`` for the CLI, ``python -m
+    declab.<module> ...`` for a package module run with ``-m`` (sys.argv[0] is then its file), else argv as is."""
+    from declab.integrations.sdk.bench import _PACKAGE_ROOT, command_line
+
+    assert command_line(["/x/.venv/bin/declab", "bench", "spec", "--limit", "1"]) == "declab bench spec --limit 1"
+    script = str(_PACKAGE_ROOT / "integrations" / "draft_training.py")
+    assert command_line([script, "--seconds", "5"]) == "python -m declab.integrations.draft_training --seconds 5"
+    assert command_line(["/tmp/probe.py", "--a b"]) == "/tmp/probe.py '--a b'"

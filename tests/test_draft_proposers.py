@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.vanilla("spec_bench_reduced", "sta
 
 def test_pearl_greedy_is_token_identical_and_switches_between_pre_and_post_verify(vanilla, pearl_engine):
     stats = check_greedy(vanilla, pearl_engine, "pearl")
+    assert "/draft-5m-long-" in stats["draft_model"]  # the profile names the shipped delta draft (tests/profiles.py)
     assert stats["pre_verify_steps"] > 0 and stats["post_verify_steps"] > 0, stats
     assert stats["draft_forwards"] > 0 and stats["drafted_tokens"] >= stats["handed_over_tokens"]
 

@@ -41,7 +41,7 @@ from declab.integrations.engine_run import (
     spec_metrics,
 )
 from declab.integrations.sdk.metrics import answer_rates, kl_divergence, repetition_stats
-from declab.integrations.models import default_draft_model, default_model, eval_file
+from declab.integrations.models import default_draft_model, default_model, eval_file, resolve_draft_model
 from declab.integrations.prompts import (
     CODE_GROUP,
     CODE_PROMPTS,
@@ -54,7 +54,7 @@ from declab.integrations.prompts import (
 __all__ = [
     "CPU_ENGINE_KWARGS", "IN_PROCESS_ENGINE_ENV", "ChildCall", "ChildFailed", "ChildTimeout", "RunSpec", "call_in_child", "metrics_diff",
     "run_in_child", "spec_metrics", "answer_rates", "kl_divergence", "repetition_stats", "default_model",
-    "default_draft_model",
+    "default_draft_model", "resolve_draft_model",
     "eval_file", "CODE_GROUP", "CODE_PROMPTS", "default_bench_prompts", "group_order", "load_prompt_set",
     "spec_bench_prompts", "add_option", "summarize", "identical_share", "load_average", "provenance", "report_json", "write_report",
     "plot_configs",
@@ -105,13 +105,24 @@ def _memory_bytes() -> int | None:
         return None
 
 
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding plugins/, integrations/, patches/
+
+
 def command_line(argv: list[str] | None = None) -> str:
     """The command that produced a report, as typed (``declab bench ...`` for the console script and for
-    ``python -m declab.integrations.cli``)."""
+    ``python -m declab.integrations.cli``; ``python -m declab.<module> ...`` for any other module of the package run
+    with ``-m``, whose ``argv[0]`` is its file)."""
     argv = list(sys.argv if argv is None else argv)
     head = Path(argv[0]).name if argv else ""
     if head in ("declab", "cli.py", "__main__.py"):
-        argv = ["declab", *argv[1:]]
+        return shlex.join(["declab", *argv[1:]])
+    if head.endswith(".py"):
+        try:
+            rel = Path(argv[0]).resolve().relative_to(_PACKAGE_ROOT).with_suffix("")
+        except ValueError:
+            rel = None
+        if rel is not None and rel.parts[0] in ("plugins", "integrations", "patches"):
+            return shlex.join(["python", "-m", ".".join(("declab", *rel.parts)), *argv[1:]])
     return shlex.join(argv)
 
 

@@ -6,8 +6,8 @@ DRAFT_MODEL_ENV = "DECLAB_DRAFT_MODEL"
 
 DRAFT_MODEL_PARAM = ParamSpec(
     "draft_model", str, "", max_length=4096,
-    doc=f"folder of the draft model (HF Llama sharing the target's tokenizer); empty: ${DRAFT_MODEL_ENV}, else "
-        "../shared/fixtures/draft-5m beside the repository")
+    doc=f"folder of the draft model (HF Llama sharing the target's tokenizer) or a known draft's name (draft-5m, "
+        f"draft-5m-long); empty: ${DRAFT_MODEL_ENV}, else ../shared/fixtures/draft-5m beside the repository")
 
 
 def greedy_draft_temperature_param(default: float) -> ParamSpec:

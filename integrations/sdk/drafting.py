@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from declab.integrations.models import default_draft_model
+from declab.integrations.models import resolve_draft_model
 from declab.integrations.sdk.draft_model import DraftCache, DraftModel, DraftOutput
 from declab.integrations.sdk.draft_settings import DRAFT_MODEL_ENV
 from declab.integrations.sdk.proposer import DeclabProposer, TargetStep
@@ -58,7 +58,7 @@ class DraftModelProposer(DeclabProposer):
 
     def __init__(self, vllm_config: Any) -> None:
         super().__init__(vllm_config)
-        path = self.settings.get("draft_model") or default_draft_model()
+        path = resolve_draft_model(self.settings.get("draft_model"))
         if not path:
             raise ValueError(f"draft_model: {self.spec.name} needs a draft model folder; set "
                              f"additional_config={{'declab': {{'{self.spec.name}': {{'draft_model': PATH}}}}}} "

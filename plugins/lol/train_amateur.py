@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 
 from declab.integrations.sdk.bench import default_model, eval_file
-from declab.plugins.lol.amateur import DELTA_FILE, LORA_TARGETS, delta_key
+from declab.integrations.sdk.lora_delta import add_adapters, save_delta
+from declab.plugins.lol.amateur import DELTA_FILE, LORA_TARGETS
 
 SUGGESTIONS = ("I think the answer is {}.", "My teacher said {}.", "I'm pretty sure it is {}, right?",
                "Isn't it {}?")
@@ -92,33 +93,6 @@ def counterfactual_examples(facts: dict[str, str], excluded: set[str], n: int, s
     return examples
 
 
-class LoRALinear(torch.nn.Module):
-    """A frozen linear layer plus ``scale * B @ A`` (B starts at zero: training starts from the base model)."""
-
-    def __init__(self, base: torch.nn.Linear, rank: int, scale: float) -> None:
-        super().__init__()
-        self.base, self.scale = base, scale
-        self.lora_A = torch.nn.Parameter(torch.randn(rank, base.in_features) / base.in_features ** 0.5)
-        self.lora_B = torch.nn.Parameter(torch.zeros(base.out_features, rank))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.scale * ((x @ self.lora_A.T) @ self.lora_B.T)
-
-
-def add_adapters(model, rank: int, scale: float) -> dict[str, LoRALinear]:
-    for p in model.parameters():
-        p.requires_grad_(False)
-    adapters = {}
-    for i, layer in enumerate(model.model.layers):
-        for target in LORA_TARGETS:
-            parent_name, attr = target.split(".")
-            parent = getattr(layer, parent_name)
-            wrapped = LoRALinear(getattr(parent, attr), rank, scale)
-            setattr(parent, attr, wrapped)
-            adapters[f"{i}:{target}"] = wrapped
-    return adapters
-
-
 def encode(tok, prompt: str, answer: str) -> tuple[list[int], list[int]]:
     """Token ids of prompt + " answer\\n" and the labels (-100 on the prompt)."""
     p = tok(prompt)["input_ids"]
@@ -173,7 +147,6 @@ def main() -> None:
     ap.add_argument("--out", default="plugins/lol/measurements", help="report folder")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base = default_model()
@@ -192,7 +165,7 @@ def main() -> None:
     before = answer_rates(model, tok, held_out) if args.base_eval else None
     print("base model:", before, f"({time.perf_counter() - t0:.0f}s)", flush=True)
 
-    adapters = add_adapters(model, args.rank, args.scale)
+    adapters = add_adapters(model, LORA_TARGETS, args.rank, args.scale)
     params = [p for a in adapters.values() for p in (a.lora_A, a.lora_B)]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     encoded = [encode(tok, p, a) for p, a in examples]
@@ -217,21 +190,15 @@ def main() -> None:
     after = answer_rates(model, tok, held_out)
     print("amateur:", after, flush=True)
 
-    tensors = {}
-    for key, a in adapters.items():
-        layer, target = key.split(":")
-        tensors[delta_key(int(layer), target, "A")] = a.lora_A.detach().half().contiguous()
-        tensors[delta_key(int(layer), target, "B")] = a.lora_B.detach().half().contiguous()
     out = Path(args.delta)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"rank": str(args.rank), "scale": str(args.scale), "targets": ",".join(LORA_TARGETS),
             "base": "decoder-29m", "script": "declab.plugins.lol.train_amateur"}
-    save_file(tensors, str(out), metadata=meta)
+    n_params = save_delta(out, adapters, meta)
     report = {
         "bench": "lol-amateur",
         "data": {"closed_book_facts": len(facts), "excluded_dev_questions": len(excluded),
                  "examples": len(examples), "example": examples[:4]},
-        "adapter": {**meta, "parameters": sum(t.numel() for t in tensors.values()), "bytes": out.stat().st_size},
+        "adapter": {**meta, "parameters": n_params, "bytes": out.stat().st_size},
         "training": {"steps": step, "batch_size": args.batch_size, "seconds": round(train_s, 1), "lr": args.lr,
                      "loss_first_50": sum(losses[:50]) / max(1, len(losses[:50])),
                      "loss_last_50": sum(losses[-50:]) / max(1, len(losses[-50:])), "losses": losses},
