@@ -66,7 +66,7 @@ def materialize_delta_model(base: str | Path, delta: Path, name: str) -> str:
     base = Path(base)
     digest = hashlib.sha256(delta.read_bytes())
     for f in sorted(base.glob("*.safetensors")):
-        digest.update(f"{f.name}:{f.stat().st_size}".encode())
+        digest.update(f.name.encode() + f.read_bytes())
     folder = cache_dir() / "models" / f"{name}-{digest.hexdigest()[:12]}"
     if (folder / "model.safetensors").is_file():
         return str(folder)

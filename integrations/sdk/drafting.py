@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from declab.integrations.models import resolve_draft_model
+from declab.integrations.models import draft_names, resolve_draft_model
 from declab.integrations.sdk.draft_model import DraftCache, DraftModel, DraftOutput
 from declab.integrations.sdk.draft_settings import DRAFT_MODEL_ENV
 from declab.integrations.sdk.proposer import DeclabProposer, TargetStep
@@ -62,7 +62,8 @@ class DraftModelProposer(DeclabProposer):
         if not path:
             raise ValueError(f"draft_model: {self.spec.name} needs a draft model folder; set "
                              f"additional_config={{'declab': {{'{self.spec.name}': {{'draft_model': PATH}}}}}} "
-                             f"or {DRAFT_MODEL_ENV}")
+                             f"or {DRAFT_MODEL_ENV} (the named drafts {', '.join(draft_names())} are made from "
+                             "../shared/fixtures/draft-5m, which is not there)")
         self.draft_model = DraftModel.from_pretrained(path)
         target_vocab = int(vllm_config.model_config.get_vocab_size())
         if self.draft_model.config.vocab_size != target_vocab:
