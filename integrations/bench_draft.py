@@ -26,9 +26,10 @@ prompt is skipped when ``prompt tokens + --max-tokens`` exceeds the 2,048-token 
 N fitting prompts of each group. Agreement is token-weighted (matches / positions) per category, per Spec-Bench as a
 whole and code, and overall; ``prompt_mean_agreement`` is the unweighted mean over prompts.
 
-Run: ``declab bench draft-agreement [--draft PATH] [--limit N] [--max-tokens 64]`` (JSON + PNG). The default run (486
-prompts, 64 tokens, one thread) took 852 s on the shared 2-core machine at load 4.2-4.6 (other jobs running); most
-of it is the target's 64 decode steps per prompt, so the time scales with the number of prompts (``--limit``).
+Run: ``declab bench draft-agreement [--draft PATH|NAME] [--limit N] [--max-tokens 64]`` (JSON + PNG; NAME:
+``draft-5m``, ``draft-5m-long``). The default run (486 prompts, 64 tokens, one thread) took 852 s on the shared
+2-core machine at load 4.2-4.6 (other jobs running), 611 s alone on one core; most of it is the target's 64 decode
+steps per prompt, so the time scales with the number of prompts (``--limit``).
 """
 
 from __future__ import annotations
