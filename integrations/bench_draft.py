@@ -28,8 +28,8 @@ whole and code, and overall; ``prompt_mean_agreement`` is the unweighted mean ov
 
 Run: ``declab bench draft-agreement [--draft PATH|NAME] [--limit N] [--max-tokens 64]`` (JSON + PNG; NAME:
 ``draft-5m``, ``draft-5m-long``). The default run (486 prompts, 64 tokens, one thread) took 852 s on the shared
-2-core machine at load 4.2-4.6 (other jobs running), 611 s pinned to one core (the other running a bench); most of it is the target's 64 decode
-steps per prompt, so the time scales with the number of prompts (``--limit``).
+2-core machine at load 4.2-4.6 (other jobs running), 611 s pinned to one core (the other running a bench); most
+of it is the target's 64 decode steps per prompt, so the time scales with the number of prompts (``--limit``).
 """
 
 from __future__ import annotations
