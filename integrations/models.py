@@ -118,7 +118,7 @@ def default_draft_model() -> str | None:
     59 MB; ``draft-5m-long`` ships as a delta on the shared draft, see ``BUNDLED_DRAFT_DELTAS``.)"""
     env = os.environ.get(DRAFT_MODEL_ENV, "").strip()
     if env:
-        return named_draft_model(env) if env in draft_names() else env
+        return resolve_draft_model(env)
     return shared_draft_model()
 
 

@@ -5,8 +5,8 @@ model fine-tuned on non-factual data). A full fine-tuned copy of decoder-29m wou
 repository's 64 MiB budget, so the amateur ships as a LoRA delta (``amateur/lora.safetensors``, a few hundred KB,
 made by ``train_amateur.py``; how and what it measured: ``amateur/MODEL_CARD.md``) added to the base model's weights
 when the amateur is loaded: ``W + scale * B @ A`` for every adapted projection (``declab.integrations.sdk.lora_delta``,
-the format every shipped delta uses). The merged weights run in the SDK's
-plain-torch Llama (``declab.integrations.sdk.draft_model.DraftModel``) next to vLLM, one ``DraftCache`` per request.
+the format every shipped delta uses). The merged weights run in the SDK's plain-torch Llama
+(``declab.integrations.sdk.draft_model.DraftModel``) next to vLLM, one ``DraftCache`` per request.
 """
 
 from __future__ import annotations
