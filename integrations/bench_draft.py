@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 
+from declab.integrations.models import draft_label
 from declab.integrations.sdk.bench import CODE_GROUP, add_option, default_model, group_order, load_prompt_set, resolve_draft_model
 
 CONTEXT = 2048  # decoder-29m's and the draft's max_position_embeddings
@@ -198,6 +199,7 @@ def run(args) -> dict[str, Any]:
         "benchmark": "draft-agreement",
         "target": model_path,
         "draft": draft_path,
+        "draft_name": draft_label(draft_path),
         "draft_parameters": sum(p.numel() for p in draft.parameters()),
         "target_parameters": sum(p.numel() for p in target.parameters()),
         "dtype": "float32",

@@ -823,7 +823,8 @@ def run(args) -> dict[str, Any]:
     elif "suffix" in report["configs"]:
         report["configs"]["suffix"]["package"] = suffix_info
     if "draft_model" in configs:  # a configuration that runs a draft model says so (verify-cost charges its cost)
-        report["configs"]["draft_model"] = ({**report["configs"]["draft_model"], "draft_model": draft_info["path"]}
+        report["configs"]["draft_model"] = ({**report["configs"]["draft_model"], "draft_model": draft_info["path"],
+                                             "draft_name": draft_info["name"]}
                                             if "draft_model" in report["configs"] else draft_info)
     report["comparison"] = compare(report, items)
     if "draft_model_sweep" in report:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from declab.integrations.models import draft_label
 from declab.integrations.sdk.bench import RunSpec
 from declab.integrations.sdk.runtime import VLLM_METHOD_ENV
 
@@ -45,7 +46,7 @@ def draft_availability(path: str | None) -> dict[str, Any]:
                 "(default: ../shared/fixtures/draft-5m beside the checkout, not found)"}
     if not (Path(path) / "config.json").is_file():
         return {"available": False, "reason": f"draft model {path!r}: no config.json there"}
-    return {"available": True, "path": str(path)}
+    return {"available": True, "path": str(path), "name": draft_label(path)}
 
 
 def parse_ks(text: str) -> list[int]:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from declab.integrations.models import BUNDLED_DRAFT_DELTAS, shared_dir, shared_draft_model
 from declab.integrations.sdk.bench import default_model, provenance, write_report
-from declab.integrations.sdk.lora_delta import add_adapters, save_delta
+from declab.integrations.sdk.lora_delta import add_adapters, load_into_adapters, read_delta, save_delta
 
 NAME = "draft-5m-long"
 TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -66,6 +66,39 @@ def corpus_documents(facts: Path, seed: int) -> list[str]:
         if len(text) < 200_000:
             docs.append(text)
     docs += lzma.open(facts, "rt", encoding="utf-8").read().split("\n<|endoftext|>\n")
+    random.Random(seed).shuffle(docs)
+    return docs
+
+
+def prose_documents(seed: int) -> list[str]:
+    """English prose installed with the pinned packages: every package's ``METADATA`` (its README), ``.md`` and
+    ``.rst`` files, ``.txt`` files that read as prose (at least 6 words per non-empty line: licenses, notices, not
+    vocabularies or requirement lists), 2,000-200,000 characters, each text once; and the standard library's
+    ``pydoc_data`` topics (the language reference). Deterministic for a given set of installed versions."""
+    import hashlib
+
+    from pydoc_data.topics import topics
+
+    docs, seen = list(topics.values()), set()
+    root = sysconfig.get_paths()["purelib"]
+    for f in sorted(glob.glob(os.path.join(root, "**", "*"), recursive=True)):
+        name = os.path.basename(f)
+        ext = "METADATA" if name == "METADATA" else os.path.splitext(name)[1]
+        if ext not in ("METADATA", ".md", ".rst", ".txt") or not os.path.isfile(f):
+            continue
+        if not 2_000 <= os.path.getsize(f) <= 200_000:
+            continue
+        try:
+            text = open(f, encoding="utf-8").read()
+        except (OSError, UnicodeDecodeError):
+            continue
+        lines = [line for line in text.splitlines() if line.strip()]
+        if ext == ".txt" and sum(len(line.split()) for line in lines) < 6 * max(1, len(lines)):
+            continue
+        digest = hashlib.sha1(text.encode()).digest()
+        if digest not in seen:
+            seen.add(digest)
+            docs.append(text)
     random.Random(seed).shuffle(docs)
     return docs
 
@@ -110,6 +143,17 @@ def held_out_metrics(student, teacher, windows: list[torch.Tensor]) -> dict[str,
         "positions": n} for p, (c, a, n) in sums.items()}
 
 
+def held_out_windows(val: torch.Tensor, window: int, count: int) -> list[torch.Tensor]:
+    """``count`` windows spread evenly over the held-out tokens (fewer if they do not fill them)."""
+    stride = max(1, (len(val) - window) // max(1, count))
+    return [val[i:i + window].long() for i in range(0, len(val) - window, stride)][:count]
+
+
+def random_windows(train: torch.Tensor, n: int, window: int, gen: torch.Generator) -> torch.Tensor:
+    ix = torch.randint(0, len(train) - window - 1, (n,), generator=gen)
+    return train[ix[:, None] + torch.arange(window)[None, :]].long()
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=3600, help="training time budget (the cosine schedule fits it)")
@@ -121,6 +165,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-windows", type=int, default=8, help="held-out windows measured before and after")
+    ap.add_argument("--prose-share", type=float, default=0.0,
+                    help="share of each batch's windows drawn from the packages' English prose (prose_documents)")
+    ap.add_argument("--init-delta", default="",
+                    help="continue from this delta (its rank and scale) instead of starting from draft-5m")
     ap.add_argument("--delta", default=str(BUNDLED_DRAFT_DELTAS[NAME]), help="where the delta goes")
     ap.add_argument("--out", default=f"measurements/{NAME}", help="report folder")
     args = ap.parse_args(argv)
@@ -133,22 +181,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     target_path = default_model()
-    ids = token_stream(Path(target_path) / "tokenizer.json",
-                       corpus_documents(shared / "fixtures" / "draft-recipe" / "facts.txt.xz", args.seed))
-    n_val = min(200_000, len(ids) // 50)
-    val, train = ids[:n_val], ids[n_val:]
+    if not 0.0 <= args.prose_share <= 1.0:
+        raise SystemExit(f"--prose-share must be in [0, 1], got {args.prose_share}")
+    tokenizer_file = Path(target_path) / "tokenizer.json"
+    sources = {"code_facts": corpus_documents(shared / "fixtures" / "draft-recipe" / "facts.txt.xz", args.seed)}
+    if args.prose_share > 0:
+        sources["prose"] = prose_documents(args.seed)
+    streams = {name: token_stream(tokenizer_file, docs) for name, docs in sources.items()}
+    splits = {}  # name -> (held-out tokens, training tokens)
+    for name, ids in streams.items():
+        n_val = min(200_000, len(ids) // 50)
+        splits[name] = (ids[:n_val], ids[n_val:])
+    per_batch = {"prose": round(args.batch_size * args.prose_share)} if "prose" in streams else {}
+    per_batch["code_facts"] = args.batch_size - per_batch.get("prose", 0)
     log = (lambda m: print(m, file=sys.stderr, flush=True))
-    log(f"corpus {len(ids) / 1e6:.1f}M tokens ({time.perf_counter() - t0:.0f}s)")
+    log(f"corpus {', '.join(f'{k} {len(v) / 1e6:.1f}M tokens' for k, v in streams.items())} "
+        f"({time.perf_counter() - t0:.0f}s)")
     teacher = LlamaForCausalLM.from_pretrained(target_path, dtype=torch.float32).eval()
     student = LlamaForCausalLM.from_pretrained(base, dtype=torch.float32)
-    step_stride = max(1, (len(val) - args.window) // max(1, args.eval_windows))
-    windows = [val[i:i + args.window].long() for i in range(0, len(val) - args.window, step_stride)][:args.eval_windows]
-    student.eval()
-    before = held_out_metrics(student, teacher, windows)
-    log(f"held out before: {before}")
+    windows = {name: held_out_windows(val, args.window, args.eval_windows) for name, (val, _) in splits.items()}
 
-    adapters = add_adapters(student, TARGETS, args.rank, args.scale)
     norms = {name + ".weight": m.weight for name, m in student.named_modules() if name.endswith("norm")}
+    if args.init_delta:  # the starting point is the delta's model: rank and scale are the delta's
+        _, init_meta = read_delta(args.init_delta)
+        args.rank, args.scale = int(init_meta["rank"]), float(init_meta["scale"])
+    adapters = add_adapters(student, TARGETS, args.rank, args.scale)
+    if args.init_delta:
+        load_into_adapters(args.init_delta, adapters, norms)
+    student.eval()
+    before = {name: held_out_metrics(student, teacher, w) for name, w in windows.items()}
+    log(f"held out before: {before}")
     for w in norms.values():
         w.requires_grad_(True)
     params = [p for a in adapters.values() for p in (a.lora_A, a.lora_B)] + list(norms.values())
@@ -163,8 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         lr = args.lr * min(1.0, (step + 1) / 30) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         for g in opt.param_groups:
             g["lr"] = lr
-        ix = torch.randint(0, len(train) - args.window - 1, (args.batch_size,), generator=gen)
-        x = train[ix[:, None] + torch.arange(args.window)[None, :]].long()
+        x = torch.cat([random_windows(splits[name][1], n, args.window, gen) for name, n in per_batch.items() if n])
         with torch.no_grad():
             teacher_logits = teacher(input_ids=x).logits[:, :-1]
         loss, ce, kl = kd_loss(student(input_ids=x).logits[:, :-1], teacher_logits, x[:, 1:])
@@ -179,20 +240,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         step += 1
     train_s = time.perf_counter() - t_train
     student.eval()
-    after = held_out_metrics(student, teacher, windows)
+    after = {name: held_out_metrics(student, teacher, w) for name, w in windows.items()}
     log(f"held out after: {after}")
     meta = {"rank": args.rank, "scale": args.scale, "targets": ",".join(TARGETS), "base": "draft-5m",
-            "whole": "RMSNorm weights", "script": "declab.integrations.draft_training"}
+            "whole": "RMSNorm weights", "script": "declab.integrations.draft_training",
+            "prose_share": args.prose_share, "init_delta": _repo_relative(Path(args.init_delta)) if args.init_delta else ""}
     n_params = save_delta(args.delta, adapters, meta, whole=norms)
     report = {
         "bench": "draft-training", "name": NAME, "base": base, "teacher": target_path,
-        "corpus": {"tokens": len(ids), "held_out_tokens": n_val, "sources": "Python standard library, fact world"},
+        "corpus": {"tokens": len(streams["code_facts"]), "held_out_tokens": len(splits["code_facts"][0]),
+                   "sources": "Python standard library, fact world",
+                   **({"prose": {"tokens": len(streams["prose"]), "held_out_tokens": len(splits["prose"][0]),
+                                 "documents": len(sources["prose"]), "windows_per_batch": per_batch["prose"],
+                                 "sources": "installed packages' METADATA / .md / .rst / prose .txt, pydoc topics"}}
+                      if "prose" in streams else {})},
         "delta": {**meta, "parameters": n_params, "bytes": Path(args.delta).stat().st_size,
                   "file": _repo_relative(Path(args.delta))},
         "training": {"steps": step, "window": args.window, "batch_size": args.batch_size, "lr": args.lr,
                      "tokens_seen": step * args.window * args.batch_size, "seconds": round(train_s, 1),
                      "threads": args.threads, "loss": "0.3 x CE + 0.7 x KL(teacher || student)", "curve": curve},
-        "held_out": {"windows": len(windows), "window": args.window, "before": before, "after": after},
+        "held_out": {"windows": len(windows["code_facts"]), "window": args.window, "before": before["code_facts"],
+                     "after": after["code_facts"]},
+        **({"held_out_prose": {"windows": len(windows["prose"]), "window": args.window, "before": before["prose"],
+                               "after": after["prose"]}} if "prose" in windows else {}),
         "provenance": provenance(),
     }
     write_report(report, args.out, "training", plot)

@@ -100,6 +100,17 @@ def draft_names() -> tuple[str, ...]:
     return (SHARED_DRAFT, *BUNDLED_DRAFT_DELTAS)
 
 
+def draft_label(path: str | os.PathLike) -> str:
+    """How a report names a draft folder: a known draft's name for its merged cache folder (``draft-5m-long`` for
+    ``.../models/draft-5m-long-<hash>``), else the folder's name."""
+    name = Path(path).name
+    for known in BUNDLED_DRAFT_DELTAS:
+        stem, _, digest = name.rpartition("-")
+        if stem == known and len(digest) == 12 and all(c in "0123456789abcdef" for c in digest):
+            return known
+    return name
+
+
 def resolve_draft_model(value: str | None) -> str | None:
     """A draft setting's folder: empty -> ``default_draft_model()``; a known draft's name -> its folder; anything
     else is a folder path, returned as given."""

@@ -109,7 +109,8 @@ def test_bench_spec_draft_model_configuration(tmp_path, monkeypatch):
     assert "--draft-model" in draft.draft_availability(None)["reason"]
     assert "no config.json" in draft.draft_availability(str(tmp_path))["reason"]
     (tmp_path / "config.json").write_text("{}")
-    assert draft.draft_availability(str(tmp_path)) == {"available": True, "path": str(tmp_path)}
+    assert draft.draft_availability(str(tmp_path)) == {"available": True, "path": str(tmp_path),
+                                                      "name": tmp_path.name}
     monkeypatch.setenv(DRAFT_MODEL_ENV, str(tmp_path))
     assert default_draft_model() == str(tmp_path)
     monkeypatch.delenv(DRAFT_MODEL_ENV)

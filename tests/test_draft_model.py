@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from declab.integrations.models import default_draft_model
-from declab.integrations.sdk.draft_model import DraftModel
+from declab.integrations.sdk.draft_model import DraftModel, weights_fingerprint
 
 DRAFT = default_draft_model()
 pytestmark = pytest.mark.skipif(DRAFT is None, reason="no draft model (../shared/fixtures/draft-5m)")
@@ -74,3 +74,14 @@ def test_refusals_name_the_problem(models, tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="not a Llama causal LM"):
         DraftModel.from_pretrained(tmp_path)
+
+
+def test_weights_fingerprint_follows_the_values_not_the_storage():
+    g = torch.Generator().manual_seed(0)
+    weights = {"b": torch.randn(3, 4, generator=g), "a": torch.randn(5, generator=g)}
+    same = {"a": weights["a"].clone(), "b": weights["b"].clone()}  # another copy, another order
+    assert weights_fingerprint(weights) == weights_fingerprint(same)
+    assert weights_fingerprint(weights) == weights_fingerprint({k: v.double() for k, v in weights.items()})
+    nudged = dict(weights, a=weights["a"] + 1e-3)
+    assert weights_fingerprint(nudged) != weights_fingerprint(weights)
+    assert weights_fingerprint({"c": weights["a"], "b": weights["b"]}) != weights_fingerprint(weights)  # names count

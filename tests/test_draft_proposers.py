@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.vanilla("spec_bench_reduced", "sta
 def test_pearl_greedy_is_token_identical_and_switches_between_pre_and_post_verify(vanilla, pearl_engine):
     stats = check_greedy(vanilla, pearl_engine, "pearl")
     assert "/draft-5m-long-" in stats["draft_model"]  # the profile names the shipped delta draft (tests/profiles.py)
+    assert stats["draft_name"] == "draft-5m-long"
     assert stats["pre_verify_steps"] > 0 and stats["post_verify_steps"] > 0, stats
     assert stats["draft_forwards"] > 0 and stats["drafted_tokens"] >= stats["handed_over_tokens"]
 
@@ -154,6 +155,8 @@ def test_dyspec_seeded_requests_are_reproducible_whatever_the_batch(dyspec_engin
     ("pearl", 2, {"window": 4}, "pearl.window (4) must not exceed num_speculative_tokens (2)"),
     ("rapid", 4, {"draft_model": "/nonexistent/draft"}, "draft_model: '/nonexistent/draft' is not a model folder"),
     ("rsd", 8, {"branching": "3,x"}, "rsd.branching must be comma-separated integers"),
+    # The shipped acceptance head reads draft-5m's hidden states; another draft is refused, not silently misread.
+    ("specdec_pp", 4, {"draft_model": "draft-5m-long"}, "specdec_pp.head: "),
 ])
 def test_bad_settings_fail_at_start_up_naming_the_setting(engine_startup_error, plugin, k, settings, message):
     failure = engine_startup_error(EngineProfile(f"{plugin}_bad_{next(iter(settings))}", plugins=plugin,

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from declab.integrations import models
-from declab.integrations.sdk.lora_delta import LoRALinear, add_adapters, merge_delta, read_delta, save_delta
+from declab.integrations.sdk.lora_delta import (LoRALinear, add_adapters, load_into_adapters, merge_delta, read_delta,
+                                                save_delta)
 
 pytestmark = pytest.mark.core
 
@@ -75,6 +76,25 @@ def test_a_delta_for_another_model_is_refused(tmp_path):
         merge_delta(missing, path)
 
 
+def test_training_resumes_from_a_saved_delta(tmp_path):
+    model, _, adapters, path = _trained_delta(tmp_path)
+    fresh = _Model()
+    fresh.load_state_dict({k: v for k, v in model.state_dict().items() if "lora" not in k}, strict=False)
+    resumed = add_adapters(fresh, ("self_attn.q_proj",), rank=3, scale=2.0)
+    norm = {"model.layers.1.input_layernorm.weight": fresh.model.layers[1].input_layernorm.weight}
+    meta = load_into_adapters(path, resumed, norm)
+    assert meta["base"] == "toy"
+    for key, a in adapters.items():  # the saved (float16) factors, in the new adapters
+        assert torch.equal(resumed[key].lora_A, a.lora_A.detach().half().float())
+        assert torch.equal(resumed[key].lora_B, a.lora_B.detach().half().float())
+    assert torch.equal(norm["model.layers.1.input_layernorm.weight"], torch.full((6,), 1.5))
+    with pytest.raises(ValueError, match="does not match the adapters: missing"):  # rank or targets differ
+        load_into_adapters(path, resumed, None)
+    other_rank = add_adapters(_Model(), ("self_attn.q_proj",), rank=2, scale=2.0)
+    with pytest.raises(ValueError, match=r"has shape \(3, 6\), the adapter \(2, 6\)"):
+        load_into_adapters(path, other_rank, {"model.layers.1.input_layernorm.weight": torch.ones(6)})
+
+
 def test_named_drafts_resolve_and_materialize_once(tmp_path, monkeypatch):
     """``resolve_draft_model``: empty -> the default, a path as given, ``draft-5m`` -> the shared fixture, a bundled
     delta's name -> base + delta written once under $DECLAB_CACHE (a second call reuses the folder)."""
@@ -106,3 +126,6 @@ def test_named_drafts_resolve_and_materialize_once(tmp_path, monkeypatch):
     monkeypatch.setenv(models.DRAFT_MODEL_ENV, "toy-long")  # the environment variable takes names too
     assert models.default_draft_model() == made
     assert not [p for p in (tmp_path / "cache" / "models").iterdir() if p.name.startswith(".")]  # no leftovers
+    # Reports name a merged folder by the draft's name, any other folder by its own name.
+    assert models.draft_label(made) == "toy-long" and models.draft_label(folder) == models.SHARED_DRAFT
+    assert models.draft_label("/x/toy-long-notahash") == "toy-long-notahash"

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from declab.integrations.models import default_draft_model
+from declab.integrations.sdk.draft_model import load_folder_weights, weights_fingerprint
 from declab.plugins.specdec_pp.head import AcceptanceHead, prob_features
 from declab.plugins.specdec_pp.train_head import (
     DEFAULT_HEAD,
@@ -47,8 +48,11 @@ def test_save_load_round_trip(tmp_path, mlp_hidden, use_hidden):
     path = tmp_path / "head.safetensors"
     head.save(path)
     loaded = AcceptanceHead.load(path)
-    assert loaded.config() == head.config()
+    assert loaded.config() == head.config() and loaded.draft is None
     assert torch.equal(loaded.accept_prob(hidden, probs), head.eval().accept_prob(hidden, probs))
+    head.draft = {"name": "toy", "fingerprint": "0123456789abcdef"}
+    head.save(path)
+    assert AcceptanceHead.load(path).draft == head.draft
 
 
 def test_load_refuses_a_file_that_is_not_a_head(tmp_path):
@@ -134,6 +138,8 @@ def test_the_committed_head_gives_probabilities_on_the_real_drafts_features():
     from transformers import LlamaForCausalLM
 
     head = AcceptanceHead.load(DEFAULT_HEAD)
+    # It records the draft it was trained on, and that is the shared draft-5m (what the proposer checks at start-up).
+    assert head.draft == {"name": "draft-5m", "fingerprint": weights_fingerprint(load_folder_weights(draft_dir))}
     draft = LlamaForCausalLM.from_pretrained(str(draft_dir), dtype=torch.float32).eval()
     ids = Tokenizer.from_file(str(draft_dir / "tokenizer.json")).encode("def fibonacci(n):\n    if n < 2:\n").ids
     with torch.no_grad():

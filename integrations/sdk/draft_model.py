@@ -31,7 +31,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DraftCache", "DraftConfig", "DraftModel", "DraftOutput", "load_folder_weights"]
+__all__ = ["DraftCache", "DraftConfig", "DraftModel", "DraftOutput", "load_folder_weights", "weights_fingerprint"]
 
 
 def load_folder_weights(folder: str | os.PathLike, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -49,6 +49,20 @@ def load_folder_weights(folder: str | os.PathLike, dtype: torch.dtype = torch.fl
     for file in files:
         weights.update({k: v.to(dtype) for k, v in load_file(str(file)).items()})
     return weights
+
+
+def weights_fingerprint(weights: dict[str, torch.Tensor]) -> str:
+    """A short hash of a model's weights (names, shapes and float32 values, in name order): what a component trained
+    on one draft's internals (SpecDec++'s acceptance head reads its hidden states) records, so that a different
+    draft is refused instead of silently misread. A folder and its re-saved or merged copy hash alike."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        t = weights[name].detach().to(torch.float32).contiguous()
+        digest.update(f"{name}:{tuple(t.shape)};".encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)

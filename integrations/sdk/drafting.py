@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from declab.integrations.models import draft_names, resolve_draft_model
+from declab.integrations.models import draft_label, draft_names, resolve_draft_model
 from declab.integrations.sdk.draft_model import DraftCache, DraftModel, DraftOutput
 from declab.integrations.sdk.draft_settings import DRAFT_MODEL_ENV
 from declab.integrations.sdk.proposer import DeclabProposer, TargetStep
@@ -75,6 +75,7 @@ class DraftModelProposer(DeclabProposer):
         self.max_target_len = int(vllm_config.model_config.max_model_len)
         self.caches: dict[str, DraftCache] = {}
         self.init_stats(("draft_forwards", "drafted_tokens", "draft_rows"), draft_cache_bytes=0, draft_model=path,
+                        draft_name=draft_label(path),
                         draft_parameters=self.draft_model.num_parameters, num_speculative_tokens=self.k)
         logger.info("%s: draft %s (%.2fM parameters), up to %d tokens per step", self.spec.name, path,
                     self.draft_model.num_parameters / 1e6, self.k)

@@ -9,7 +9,8 @@ base model (LOL's amateur from decoder-29m, the long-context draft from draft-5m
 * metadata: ``rank``, ``scale``, ``targets``, ``base`` and whatever its training script records.
 
 Training side: ``add_adapters`` wraps a model's projections in ``LoRALinear`` (base frozen, ``B`` starts at zero so
-training starts from the base model), ``save_delta`` writes the file; loading side: ``merge_delta``.
+training starts from the base model), ``save_delta`` writes the file, ``load_into_adapters`` resumes from one;
+loading side: ``merge_delta``.
 """
 
 from __future__ import annotations
@@ -111,3 +112,30 @@ def save_delta(path: str | Path, adapters: dict[tuple[int, str], LoRALinear], me
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out), metadata={k: str(v) for k, v in meta.items()})
     return sum(t.numel() for t in tensors.values())
+
+
+def load_into_adapters(path: str | Path, adapters: dict[tuple[int, str], LoRALinear],
+                       whole: dict[str, torch.Tensor] | None = None) -> dict[str, str]:
+    """Start training from a saved delta instead of from the base: copy its factors into ``adapters`` (same targets
+    and rank) and its whole tensors into ``whole`` (parameters by weight name); returns the delta's metadata. A
+    delta that does not match (a factor or tensor missing or extra, another shape) is a ``ValueError``."""
+    tensors, meta = read_delta(path)
+    expected = {factor_key(layer, target, part) for layer, target in adapters for part in ("A", "B")}
+    expected |= set(whole or {})
+    if set(tensors) != expected:
+        missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        raise ValueError(f"delta {path} does not match the adapters: missing {missing[:3]}, extra {extra[:3]}")
+    with torch.no_grad():
+        for (layer, target), a in adapters.items():
+            for part, param in (("A", a.lora_A), ("B", a.lora_B)):
+                t = tensors[factor_key(layer, target, part)]
+                if t.shape != param.shape:
+                    raise ValueError(f"delta {path}: {factor_key(layer, target, part)} has shape "
+                                     f"{tuple(t.shape)}, the adapter {tuple(param.shape)}")
+                param.copy_(t.to(param.dtype))
+        for name, param in (whole or {}).items():
+            if tensors[name].shape != param.shape:
+                raise ValueError(f"delta {path}: {name} has shape {tuple(tensors[name].shape)}, the model "
+                                 f"{tuple(param.shape)}")
+            param.copy_(tensors[name].to(param.dtype))
+    return meta

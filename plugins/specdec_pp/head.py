@@ -12,6 +12,10 @@ Features are standardised with the training set's mean and standard deviation, s
 a caller passes raw hidden states and probabilities. Greedy drafting is assumed: the drafted token is the argmax of
 ``draft_probs``, which is what greedy verification accepts exactly when it equals the target's argmax.
 
+The file also records the draft it was trained on (``declab_draft``: its name and ``weights_fingerprint``): the
+head reads that draft's hidden states, which another draft does not share, so the proposer refuses a head made for
+another draft.
+
 Pure torch + safetensors: the head loads in the proposer without transformers or vLLM.
 """
 
@@ -43,6 +47,9 @@ class AcceptanceHead(torch.nn.Module):
     def __init__(self, hidden_size: int, mlp_hidden: int = 0, use_hidden: bool = True) -> None:
         super().__init__()
         self.hidden_size, self.mlp_hidden, self.use_hidden = int(hidden_size), int(mlp_hidden), bool(use_hidden)
+        # The draft it was trained on: {"name": ..., "fingerprint": draft_model.weights_fingerprint(...)}; None for a
+        # head saved without one.
+        self.draft: dict | None = None
         n_in = (self.hidden_size if self.use_hidden else 0) + len(PROB_FEATURES)
         self.register_buffer("feature_mean", torch.zeros(n_in))
         self.register_buffer("feature_std", torch.ones(n_in))
@@ -84,16 +91,21 @@ class AcceptanceHead(torch.nn.Module):
                 "prob_features": list(PROB_FEATURES)}
 
     def save(self, path: str | Path) -> None:
-        """One safetensors file; the config rides in its metadata (``declab_acceptance_head``)."""
+        """One safetensors file; the config rides in its metadata (``declab_acceptance_head``), the draft in
+        ``declab_draft``."""
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(tensors, str(path), metadata={"declab_acceptance_head": json.dumps(self.config())})
+        meta = {"declab_acceptance_head": json.dumps(self.config())}
+        if self.draft is not None:
+            meta["declab_draft"] = json.dumps(self.draft)
+        save_file(tensors, str(path), metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "AcceptanceHead":
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            meta = (f.metadata() or {}).get("declab_acceptance_head")
+            metadata = f.metadata() or {}
+        meta = metadata.get("declab_acceptance_head")
         if meta is None:
             raise ValueError(f"path: {path} is not an acceptance head (no declab_acceptance_head metadata)")
         config = json.loads(meta)
@@ -101,4 +113,5 @@ class AcceptanceHead(torch.nn.Module):
             raise ValueError(f"path: {path} was trained on features {config['prob_features']}, not {PROB_FEATURES}")
         head = cls(config["hidden_size"], config["mlp_hidden"], config["use_hidden"])
         head.load_state_dict(load_file(str(path)))
+        head.draft = json.loads(metadata["declab_draft"]) if "declab_draft" in metadata else None
         return head.eval()

@@ -13,16 +13,18 @@ that crossed it is kept: the paper stops after it). Chains are verified by vLLM'
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 
-from declab.integrations.sdk.draft_model import DraftOutput
+from declab.integrations.sdk.draft_model import DraftOutput, load_folder_weights, weights_fingerprint
 from declab.integrations.sdk.drafting import DraftModelProposer
 from declab.plugins.specdec_pp.head import AcceptanceHead
 from declab.plugins.specdec_pp.spec import SPEC
 
 DEFAULT_HEAD = Path(__file__).with_name("acceptance_head.safetensors")
+logger = logging.getLogger(__name__)
 
 
 class SpecDecPPProposer(DraftModelProposer):
@@ -35,10 +37,27 @@ class SpecDecPPProposer(DraftModelProposer):
         if not Path(head_path).is_file():
             raise ValueError(f"specdec_pp.head: no acceptance head at {head_path!r}")
         self.head = AcceptanceHead.load(head_path).eval()
+        self._check_head_matches_draft(head_path)
         self.threshold = float(self.settings["threshold"])
         self._all_accepted: dict[str, float] = {}  # request -> prod p_accept of the tokens drafted this step
         self.stats.update({"threshold": self.threshold, "head": head_path, "stopped_by_head": 0})
         self.open_seams()
+
+    def _check_head_matches_draft(self, head_path: str) -> None:
+        """The head reads the draft's hidden states: refuse a head trained on another draft (its predictions would
+        be miscalibrated; the output would stay lossless, the draft lengths would not be SpecDec++'s)."""
+        trained_on = self.head.draft
+        if trained_on is None:
+            logger.warning("specdec_pp.head: %s records no draft; it cannot be checked against %s", head_path,
+                           self.draft_model.path)
+            return
+        fingerprint = weights_fingerprint(load_folder_weights(self.draft_model.path))
+        if fingerprint != trained_on.get("fingerprint"):
+            raise ValueError(
+                f"specdec_pp.head: {head_path} was trained on the draft {trained_on.get('name')!r} (fingerprint "
+                f"{trained_on.get('fingerprint')}), not on draft_model {self.draft_model.path!r} (fingerprint "
+                f"{fingerprint}); train a head for this draft with python -m declab.plugins.specdec_pp.train_head "
+                "--draft DRAFT --head FILE --out FOLDER and set specdec_pp.head to FILE")
 
     def continue_drafting(self, req_ids: list[str], position: int, out: DraftOutput,
                           tokens: torch.Tensor) -> torch.Tensor:

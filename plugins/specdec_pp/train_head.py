@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from declab.integrations.sdk.bench import default_draft_model, default_model, load_average, provenance, write_report
+from declab.integrations.sdk.draft_model import load_folder_weights, weights_fingerprint
 from declab.plugins.specdec_pp.head import AcceptanceHead
 
 HERE = Path(__file__).resolve().parent
@@ -438,6 +439,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     chosen = min(heads, key=lambda n: heads[n]["validation_log_loss"])
     heads["draft max prob (no head)"] = {"held_out": calibration(held_feats[:, -3].clamp(0, 1), held_y)}
     best = heads[chosen].pop("module")
+    best.draft = {"name": Path(args.draft).name, "fingerprint": weights_fingerprint(load_folder_weights(args.draft))}
     for h in heads.values():
         h.pop("module", None)
     best.save(args.head)
@@ -446,7 +448,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {
         "benchmark": "head-calibration",
         "paper": "SpecDec++ (reading list 47)",
-        "target": Path(args.target).name, "draft": Path(args.draft).name,
+        "target": Path(args.target).name, "draft": Path(args.draft).name, "draft_fingerprint": best.draft["fingerprint"],
         "data": {"prefixes": len(rows), "new_tokens_per_prefix": args.new_tokens,
                  "prefix_lengths": list(PREFIX_LENGTHS),
                  "prefixes_by_source": {s: sum(r["source"] == s for r in rows) for s in sorted(sources)},
