@@ -16,6 +16,11 @@ Corpus: the Python standard library's sources and the fact-world documents (``dr
 the recipe (its installed-package sources are left out: tokenizing them costs minutes and the long windows, not more
 code, are what is missing); shuffled documents joined by end-of-text, 2 % held out. No Spec-Bench or eval text.
 
+Continuing (``--init-delta``, the shipped delta) with ``--prose-share`` > 0 draws that share of each batch's windows
+from English prose installed with the pinned packages (``prose_documents``: package READMEs and documents, the
+language reference), where both models meet text like Spec-Bench's chat prompts, articles and passages, unlike code
+and the fact world.
+
 Output: the delta (``sdk.lora_delta`` format, float16, about 320 KB;
 ``integrations/default_model/draft-5m-long/delta.safetensors`` by default) and a report (JSON + PNG): training
 loss curve, and on held-out windows the draft's cross-entropy and top-1 agreement with decoder-29m's argmax before and

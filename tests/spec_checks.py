@@ -28,23 +28,25 @@ def check_greedy(vanilla, engine, name: str) -> dict:
 
 
 def check_sampling(vanilla, engine, name: str, *, biased_control: bool, tree_rule=None,
-                   reference: str = "stack_t1") -> None:
+                   reference: str = "stack_t1", control_samples: int | None = None) -> None:
     """Two-sample test (``stats.homogeneity``) of the tokens at positions 1-4 against vanilla over 2,000 samples
     (``reference``: temperature 1, or 0.7 with top-p 0.9). With ``biased_control`` the same engine with a biased
     verifier must fail it: for a chain proposer one that accepts every draft; for a tree proposer (``tree_rule``: the ``tree_sampling`` rule matching how it
     draws children) one that accepts every node's first child (the tree's "accept every draft"; accepting the
     target's argmax child first, as Token Recycling's test does, is too close to recursive rejection sampling over a
     good draft to show in 2,000 samples: RSD's statistic was 26.7 at most, p = 8e-4 > alpha), and every sampled
-    request must have been verified as a tree."""
+    request must have been verified as a tree. ``control_samples``: the biased run's sample count when fewer than the
+    2,000 of the tested run are enough to show the bias (the test's power is what the control demonstrates)."""
     base = vanilla(reference)
     args = (base["prompt"], base["n"], base["temperature"], base["max_tokens"], base["top_p"])
     out = engine.run(run_with_stats, sample_run, *args)
+    control_args = (base["prompt"], control_samples or base["n"], *args[2:])
     assert out["spec"]["num_accepted_tokens"] > 200, out["spec"]  # the verifier decided many drafts
     biased = None
     if biased_control and tree_rule is not None:
-        biased = engine.run(run_with_stats, sample_run_with_biased_tree_rule, "first_child", tree_rule, *args)
+        biased = engine.run(run_with_stats, sample_run_with_biased_tree_rule, "first_child", tree_rule, *control_args)
     elif biased_control:
-        biased = engine.run(sample_run_accepting_every_draft, *args)
+        biased = engine.run(sample_run_accepting_every_draft, *control_args)
     if tree_rule is not None:
         for run in (out, biased):  # sampled requests drafted as trees (the sampling tree verifier accepts them)
             assert run["stats"]["tree_drafts"] > 0 and run["stats"]["chain_drafts"] == 0, run["stats"]
