@@ -49,6 +49,9 @@ def cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "declab"
 
 
+CACHE_DIGEST_CHARS = 12  # hex digits of the content hash in a merged folder's name: <name>-<digest>
+
+
 def materialize_delta_model(base: str | Path, delta: Path, name: str) -> str:
     """A model folder = ``base`` with ``delta`` merged, written once under ``cache_dir()`` (named by the delta's and
     the base weights' hashes, so a new delta or base makes a new folder) and reused after. Written to a temporary
@@ -67,7 +70,7 @@ def materialize_delta_model(base: str | Path, delta: Path, name: str) -> str:
     digest = hashlib.sha256(delta.read_bytes())
     for f in sorted(base.glob("*.safetensors")):
         digest.update(f.name.encode() + f.read_bytes())
-    folder = cache_dir() / "models" / f"{name}-{digest.hexdigest()[:12]}"
+    folder = cache_dir() / "models" / f"{name}-{digest.hexdigest()[:CACHE_DIGEST_CHARS]}"
     if (folder / "model.safetensors").is_file():
         return str(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -104,11 +107,9 @@ def draft_label(path: str | os.PathLike) -> str:
     """How a report names a draft folder: a known draft's name for its merged cache folder (``draft-5m-long`` for
     ``.../models/draft-5m-long-<hash>``), else the folder's name."""
     name = Path(path).name
-    for known in BUNDLED_DRAFT_DELTAS:
-        stem, _, digest = name.rpartition("-")
-        if stem == known and len(digest) == 12 and all(c in "0123456789abcdef" for c in digest):
-            return known
-    return name
+    stem, _, digest = name.rpartition("-")
+    hex_digest = len(digest) == CACHE_DIGEST_CHARS and all(c in "0123456789abcdef" for c in digest)
+    return stem if stem in BUNDLED_DRAFT_DELTAS and hex_digest else name
 
 
 def resolve_draft_model(value: str | None) -> str | None:
