@@ -21,6 +21,13 @@ from English prose installed with the pinned packages (``prose_documents``: pack
 language reference), where both models meet text like Spec-Bench's chat prompts, articles and passages, unlike code
 and the fact world.
 
+With ``--continuations N`` each step distils on what ``declab bench draft-agreement`` measures instead of on text:
+the teacher greedily continues each window's prefix (a length drawn per step from 128 tokens to the window) by N
+tokens, and the loss covers those N positions only, with the distribution the teacher chose each token from as the
+KL target. Along its own greedy continuations the teacher leaves the text it was trained on (after long prompts
+decoder-29m's continuation is often not fluent), which teacher-forced windows never show the draft. The report adds
+the agreement along the teacher's continuations of held-out prefixes, before and after.
+
 Output: the delta (``sdk.lora_delta`` format, float16, about 320 KB;
 ``integrations/default_model/draft-5m-long/delta.safetensors`` by default) and a report (JSON + PNG): training
 loss curve, and on held-out windows the draft's cross-entropy and top-1 agreement with decoder-29m's argmax before and
@@ -148,6 +155,43 @@ def held_out_metrics(student, teacher, windows: list[torch.Tensor]) -> dict[str,
         "positions": n} for p, (c, a, n) in sums.items()}
 
 
+@torch.no_grad()
+def teacher_continuations(teacher, prefixes: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens ``[B, new_tokens]``, logits ``[B, new_tokens, V]``): the teacher's greedy continuation of each prefix
+    (one KV-cached step per token, as ``bench draft-agreement`` generates them) and the distribution it chose each
+    token from, which is the distillation target at that position."""
+    step = teacher(input_ids=prefixes, use_cache=True, logits_to_keep=1)
+    tokens, logits = [], []
+    for i in range(new_tokens):
+        last = step.logits[:, -1].float()
+        logits.append(last)
+        tokens.append(last.argmax(-1, keepdim=True))
+        if i + 1 < new_tokens:
+            step = teacher(input_ids=tokens[-1], past_key_values=step.past_key_values, use_cache=True)
+    return torch.cat(tokens, 1), torch.stack(logits, 1)
+
+
+def continuation_batch(teacher, student, prefixes: torch.Tensor, new_tokens: int):
+    """The student's logits at the positions that predict the teacher's greedy continuation of ``prefixes``, with the
+    teacher's logits and tokens there: ``(student logits, teacher logits, tokens)``, each ``[B, new_tokens, ...]``."""
+    tokens, t_logits = teacher_continuations(teacher, prefixes, new_tokens)
+    seq = torch.cat([prefixes, tokens[:, :-1]], 1)
+    s_logits = student(input_ids=seq, logits_to_keep=new_tokens).logits
+    return s_logits, t_logits, tokens
+
+
+@torch.no_grad()
+def held_out_continuation_agreement(student, teacher, prefixes: list[torch.Tensor], new_tokens: int) -> dict[str, Any]:
+    """Top-1 agreement of the student with the teacher's greedy continuations of held-out prefixes: what
+    ``declab bench draft-agreement`` measures on Spec-Bench, here on text that is not an eval set."""
+    agree = n = 0
+    for x in prefixes:
+        s, _, tokens = continuation_batch(teacher, student, x[None], new_tokens)
+        agree += int((s.argmax(-1) == tokens).sum())
+        n += tokens.numel()
+    return {"top1_agreement_with_target": round(agree / max(1, n), 4), "positions": n}
+
+
 def held_out_windows(val: torch.Tensor, window: int, count: int) -> list[torch.Tensor]:
     """``count`` windows spread evenly over the held-out tokens (fewer if they do not fill them)."""
     stride = max(1, (len(val) - window) // max(1, count))
@@ -157,6 +201,12 @@ def held_out_windows(val: torch.Tensor, window: int, count: int) -> list[torch.T
 def random_windows(train: torch.Tensor, n: int, window: int, gen: torch.Generator) -> torch.Tensor:
     ix = torch.randint(0, len(train) - window - 1, (n,), generator=gen)
     return train[ix[:, None] + torch.arange(window)[None, :]].long()
+
+
+def prefix_lengths(window: int, new_tokens: int, count: int) -> list[int]:
+    """``count`` prefix lengths spread evenly from 128 tokens to what leaves room for the continuation."""
+    top = window - new_tokens
+    return [128 + (top - 128) * i // max(1, count - 1) for i in range(count)]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -174,6 +224,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="share of each batch's windows drawn from the packages' English prose (prose_documents)")
     ap.add_argument("--init-delta", default="",
                     help="continue from this delta (its rank and scale) instead of starting from draft-5m")
+    ap.add_argument("--continuations", type=int, default=0,
+                    help="train on the teacher's greedy continuations of this many tokens after each window's prefix "
+                         "(a prefix length drawn per step from 128 to the window), the loss on those positions only")
     ap.add_argument("--delta", default=str(BUNDLED_DRAFT_DELTAS[NAME]), help="where the delta goes")
     ap.add_argument("--out", default=f"measurements/{NAME}", help="report folder")
     args = ap.parse_args(argv)
@@ -216,6 +269,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     student.eval()
     before = {name: held_out_metrics(student, teacher, w) for name, w in windows.items()}
     log(f"held out before: {before}")
+    continuation_prefixes, cont_before = {}, {}
+    if args.continuations:  # prefixes of the held-out windows, from short to (nearly) the whole context
+        for name, ws in windows.items():
+            lengths = prefix_lengths(args.window, args.continuations, len(ws))
+            continuation_prefixes[name] = [w[:n] for w, n in zip(ws, lengths)]
+            cont_before[name] = held_out_continuation_agreement(student, teacher, continuation_prefixes[name],
+                                                                args.continuations)
+        log(f"held-out continuations before: {cont_before}")
     for w in norms.values():
         w.requires_grad_(True)
     params = [p for a in adapters.values() for p in (a.lora_A, a.lora_B)] + list(norms.values())
@@ -230,10 +291,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         lr = args.lr * min(1.0, (step + 1) / 30) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         for g in opt.param_groups:
             g["lr"] = lr
-        x = torch.cat([random_windows(splits[name][1], n, args.window, gen) for name, n in per_batch.items() if n])
-        with torch.no_grad():
-            teacher_logits = teacher(input_ids=x).logits[:, :-1]
-        loss, ce, kl = kd_loss(student(input_ids=x).logits[:, :-1], teacher_logits, x[:, 1:])
+        if args.continuations:
+            length = int(torch.randint(128, args.window - args.continuations + 1, (1,), generator=gen))
+            x = torch.cat([random_windows(splits[name][1], n, length, gen) for name, n in per_batch.items() if n])
+            loss, ce, kl = kd_loss(*continuation_batch(teacher, student, x, args.continuations))
+        else:
+            x = torch.cat([random_windows(splits[name][1], n, args.window, gen) for name, n in per_batch.items() if n])
+            with torch.no_grad():
+                teacher_logits = teacher(input_ids=x).logits[:, :-1]
+            loss, ce, kl = kd_loss(student(input_ids=x).logits[:, :-1], teacher_logits, x[:, 1:])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -247,9 +313,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     student.eval()
     after = {name: held_out_metrics(student, teacher, w) for name, w in windows.items()}
     log(f"held out after: {after}")
+    cont_after = {name: held_out_continuation_agreement(student, teacher, p, args.continuations)
+                  for name, p in continuation_prefixes.items()}
+    if cont_after:
+        log(f"held-out continuations after: {cont_after}")
     meta = {"rank": args.rank, "scale": args.scale, "targets": ",".join(TARGETS), "base": "draft-5m",
             "whole": "RMSNorm weights", "script": "declab.integrations.draft_training",
-            "prose_share": args.prose_share, "init_delta": _repo_relative(Path(args.init_delta)) if args.init_delta else ""}
+            "prose_share": args.prose_share, "continuations": args.continuations, "init_delta": _repo_relative(Path(args.init_delta)) if args.init_delta else ""}
     n_params = save_delta(args.delta, adapters, meta, whole=norms)
     report = {
         "bench": "draft-training", "name": NAME, "base": base, "teacher": target_path,
@@ -262,12 +332,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "delta": {**meta, "parameters": n_params, "bytes": Path(args.delta).stat().st_size,
                   "file": _repo_relative(Path(args.delta))},
         "training": {"steps": step, "window": args.window, "batch_size": args.batch_size, "lr": args.lr,
-                     "tokens_seen": step * args.window * args.batch_size, "seconds": round(train_s, 1),
+                     **({"continuations": {"tokens": args.continuations, "prefix_tokens": [128, args.window - args.continuations],
+                                           "loss_positions": "the continuation's only"}}
+                        if args.continuations else {"tokens_seen": step * args.window * args.batch_size}),
+                     "seconds": round(train_s, 1),
                      "threads": args.threads, "loss": "0.3 x CE + 0.7 x KL(teacher || student)", "curve": curve},
         "held_out": {"windows": len(windows["code_facts"]), "window": args.window, "before": before["code_facts"],
                      "after": after["code_facts"]},
         **({"held_out_prose": {"windows": len(windows["prose"]), "window": args.window, "before": before["prose"],
                                "after": after["prose"]}} if "prose" in windows else {}),
+        **({"held_out_continuations": {
+            "tokens": args.continuations, "prefix_tokens": {n: [len(x) for x in p] for n, p in continuation_prefixes.items()},
+            "before": cont_before, "after": cont_after}} if cont_after else {}),
         "provenance": provenance(),
     }
     write_report(report, args.out, "training", plot)

@@ -72,7 +72,6 @@ def test_discovery_loads_panels_and_rejects_a_wrong_one(tmp_path, monkeypatch):
     """))
     (root / "bad_demo" / "demo.py").write_text("PANEL = 'not a panel'\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    import fakeplugins
 
     with pytest.raises(TypeError, match="bad_demo.demo.PANEL"):
         demo.discover_panels(["fakeplugins.with_demo.demo", "fakeplugins.bad_demo.demo"])
