@@ -218,7 +218,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--scale", type=float, default=2.0)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the corpus shuffle and held-out split")
+    ap.add_argument("--draw-seed", type=int, default=None,
+                    help="the training windows drawn (default: --seed); a later stage gives another one to see "
+                         "new windows while keeping the same held-out split")
     ap.add_argument("--eval-windows", type=int, default=8, help="held-out windows measured before and after")
     ap.add_argument("--prose-share", type=float, default=0.0,
                     help="share of each batch's windows drawn from the packages' English prose (prose_documents)")
@@ -283,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     student.train()
     curve, step, t_train, planned = [], 0, time.perf_counter(), None
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed if args.draw_seed is None else args.draw_seed)
     while time.perf_counter() - t_train < args.seconds:
         if step == 10:  # the cosine schedule spans the budget at the first 10 steps' pace
             planned = int(args.seconds / ((time.perf_counter() - t_train) / 10))

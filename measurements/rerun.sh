@@ -31,10 +31,11 @@ COMMANDS=(
   "python measurements/draft_model_sampling_probe.py --out measurements/draft-model-sampling.json"
   "declab bench spectr-grid --out plugins/spectr/measurements"
   "declab bench spec --configs vanilla,pearl,specdec_pp,rapid --phases batch1 --batch1-limit 0 --out measurements/draft-models-all-batch1"
-  # draft-5m-long (integrations/default_model/draft-5m-long): trains its delta (two stages, in order), then its
+  # draft-5m-long (integrations/default_model/draft-5m-long): trains its delta (three stages, in order), then its
   # agreement with decoder-29m
   "python -m declab.integrations.draft_training --seconds 3300 --threads 2"
   "python -m declab.integrations.draft_training --seconds 2700 --threads 1 --lr 1e-3 --prose-share 0.5 --init-delta integrations/default_model/draft-5m-long/delta.safetensors --out measurements/draft-5m-long/prose"
+  "python -m declab.integrations.draft_training --seconds 2400 --threads 2 --lr 1e-3 --prose-share 0.5 --batch-size 4 --continuations 64 --init-delta integrations/default_model/draft-5m-long/delta.safetensors --out measurements/draft-5m-long/continuations"
   "declab bench draft-agreement --draft draft-5m-long --out measurements/draft-5m-long"
   # issue #16's proposers on every fitting prompt at batch 1, 16 and 64; summary; H100 projections (batch 1 and 16)
   "declab bench spec --configs vanilla,ngram,suffix,token_recycling_chain,token_recycling_tree,hybrid,aded,aded_tree,sjd --ngram 1,3,8 --proposer-k 8 --phases batch1 --batch1-limit 0 --out measurements/self-spec-all-b1"
