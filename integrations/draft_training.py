@@ -61,6 +61,7 @@ NAME = "draft-5m-long"
 TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 TRAINED_POSITIONS = 256  # the window draft-5m was distilled on
+MIN_PREFIX = 128  # the shortest prefix ``--continuations`` continues (Spec-Bench's short prompts are about this long)
 
 
 def corpus_documents(facts: Path, seed: int) -> list[str]:
@@ -204,9 +205,9 @@ def random_windows(train: torch.Tensor, n: int, window: int, gen: torch.Generato
 
 
 def prefix_lengths(window: int, new_tokens: int, count: int) -> list[int]:
-    """``count`` prefix lengths spread evenly from 128 tokens to what leaves room for the continuation."""
+    """``count`` prefix lengths spread evenly from ``MIN_PREFIX`` tokens to what leaves room for the continuation."""
     top = window - new_tokens
-    return [128 + (top - 128) * i // max(1, count - 1) for i in range(count)]
+    return [MIN_PREFIX + (top - MIN_PREFIX) * i // max(1, count - 1) for i in range(count)]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -229,7 +230,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="continue from this delta (its rank and scale) instead of starting from draft-5m")
     ap.add_argument("--continuations", type=int, default=0,
                     help="train on the teacher's greedy continuations of this many tokens after each window's prefix "
-                         "(a prefix length drawn per step from 128 to the window), the loss on those positions only")
+                         f"(a prefix length drawn per step from {MIN_PREFIX} to the window), the loss on those "
+                         "positions only")
     ap.add_argument("--delta", default=str(BUNDLED_DRAFT_DELTAS[NAME]), help="where the delta goes")
     ap.add_argument("--out", default=f"measurements/{NAME}", help="report folder")
     args = ap.parse_args(argv)
@@ -244,6 +246,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     target_path = default_model()
     if not 0.0 <= args.prose_share <= 1.0:
         raise SystemExit(f"--prose-share must be in [0, 1], got {args.prose_share}")
+    if not 0 <= args.continuations <= args.window - MIN_PREFIX:
+        raise SystemExit(f"--continuations must be in [0, --window - {MIN_PREFIX}] = [0, {args.window - MIN_PREFIX}], "
+                         f"got {args.continuations}")
     tokenizer_file = Path(target_path) / "tokenizer.json"
     sources = {"code_facts": corpus_documents(shared / "fixtures" / "draft-recipe" / "facts.txt.xz", args.seed)}
     if args.prose_share > 0:
@@ -295,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for g in opt.param_groups:
             g["lr"] = lr
         if args.continuations:
-            length = int(torch.randint(128, args.window - args.continuations + 1, (1,), generator=gen))
+            length = int(torch.randint(MIN_PREFIX, args.window - args.continuations + 1, (1,), generator=gen))
             x = torch.cat([random_windows(splits[name][1], n, length, gen) for name, n in per_batch.items() if n])
             loss, ce, kl = kd_loss(*continuation_batch(teacher, student, x, args.continuations))
         else:
@@ -322,7 +327,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log(f"held-out continuations after: {cont_after}")
     meta = {"rank": args.rank, "scale": args.scale, "targets": ",".join(TARGETS), "base": "draft-5m",
             "whole": "RMSNorm weights", "script": "declab.integrations.draft_training",
-            "prose_share": args.prose_share, "continuations": args.continuations, "init_delta": _repo_relative(Path(args.init_delta)) if args.init_delta else ""}
+            "prose_share": args.prose_share, "continuations": args.continuations,
+            "init_delta": _repo_relative(Path(args.init_delta)) if args.init_delta else ""}
     n_params = save_delta(args.delta, adapters, meta, whole=norms)
     report = {
         "bench": "draft-training", "name": NAME, "base": base, "teacher": target_path,
@@ -335,7 +341,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "delta": {**meta, "parameters": n_params, "bytes": Path(args.delta).stat().st_size,
                   "file": _repo_relative(Path(args.delta))},
         "training": {"steps": step, "window": args.window, "batch_size": args.batch_size, "lr": args.lr,
-                     **({"continuations": {"tokens": args.continuations, "prefix_tokens": [128, args.window - args.continuations],
+                     "draw_seed": args.seed if args.draw_seed is None else args.draw_seed,
+                     **({"continuations": {"tokens": args.continuations,
+                                           "prefix_tokens": [MIN_PREFIX, args.window - args.continuations],
                                            "loss_positions": "the continuation's only"}}
                         if args.continuations else {"tokens_seen": step * args.window * args.batch_size}),
                      "seconds": round(train_s, 1),
@@ -345,7 +353,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **({"held_out_prose": {"windows": len(windows["prose"]), "window": args.window, "before": before["prose"],
                                "after": after["prose"]}} if "prose" in windows else {}),
         **({"held_out_continuations": {
-            "tokens": args.continuations, "prefix_tokens": {n: [len(x) for x in p] for n, p in continuation_prefixes.items()},
+            "tokens": args.continuations,
+            "prefix_tokens": {n: [len(x) for x in p] for n, p in continuation_prefixes.items()},
             "before": cont_before, "after": cont_after}} if cont_after else {}),
         "provenance": provenance(),
     }

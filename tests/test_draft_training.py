@@ -44,3 +44,10 @@ def test_continuation_batch_gives_the_student_logits_at_the_continuation_positio
     assert s_logits.shape == t_logits.shape == (2, 5, 64)
     torch.testing.assert_close(s_logits, full[:, 8:], rtol=1e-4, atol=1e-4)  # position 8 predicts token 0
     assert prefix_lengths(2048, 64, 8)[0] == 128 and prefix_lengths(2048, 64, 8)[-1] == 2048 - 64
+
+
+def test_a_continuation_longer_than_the_window_allows_is_refused_before_any_work():
+    from declab.integrations.draft_training import main
+
+    with pytest.raises(SystemExit, match=r"--continuations must be in \[0, --window - 128\] = \[0, 384\], got 500"):
+        main(["--window", "512", "--continuations", "500"])
