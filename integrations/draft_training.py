@@ -235,6 +235,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--delta", default=str(BUNDLED_DRAFT_DELTAS[NAME]), help="where the delta goes")
     ap.add_argument("--out", default=f"measurements/{NAME}", help="report folder")
     args = ap.parse_args(argv)
+    if not 0.0 <= args.prose_share <= 1.0:
+        raise SystemExit(f"--prose-share must be in [0, 1], got {args.prose_share}")
+    if not 0 <= args.continuations <= args.window - MIN_PREFIX:
+        raise SystemExit(f"--continuations must be in [0, --window - {MIN_PREFIX}] = [0, {args.window - MIN_PREFIX}], "
+                         f"got {args.continuations}")
     from transformers import LlamaForCausalLM
 
     base, shared = shared_draft_model(), shared_dir()
@@ -244,11 +249,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     target_path = default_model()
-    if not 0.0 <= args.prose_share <= 1.0:
-        raise SystemExit(f"--prose-share must be in [0, 1], got {args.prose_share}")
-    if not 0 <= args.continuations <= args.window - MIN_PREFIX:
-        raise SystemExit(f"--continuations must be in [0, --window - {MIN_PREFIX}] = [0, {args.window - MIN_PREFIX}], "
-                         f"got {args.continuations}")
     tokenizer_file = Path(target_path) / "tokenizer.json"
     sources = {"code_facts": corpus_documents(shared / "fixtures" / "draft-recipe" / "facts.txt.xz", args.seed)}
     if args.prose_share > 0:
