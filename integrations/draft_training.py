@@ -181,16 +181,15 @@ def continuation_batch(teacher, student, prefixes: torch.Tensor, new_tokens: int
     return s_logits, t_logits, tokens
 
 
-@torch.no_grad()
-def held_out_continuation_agreement(student, teacher, prefixes: list[torch.Tensor], new_tokens: int) -> dict[str, Any]:
-    """Top-1 agreement of the student with the teacher's greedy continuations of held-out prefixes: what
-    ``declab bench draft-agreement`` measures on Spec-Bench, here on text that is not an eval set."""
-    agree = n = 0
-    for x in prefixes:
-        s, _, tokens = continuation_batch(teacher, student, x[None], new_tokens)
-        agree += int((s.argmax(-1) == tokens).sum())
-        n += tokens.numel()
-    return {"top1_agreement_with_target": round(agree / max(1, n), 4), "positions": n}
+def held_out_continuation_agreement(student, prefixes: list[torch.Tensor], continuations: list[torch.Tensor]
+                                    ) -> dict[str, Any]:
+    """Top-1 agreement of the student with the teacher's greedy ``continuations`` of held-out ``prefixes``, scored by
+    ``declab bench draft-agreement``'s own ``draft_agreement``: what that bench measures on Spec-Bench, here on text
+    that is not an eval set."""
+    from declab.integrations.bench_draft import draft_agreement
+
+    matches = [m for x, c in zip(prefixes, continuations) for m in draft_agreement(student, x.tolist(), c.tolist())]
+    return {"top1_agreement_with_target": round(sum(matches) / max(1, len(matches)), 4), "positions": len(matches)}
 
 
 def held_out_windows(val: torch.Tensor, window: int, count: int) -> list[torch.Tensor]:
@@ -235,6 +234,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--delta", default=str(BUNDLED_DRAFT_DELTAS[NAME]), help="where the delta goes")
     ap.add_argument("--out", default=f"measurements/{NAME}", help="report folder")
     args = ap.parse_args(argv)
+    if args.draw_seed is None:
+        args.draw_seed = args.seed
     if not 0.0 <= args.prose_share <= 1.0:
         raise SystemExit(f"--prose-share must be in [0, 1], got {args.prose_share}")
     if not 0 <= args.continuations <= args.window - MIN_PREFIX:
@@ -277,13 +278,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     student.eval()
     before = {name: held_out_metrics(student, teacher, w) for name, w in windows.items()}
     log(f"held out before: {before}")
-    continuation_prefixes, cont_before = {}, {}
-    if args.continuations:  # prefixes of the held-out windows, from short to (nearly) the whole context
+    # Prefixes of the held-out windows, from short to (nearly) the whole context, and the teacher's continuations of
+    # them (generated once: the teacher does not change).
+    continuation_prefixes, held_out_continuations, cont_before = {}, {}, {}
+    if args.continuations:
         for name, ws in windows.items():
             lengths = prefix_lengths(args.window, args.continuations, len(ws))
             continuation_prefixes[name] = [w[:n] for w, n in zip(ws, lengths)]
-            cont_before[name] = held_out_continuation_agreement(student, teacher, continuation_prefixes[name],
-                                                                args.continuations)
+            held_out_continuations[name] = [teacher_continuations(teacher, x[None], args.continuations)[0][0]
+                                            for x in continuation_prefixes[name]]
+            cont_before[name] = held_out_continuation_agreement(student, continuation_prefixes[name],
+                                                                held_out_continuations[name])
         log(f"held-out continuations before: {cont_before}")
     for w in norms.values():
         w.requires_grad_(True)
@@ -291,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     student.train()
     curve, step, t_train, planned = [], 0, time.perf_counter(), None
-    gen = torch.Generator().manual_seed(args.seed if args.draw_seed is None else args.draw_seed)
+    gen = torch.Generator().manual_seed(args.draw_seed)
     while time.perf_counter() - t_train < args.seconds:
         if step == 10:  # the cosine schedule spans the budget at the first 10 steps' pace
             planned = int(args.seconds / ((time.perf_counter() - t_train) / 10))
@@ -321,7 +326,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     student.eval()
     after = {name: held_out_metrics(student, teacher, w) for name, w in windows.items()}
     log(f"held out after: {after}")
-    cont_after = {name: held_out_continuation_agreement(student, teacher, p, args.continuations)
+    cont_after = {name: held_out_continuation_agreement(student, p, held_out_continuations[name])
                   for name, p in continuation_prefixes.items()}
     if cont_after:
         log(f"held-out continuations after: {cont_after}")
@@ -341,7 +346,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "delta": {**meta, "parameters": n_params, "bytes": Path(args.delta).stat().st_size,
                   "file": _repo_relative(Path(args.delta))},
         "training": {"steps": step, "window": args.window, "batch_size": args.batch_size, "lr": args.lr,
-                     "draw_seed": args.seed if args.draw_seed is None else args.draw_seed,
+                     "draw_seed": args.draw_seed,
                      **({"continuations": {"tokens": args.continuations,
                                            "prefix_tokens": [MIN_PREFIX, args.window - args.continuations],
                                            "loss_positions": "the continuation's only"}}

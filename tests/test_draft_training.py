@@ -34,7 +34,7 @@ def test_teacher_continuations_are_the_agreement_bench_greedy_continuations_with
 
 
 def test_continuation_batch_gives_the_student_logits_at_the_continuation_positions():
-    from declab.integrations.draft_training import continuation_batch, prefix_lengths
+    from declab.integrations.draft_training import continuation_batch, held_out_continuation_agreement, prefix_lengths
 
     teacher, student = _tiny_llama(0), _tiny_llama(1)
     prefixes = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(2))
@@ -43,6 +43,9 @@ def test_continuation_batch_gives_the_student_logits_at_the_continuation_positio
         full = student(input_ids=torch.cat([prefixes, tokens[:, :-1]], 1)).logits
     assert s_logits.shape == t_logits.shape == (2, 5, 64)
     torch.testing.assert_close(s_logits, full[:, 8:], rtol=1e-4, atol=1e-4)  # position 8 predicts token 0
+    agreeing = int((s_logits.argmax(-1) == tokens).sum())  # the held-out metric scores the same positions
+    assert held_out_continuation_agreement(student, list(prefixes), list(tokens)) == {
+        "top1_agreement_with_target": round(agreeing / 10, 4), "positions": 10}
     assert prefix_lengths(2048, 64, 8)[0] == 128 and prefix_lengths(2048, 64, 8)[-1] == 2048 - 64
 
 
