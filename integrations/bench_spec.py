@@ -29,7 +29,7 @@ Prompts: Spec-Bench first turns (``../shared/eval/spec_bench/question.jsonl``, 1
 ``prompts.CODE_PROMPTS`` (group ``code``). A prompt is skipped when ``prompt tokens + max_tokens + largest K``
 exceeds the model's 2,048-token context (vLLM's runner turns the drafter off for the *whole batch* as soon as one
 sequence could overflow, so such a prompt would also distort its batch); ``report["prompts"]["skipped"]`` lists them.
-``--limit N`` keeps the first N prompts of each group.
+``--limit N`` keeps the first N prompts of each group, ``--groups`` only the groups named.
 
 Each engine runs two timed phases after one warm-up on prompts outside the set:
 
@@ -157,6 +157,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_option(parser, "--out", default="bench-results", help="output folder")
     add_option(parser, "--limit", type=int, default=None,
          help="first N prompts of each Spec-Bench category and of the code prompts (default: all that fit)")
+    add_option(parser, "--groups", default=None,
+         help="comma list of prompt groups to run (Spec-Bench categories and 'code'; default: all), e.g. "
+              "'rag,summarization' for the long-context prompts")
     add_option(parser, "--batch-size", type=int, default=16, help="batch size of the batched phase")
     add_option(parser, "--batch-grouping", choices=("mixed", "category"), default="mixed",
          help="batched phase: 'mixed' = consecutive prompts in file order (always full batches), 'category' = "
@@ -714,12 +717,16 @@ def run(args) -> dict[str, Any]:
                  *(draft_ks if draft_info["available"] else []),
                  *(c.bench.num_speculative_tokens or proposer_k(args, c.plugin) or 0 for c in selected.values())])
     max_model_len = CPU_ENGINE_KWARGS["max_model_len"]
-    items_all, skipped, totals = load_prompt_set(model, max_tokens=max_tokens, max_k=max_k,
-                                                 max_model_len=max_model_len)
+    groups = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups is not None else None
+    try:
+        items_all, skipped, totals = load_prompt_set(model, max_tokens=max_tokens, max_k=max_k,
+                                                     max_model_len=max_model_len, groups=groups)
+    except ValueError as e:
+        raise SystemExit(f"declab bench spec: --{e}") from None
     items = items_all
     if args.limit is not None:
         items, _, _ = load_prompt_set(model, max_tokens=max_tokens, max_k=max_k, max_model_len=max_model_len,
-                                      limit=args.limit)
+                                      limit=args.limit, groups=groups)
     prompts = [it["text"] for it in items]
     if not args.temperature >= 0.0:
         raise SystemExit(f"declab bench spec: --temperature must be >= 0, got {args.temperature}")
@@ -745,6 +752,7 @@ def run(args) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "batch_grouping": args.batch_grouping,
         "limit": args.limit,
+        "groups": groups,
         "batch1_limit": args.batch1_limit,
         "prompts": {
             "total": len(items), "groups": {g: sum(it["group"] == g for it in items) for g in group_order(items)},

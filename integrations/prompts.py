@@ -55,11 +55,13 @@ def default_bench_prompts(n: int) -> list[str]:
 
 
 def load_prompt_set(model: str, *, max_tokens: int, max_k: int, max_model_len: int,
-                    limit: int | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+                    limit: int | None = None, groups: list[str] | None = None,
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
     """The speculative-decoding prompt set: (items, skipped, totals). Items: Spec-Bench first turns (file order)
     then the code prompts (group ``code``), each ``{"group", "id", "text", "prompt_tokens"}``; a prompt is kept when
     ``prompt_tokens + max_tokens + max_k <= max_model_len``. ``limit`` keeps the first N kept prompts of each
-    group. Used by ``declab bench spec`` and by the proposers' own benchmarks, so they measure the same prompts."""
+    group; ``groups`` keeps only the named groups (an unknown name is a ``ValueError`` listing the known ones). Used by
+    ``declab bench spec`` and by the proposers' own benchmarks, so they measure the same prompts."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model)
@@ -70,6 +72,12 @@ def load_prompt_set(model: str, *, max_tokens: int, max_k: int, max_model_len: i
             item = json.loads(line)
             raw.append((item.get("category", "unknown"), str(item.get("question_id")), item["turns"][0]))
     raw += [(CODE_GROUP, f"code-{i}", p) for i, p in enumerate(CODE_PROMPTS)]
+    if groups is not None:
+        known = list(dict.fromkeys(g for g, _, _ in raw))
+        unknown = [g for g in groups if g not in known]
+        if unknown or not groups:
+            raise ValueError(f"groups: {unknown or groups} not among the prompt groups {known}")
+        raw = [r for r in raw if r[0] in groups]
     budget = max_model_len - max_tokens - max_k
     items, skipped, totals = [], [], {}
     for group, qid, text in raw:

@@ -31,6 +31,8 @@ COMMANDS=(
   "python measurements/draft_model_sampling_probe.py --out measurements/draft-model-sampling.json"
   "declab bench spectr-grid --out plugins/spectr/measurements"
   "declab bench spec --configs vanilla,pearl,specdec_pp,rapid --phases batch1 --batch1-limit 0 --out measurements/draft-models-all-batch1"
+  # RAPID against vLLM's draft_model on the long-context prompts (RAG, summarization): three runs and their summary
+  # are in the quoted block below
   # draft-5m-long (integrations/default_model/draft-5m-long): trains its delta (three stages, in order), then its
   # agreement with decoder-29m
   "python -m declab.integrations.draft_training --seconds 3300 --threads 2"
@@ -93,6 +95,10 @@ python -m declab.plugins.hybrid_drafter.summary plugins/hybrid_drafter/measureme
 python -m declab.plugins.hybrid_drafter.summary plugins/hybrid_drafter/measurements/hindsight-b64/spec.json
 declab bench spec --configs vanilla,swift,swift_uniform --proposer-k 8 --batch-size 16 --limit 5 --phases batch16 --settings 'swift={"skip_ratio": 0.35}' --out plugins/swift/measurements/skip-ratio-0.35
 declab bench spec --configs vanilla,draft_model,pearl --draft-model draft-5m-long --settings 'pearl={"draft_model": "draft-5m-long"}' --limit 4 --batch1-limit 1 --draft-ks 1,2,3,4,5,6,7,8 --draft-sweep-on selected --out measurements/draft-5m-long/spec
+declab bench spec --configs vanilla,draft_model,rapid,rapid_k2,rapid_full_context --groups rag,summarization --limit 16 --draft-model draft-5m-long --settings 'rapid={"draft_model": "draft-5m-long"}' --draft-ks 1,2,4 --draft-sweep-on selected --batch1-limit 2 --out measurements/rapid-long-context/run1
+declab bench spec --configs vanilla,draft_model,rapid,rapid_k2,rapid_full_context --groups rag,summarization --limit 16 --draft-model draft-5m-long --settings 'rapid={"draft_model": "draft-5m-long"}' --draft-ks 1,2,4 --draft-sweep-on selected --batch1-limit 2 --out measurements/rapid-long-context/run2
+declab bench spec --configs vanilla,draft_model,rapid,rapid_k2,rapid_full_context --groups rag,summarization --limit 16 --draft-model draft-5m-long --settings 'rapid={"draft_model": "draft-5m-long"}' --draft-ks 1,2,4 --draft-sweep-on selected --batch1-limit 2 --out measurements/rapid-long-context/run3
+python -m declab.plugins.rapid.summary measurements/rapid-long-context/run1/spec.json measurements/rapid-long-context/run2/spec.json measurements/rapid-long-context/run3/spec.json
 QUOTED
 
 for command in "${COMMANDS[@]}"; do

@@ -269,3 +269,18 @@ def test_command_line_names_the_console_script_and_package_modules():
     script = str(_PACKAGE_ROOT / "integrations" / "draft_training.py")
     assert command_line([script, "--seconds", "5"]) == "python -m declab.integrations.draft_training --seconds 5"
     assert command_line(["/tmp/probe.py", "--a b"]) == "/tmp/probe.py '--a b'"
+
+
+def test_prompt_set_groups_keep_only_the_named_groups_and_refuse_unknown_names():
+    """``declab bench spec --groups rag,summarization``: the long-context prompts only (RAPID's comparison); an
+    unknown group is refused with the known ones listed, before any engine starts."""
+    from declab.integrations.models import default_model
+    from declab.integrations.prompts import load_prompt_set
+
+    items, skipped, totals = load_prompt_set(default_model(), max_tokens=64, max_k=8, max_model_len=2048,
+                                             limit=3, groups=["rag", "code"])
+    assert [it["group"] for it in items] == ["rag"] * 3 + ["code"] * 3
+    assert set(totals) == {"rag", "code"} and all(s["group"] in ("rag", "code") for s in skipped)
+    with pytest.raises(ValueError, match=r"groups: \['nope'\] not among the prompt groups .*'summarization'"):
+        load_prompt_set(default_model(), max_tokens=64, max_k=8, max_model_len=2048, groups=["rag", "nope"])
+    assert _spec_args("--groups", "rag,summarization").groups == "rag,summarization"
