@@ -206,6 +206,8 @@ def test_report_json_is_the_same_value_with_one_record_per_line():
     assert sum(line.strip().startswith('{"id":') for line in lines) == 40 + 3  # 40 inline, 3 each on one line
     assert '"short": [1, 2.5, "x"]' in text
     assert max(len(line) for line in lines) < 120
+    # A long list of plain values fills lines instead of one value per line.
+    assert sum(line.strip().rstrip(",").replace(", ", "").isdigit() for line in lines) == 2
 
 
 def test_bench_sdk_imports_no_torch_or_vllm():

@@ -153,9 +153,10 @@ def provenance(load_at_start: list[float] | None = None) -> dict[str, Any]:
 
 def report_json(obj: Any, level: int = 0) -> str:
     """The report's JSON text, readable and compact: a value whose JSON fits in ``INLINE_CHARS`` stays on one line,
-    and a list of more than ``RECORDS_INLINE`` records (dicts) keeps one compact record per line; everything else is
-    indented as ``json.dumps(indent=1)`` would. Why: a per-prompt table of 500 prompts x 9 configurations stays a few
-    hundred KB, and the repository must stay under the device machine's 64 MiB. Same JSON value either way."""
+    a longer list of plain values (numbers, strings) fills lines of up to ``LINE_CHARS``, and a list of more than
+    ``RECORDS_INLINE`` records (dicts) keeps one compact record per line; everything else is indented as
+    ``json.dumps(indent=1)`` would. Why: a per-prompt table of 500 prompts x 9 configurations stays a few hundred KB,
+    and the repository must stay under the device machine's 64 MiB. Same JSON value either way."""
     flat = json.dumps(obj)
     if not isinstance(obj, (dict, list)) or len(flat) <= INLINE_CHARS:
         return flat
@@ -163,7 +164,15 @@ def report_json(obj: Any, level: int = 0) -> str:
     if isinstance(obj, dict):
         items = [f"{inner}{json.dumps(str(k))}: {report_json(v, level + 1)}" for k, v in obj.items()]
         return "{\n" + ",\n".join(items) + "\n" + pad + "}"
-    if len(obj) > RECORDS_INLINE and all(isinstance(x, dict) for x in obj):
+    if not any(isinstance(x, (dict, list)) for x in obj):
+        rows, line = [], ""
+        for value in map(json.dumps, obj):
+            if line and len(inner) + len(line) + len(value) + 3 > LINE_CHARS:
+                rows.append(inner + line)
+                line = ""
+            line = f"{line}, {value}" if line else value
+        rows.append(inner + line)
+    elif len(obj) > RECORDS_INLINE and all(isinstance(x, dict) for x in obj):
         rows = [inner + json.dumps(x, separators=(",", ":")) for x in obj]
     else:
         rows = [inner + report_json(x, level + 1) for x in obj]
@@ -171,6 +180,7 @@ def report_json(obj: Any, level: int = 0) -> str:
 
 
 INLINE_CHARS = 100
+LINE_CHARS = 118
 RECORDS_INLINE = 16
 
 

@@ -27,6 +27,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from declab.integrations.sdk.bench import report_json
+
 PHASE = "batch16"
 DRAFT = "draft_model"
 FULL = "rapid_full_context"
@@ -161,7 +163,7 @@ def main(argv: list[str]) -> None:
                              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              "inputs_made": [r.get("provenance", {}).get("date") for r in reports]}
     out = paths[0].parent.parent
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "summary.json").write_text(report_json(summary) + "\n")
     plot(summary, out / "summary.png")
     print(json.dumps(summary["verdicts"], indent=1))
 
