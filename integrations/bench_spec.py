@@ -29,7 +29,8 @@ Prompts: Spec-Bench first turns (``../shared/eval/spec_bench/question.jsonl``, 1
 ``prompts.CODE_PROMPTS`` (group ``code``). A prompt is skipped when ``prompt tokens + max_tokens + largest K``
 exceeds the model's 2,048-token context (vLLM's runner turns the drafter off for the *whole batch* as soon as one
 sequence could overflow, so such a prompt would also distort its batch); ``report["prompts"]["skipped"]`` lists them.
-``--limit N`` keeps the first N prompts of each group, ``--groups`` only the groups named.
+``--limit N`` keeps the first N prompts of each group, ``--groups`` only the groups named (``long_code``, 16 long
+source files of the pinned vLLM package cut to 1,800 tokens, only when named: ``prompts.long_code_prompts``).
 
 Each engine runs two timed phases after one warm-up on prompts outside the set:
 
@@ -158,8 +159,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_option(parser, "--limit", type=int, default=None,
          help="first N prompts of each Spec-Bench category and of the code prompts (default: all that fit)")
     add_option(parser, "--groups", default=None,
-         help="comma list of prompt groups to run (Spec-Bench categories and 'code'; default: all), e.g. "
-              "'rag,summarization' for the long-context prompts")
+         help="comma list of prompt groups to run (Spec-Bench categories, 'code', and 'long_code', the openings of "
+              "16 long source files of the pinned vLLM package, run only when named; default: all but long_code), "
+              "e.g. 'rag,summarization' for the long-context prompts")
     add_option(parser, "--batch-size", type=int, default=16, help="batch size of the batched phase")
     add_option(parser, "--batch-grouping", choices=("mixed", "category"), default="mixed",
          help="batched phase: 'mixed' = consecutive prompts in file order (always full batches), 'category' = "

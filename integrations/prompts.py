@@ -8,6 +8,12 @@ from typing import Any
 from declab.integrations.models import eval_file
 
 CODE_GROUP = "code"  # group name of CODE_PROMPTS in the Spec-Bench prompt set
+# Long code files (``long_code_prompts``): opt-in, only when a benchmark names the group (``--groups long_code``), so
+# the default set and the reports made with it stay as they are.
+LONG_CODE_GROUP = "long_code"
+LONG_CODE_FILES = 16
+LONG_CODE_MIN_CHARS = 8_000  # files long enough to fill the prompt
+LONG_CODE_MAX_TOKENS = 1_800  # a file's opening, cut at a line end, leaves room for 64 new tokens and K in 2,048
 
 # Code prompts in the style of decoder-29m's training data (its greedy output loops on code).
 CODE_PROMPTS = (
@@ -47,6 +53,33 @@ def spec_bench_prompts(limit: int | None = None, max_chars: int | None = None) -
     return out
 
 
+def long_code_prompts(tokenizer) -> list[tuple[str, str]]:
+    """(id, text) of ``LONG_CODE_FILES`` long code files: the Python sources of the pinned vLLM package (fixed by the
+    version pin; not decoder-29m's training data, which is the standard library) of at least ``LONG_CODE_MIN_CHARS``
+    characters, taken at an even stride through their sorted paths, each cut to its first ``LONG_CODE_MAX_TOKENS``
+    tokens at a line end: the prompt of a model asked to continue the file (RAPID's long-context code case)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("vllm")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    root = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(f for f in root.rglob("*.py") if f.stat().st_size >= LONG_CODE_MIN_CHARS)
+    if not files:
+        return []
+    stride = max(1, len(files) // LONG_CODE_FILES)
+    out = []
+    for f in files[::stride][:LONG_CODE_FILES]:
+        text = f.read_text(encoding="utf-8", errors="replace")
+        offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+        if len(offsets) > LONG_CODE_MAX_TOKENS:
+            end = offsets[LONG_CODE_MAX_TOKENS - 1][1]
+            text = text[:text.rindex("\n", 0, end) + 1]
+        out.append((f"vllm/{f.relative_to(root).as_posix()}", text))
+    return out
+
+
 def default_bench_prompts(n: int) -> list[str]:
     """n prompts: code prompts first, then Spec-Bench first turns (short ones) when available."""
     prompts = list(CODE_PROMPTS)
@@ -60,7 +93,8 @@ def load_prompt_set(model: str, *, max_tokens: int, max_k: int, max_model_len: i
     """The speculative-decoding prompt set: (items, skipped, totals). Items: Spec-Bench first turns (file order)
     then the code prompts (group ``code``), each ``{"group", "id", "text", "prompt_tokens"}``; a prompt is kept when
     ``prompt_tokens + max_tokens + max_k <= max_model_len``. ``limit`` keeps the first N kept prompts of each
-    group; ``groups`` keeps only the named groups (an unknown name is a ``ValueError`` listing the known ones). Used by
+    group; ``groups`` keeps only the named groups (an unknown name is a ``ValueError`` listing the known ones), and
+    naming ``LONG_CODE_GROUP`` adds the long code files (``long_code_prompts``). Used by
     ``declab bench spec`` and by the proposers' own benchmarks, so they measure the same prompts."""
     from transformers import AutoTokenizer
 
@@ -72,8 +106,10 @@ def load_prompt_set(model: str, *, max_tokens: int, max_k: int, max_model_len: i
             item = json.loads(line)
             raw.append((item.get("category", "unknown"), str(item.get("question_id")), item["turns"][0]))
     raw += [(CODE_GROUP, f"code-{i}", p) for i, p in enumerate(CODE_PROMPTS)]
+    if groups is not None and LONG_CODE_GROUP in groups:
+        raw += [(LONG_CODE_GROUP, qid, text) for qid, text in long_code_prompts(tok)]
     if groups is not None:
-        known = list(dict.fromkeys(g for g, _, _ in raw))
+        known = list(dict.fromkeys([*(g for g, _, _ in raw), LONG_CODE_GROUP]))
         unknown = [g for g in groups if g not in known]
         if unknown or not groups:
             raise ValueError(f"groups: {unknown or groups} not among the prompt groups {known}")

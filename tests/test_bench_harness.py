@@ -286,3 +286,12 @@ def test_prompt_set_groups_keep_only_the_named_groups_and_refuse_unknown_names()
     with pytest.raises(ValueError, match=r"groups: \['nope'\] not among the prompt groups .*'summarization'"):
         load_prompt_set(default_model(), max_tokens=64, max_k=8, max_model_len=2048, groups=["rag", "nope"])
     assert _spec_args("--groups", "rag,summarization").groups == "rag,summarization"
+    # Long code files only when named: the openings of the pinned vLLM package's long sources, cut at a line end.
+    from declab.integrations.prompts import LONG_CODE_FILES, LONG_CODE_GROUP, LONG_CODE_MAX_TOKENS
+
+    assert LONG_CODE_GROUP not in totals
+    items, skipped, totals = load_prompt_set(default_model(), max_tokens=64, max_k=8, max_model_len=2048,
+                                             groups=[LONG_CODE_GROUP])
+    assert totals == {LONG_CODE_GROUP: LONG_CODE_FILES} and not skipped and len(items) == LONG_CODE_FILES
+    assert len({it["id"] for it in items}) == LONG_CODE_FILES and all(it["id"].startswith("vllm/") for it in items)
+    assert all(1_000 <= it["prompt_tokens"] <= LONG_CODE_MAX_TOKENS and it["text"].endswith("\n") for it in items)
