@@ -295,12 +295,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     params = [p for a in adapters.values() for p in (a.lora_A, a.lora_B)] + list(norms.values())
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     student.train()
-    curve, step, t_train, planned = [], 0, time.perf_counter(), None
+    curve, step, t_train = [], 0, time.perf_counter()
     gen = torch.Generator().manual_seed(args.draw_seed)
-    while time.perf_counter() - t_train < args.seconds:
-        if step == 10:  # the cosine schedule spans the budget at the first 10 steps' pace
-            planned = int(args.seconds / ((time.perf_counter() - t_train) / 10))
-        progress = min(1.0, step / (planned or 10**9))
+    while (elapsed := time.perf_counter() - t_train) < args.seconds:
+        # The cosine schedule runs on the time budget, not on a step count: a step's cost varies (with
+        # --continuations it grows with the prefix drawn), and a plan made from the first steps' pace left the last
+        # third of the third stage at the floor learning rate.
+        progress = min(1.0, elapsed / args.seconds)
         lr = args.lr * min(1.0, (step + 1) / 30) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         for g in opt.param_groups:
             g["lr"] = lr
