@@ -31,7 +31,8 @@ COMMANDS=(
   "python measurements/draft_model_sampling_probe.py --out measurements/draft-model-sampling.json"
   "declab bench spectr-grid --out plugins/spectr/measurements"
   "declab bench spec --configs vanilla,pearl,specdec_pp,rapid --phases batch1 --batch1-limit 0 --out measurements/draft-models-all-batch1"
-  # RAPID against vLLM's draft_model on the long-context prompts (RAG, summarization): three runs and their summary
+  # RAPID against vLLM's draft_model on the long-context prompts (RAG, summarization; long code files): three runs each
+  # and their summaries
   # are in the quoted block below
   # draft-5m-long (integrations/default_model/draft-5m-long): trains its delta (three stages, in order), then its
   # agreement with decoder-29m
@@ -99,6 +100,10 @@ declab bench spec --configs vanilla,draft_model,rapid,rapid_k2,rapid_full_contex
 declab bench spec --configs vanilla,draft_model,rapid,rapid_k2,rapid_full_context --groups rag,summarization --limit 16 --draft-model draft-5m-long --settings 'rapid={"draft_model": "draft-5m-long"}' --draft-ks 1,2,4 --draft-sweep-on selected --batch1-limit 2 --out measurements/rapid-long-context/run2
 declab bench spec --configs vanilla,draft_model,rapid,rapid_k2,rapid_full_context --groups rag,summarization --limit 16 --draft-model draft-5m-long --settings 'rapid={"draft_model": "draft-5m-long"}' --draft-ks 1,2,4 --draft-sweep-on selected --batch1-limit 2 --out measurements/rapid-long-context/run3
 python -m declab.plugins.rapid.summary measurements/rapid-long-context/run1/spec.json measurements/rapid-long-context/run2/spec.json measurements/rapid-long-context/run3/spec.json
+declab bench spec --configs vanilla,draft_model,rapid,rapid_k2,rapid_full_context --groups long_code --draft-model draft-5m-long --settings 'rapid={"draft_model": "draft-5m-long"}' --draft-ks 1,2,4 --draft-sweep-on selected --batch1-limit 2 --out measurements/rapid-long-code/run1
+declab bench spec --configs vanilla,draft_model,rapid,rapid_k2,rapid_full_context --groups long_code --draft-model draft-5m-long --settings 'rapid={"draft_model": "draft-5m-long"}' --draft-ks 1,2,4 --draft-sweep-on selected --batch1-limit 2 --out measurements/rapid-long-code/run2
+declab bench spec --configs vanilla,draft_model,rapid,rapid_k2,rapid_full_context --groups long_code --draft-model draft-5m-long --settings 'rapid={"draft_model": "draft-5m-long"}' --draft-ks 1,2,4 --draft-sweep-on selected --batch1-limit 2 --out measurements/rapid-long-code/run3
+python -m declab.plugins.rapid.summary measurements/rapid-long-code/run1/spec.json measurements/rapid-long-code/run2/spec.json measurements/rapid-long-code/run3/spec.json
 QUOTED
 
 for command in "${COMMANDS[@]}"; do

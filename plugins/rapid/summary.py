@@ -92,11 +92,13 @@ def spread(values: list[float]) -> dict:
 
 
 def pooled_configs(per_run: list[dict[str, dict]]) -> dict:
-    """Per configuration present in every run: K, tokens/s and tokens per forward over runs, lowest identity."""
+    """Per configuration present in every run: K (a list, one per run, where runs differ), tokens/s and tokens per
+    forward over runs, lowest identity."""
     configs = {}
     for name in [n for n in per_run[0] if all(n in rows for rows in per_run)]:
         rows = [rows[name] for rows in per_run]
-        configs[name] = {"k": rows[0]["k"], "tokens_per_s": spread([r["tokens_per_s"] for r in rows]),
+        ks = [r["k"] for r in rows]  # draft_model's chosen K may differ between runs: then one per run
+        configs[name] = {"k": ks[0] if len(set(ks)) == 1 else ks, "tokens_per_s": spread([r["tokens_per_s"] for r in rows]),
                          "tokens_per_forward": spread([r["tokens_per_forward"] for r in rows])
                          if rows[0]["tokens_per_forward"] is not None else None}
         shares = [r.get("token_identical_share") for r in rows if r.get("token_identical_share") is not None]
