@@ -27,8 +27,9 @@ SPEC = PluginSpec(
         max_speculative_tokens=16,
         num_speculative_tokens=4,
         bench_configs={"rapid": ProposerBenchConfig(num_speculative_tokens=4, color="#8c564b"),
-                       # K = 2: on a CPU every drafted token costs the target a verified token, and on the long
-                       # prompts vLLM's draft_model is fastest at K = 2 (measurements/rapid-long-context).
+                       # K = 2: on a CPU every drafted token costs the target a verified token; on the long prompts
+                       # vLLM's draft_model is fastest at K = 1 or 2 (measurements/rapid-long-context, -long-code),
+                       # so RAPID is compared with it at a K of that size too.
                        "rapid_k2": ProposerBenchConfig(num_speculative_tokens=2, color="#a0522d"),
                        # The same proposer reading the whole prompt: the full-context draft RAPID is compared with.
                        "rapid_full_context": ProposerBenchConfig(settings={"context_tokens": 2048},
