@@ -14,6 +14,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from declab.integrations.sdk.bench import report_json
+
 BASELINES = ("ngram", "suffix", "token_recycling_chain")
 TREE = "token_recycling_tree"
 CODE = "code"
@@ -90,7 +92,7 @@ def main(argv: list[str]) -> None:
                              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              "inputs_made": first.get("date")}
     out = reports[0].parent / "summary.json"
-    out.write_text(json.dumps(summary, indent=1) + "\n")
+    out.write_text(report_json(summary) + "\n")
     print(json.dumps(summary["by_batch"], indent=1))
 
 
