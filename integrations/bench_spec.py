@@ -725,10 +725,9 @@ def run(args) -> dict[str, Any]:
                                                      max_model_len=max_model_len, groups=groups)
     except ValueError as e:
         raise SystemExit(f"declab bench spec: --{e}") from None
-    items = items_all
-    if args.limit is not None:
-        items, _, _ = load_prompt_set(model, max_tokens=max_tokens, max_k=max_k, max_model_len=max_model_len,
-                                      limit=args.limit, groups=groups)
+    # --limit: the first N fitting prompts of each group, taken from the set already loaded (a second
+    # load_prompt_set would tokenize every prompt again, the long code files included).
+    items = items_all if args.limit is None else [items_all[i] for i in _first_per_group(items_all, args.limit)]
     prompts = [it["text"] for it in items]
     if not args.temperature >= 0.0:
         raise SystemExit(f"declab bench spec: --temperature must be >= 0, got {args.temperature}")

@@ -66,8 +66,6 @@ def long_code_prompts(tokenizer) -> list[tuple[str, str]]:
         return []
     root = Path(list(spec.submodule_search_locations)[0])
     files = sorted(f for f in root.rglob("*.py") if f.stat().st_size >= LONG_CODE_MIN_CHARS)
-    if not files:
-        return []
     stride = max(1, len(files) // LONG_CODE_FILES)
     out = []
     for f in files[::stride][:LONG_CODE_FILES]:

@@ -1,8 +1,8 @@
 """RAPID against vLLM's ``draft_model`` on the long-context prompts, pooled over repeated ``declab bench spec`` runs.
 
-On this 2-core CPU two engines of the same configuration on the same prompts differ by up to about 10 % in tokens/s
-(vLLM's ``draft_model`` at K = 2: 53.3 in the sweep and 47.9 in the full phase of one run), as much as the
-differences to be decided. So the comparison runs R times (``measurements/rerun.sh``) and this module pools the runs:
+On this 2-core CPU engines of the same configuration on the same prompts differ by up to about 8 % in tokens/s
+(vLLM's ``draft_model`` at K = 1 on the RAG and summarization prompts: 52.9 to 57.1 over the three runs of
+``measurements/rapid-long-context``), as much as the differences to be decided. So the comparison runs R times (``measurements/rerun.sh``) and this module pools the runs:
 per configuration (``draft_model`` per swept K, each RAPID configuration at its K) the median, lowest and highest
 tokens/s and tokens per target forward of the batched phase, and per run the ratios
 
