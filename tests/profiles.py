@@ -92,11 +92,12 @@ PROFILES: tuple[EngineProfile, ...] = (
     # Draft-model proposers (tests/test_draft_proposers.py), each with ../shared/fixtures/draft-5m but PEARL, which
     # names draft-5m-long (the shared draft + the delta the package ships, merged on first use), so that a named
     # draft runs through the setting. RAPID's draft context is cut to 64 tokens so that the reduced Spec-Bench
-    # prompts are shortened.
+    # prompts are shortened, read at their prompt positions (keep_positions: the anchored draft cache; the packed
+    # positions of the default are every other draft proposer's).
     EngineProfile("pearl", plugins="pearl",
                   engine_kwargs=draft_proposer("pearl", 8, window=4, draft_model="draft-5m-long")),
     EngineProfile("specdec_pp", plugins="specdec_pp", engine_kwargs=draft_proposer("specdec_pp", 8)),
-    EngineProfile("rapid", plugins="rapid", engine_kwargs=draft_proposer("rapid", 4, context_tokens=64)),
+    EngineProfile("rapid", plugins="rapid", engine_kwargs=draft_proposer("rapid", 4, context_tokens=64, keep_positions=True)),
     # Draft-tree proposers (tests/test_draft_proposers.py): 24-node trees of the same draft, verified by the tree seam.
     EngineProfile("rsd", plugins="rsd", engine_kwargs=draft_proposer("rsd", 24, beam_width=4, beam_depth=6)),
     EngineProfile("spectr", plugins="spectr", engine_kwargs=draft_proposer("spectr", 24, drafts=4, length=6)),

@@ -62,6 +62,31 @@ def test_sync_cuts_rejected_tokens_and_encodes_what_replaced_them(models):
     assert cache.sync([1, 2, 3, 9, 10]) == [] and cache.nbytes > 0
 
 
+def test_anchor_positions_encode_the_tokens_where_they_stood(models):
+    """RAPID's ``keep_positions``: a cache whose first slots hold tokens kept from a longer prompt encodes them at
+    their prompt positions and what follows one by one after the last, as the reference does with those
+    ``position_ids``; packed from 0 it differs."""
+    draft, reference = models
+    anchors = [0, 1, 2, 40, 41, 42, 43, 90, 91]
+    tokens = [5, 100, 200, 300, 400, 17, 99, 3, 8, 1000, 2000, 7]  # 9 anchored, then 3 at positions 92-94
+    positions = anchors + [92, 93, 94]
+    with torch.inference_mode():
+        ref = reference(torch.tensor([tokens]), position_ids=torch.tensor([positions])).logits[0]
+    cache = draft.new_cache(anchors)
+    out = draft.forward([cache], [tokens[:10]])  # the anchored slots and one more in one forward
+    assert torch.allclose(out.logits[0], ref[9], atol=1e-4)
+    for i in (10, 11):  # then one token per forward, as drafting goes
+        out = draft.forward([cache], [[tokens[i]]])
+        assert torch.allclose(out.logits[0], ref[i], atol=1e-4)
+    assert [cache.position(s) for s in (0, 3, 8, 9, 11)] == [0, 40, 91, 92, 94]
+    packed = draft.forward([draft.new_cache()], [tokens]).logits[0]
+    assert not torch.allclose(packed, ref[-1], atol=1e-3)
+    with pytest.raises(ValueError, match="anchor_positions must be increasing"):
+        draft.new_cache([3, 3])
+    with pytest.raises(ValueError, match="past the draft's 2048 positions"):  # positions, not slots, are bounded
+        draft.forward([draft.new_cache([2047])], [[1, 2]])
+
+
 def test_refusals_name_the_problem(models, tmp_path):
     draft, _ = models
     with pytest.raises(ValueError, match="at least one new token"):

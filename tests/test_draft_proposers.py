@@ -3,7 +3,7 @@ target, ../shared/fixtures/draft-5m as draft): token-identical greedy output in 
 the target distribution at temperature 1 (a deliberately biased verifier fails the same test), each paper's
 behaviour visible in its statistics, and bad settings refused at start-up naming the setting.
 
-Engines: ``pearl`` (K=8, window 4), ``specdec_pp`` (K=8, threshold 0.7), ``rapid`` (K=4, draft context 64 tokens),
+Engines: ``pearl`` (K=8, window 4), ``specdec_pp`` (K=8, threshold 0.7), ``rapid`` (K=4, draft context 64 tokens at their prompt positions),
 ``rsd`` / ``spectr`` / ``dyspec`` (24-node trees; sampled requests draft chains until a sampling tree verifier is
 subscribed to the tree seam), compared with the session's vanilla references. ``declab bench spec`` runs every fitting Spec-Bench prompt.
 """
@@ -53,6 +53,7 @@ def test_specdec_pp_sampling_keeps_the_target_distribution(vanilla, specdec_pp_e
 def test_rapid_greedy_is_token_identical_with_a_shortened_draft_context(vanilla, rapid_engine):
     stats = check_greedy(vanilla, rapid_engine, "rapid")
     assert 0 < stats["draft_prompt_tokens"] < stats["prompt_tokens"], stats
+    assert stats["keep_positions"] is True, stats
 
 
 def test_rapid_sampling_keeps_the_target_distribution(vanilla, rapid_engine):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from declab.plugins.rapid.core import naive_shorten_context, shorten_context
+from declab.plugins.rapid.core import kept_indices, naive_shorten_context, shorten_context
 
 prompts = st.lists(st.integers(0, 40), min_size=1, max_size=400)
 sizes = st.tuples(st.integers(8, 300), st.integers(1, 80), st.integers(4, 64))
@@ -19,6 +19,9 @@ def test_equals_the_naive_reference_and_keeps_its_promises(prompt, size):
     kw = dict(budget=budget, query_tokens=query_tokens, chunk_tokens=chunk_tokens)
     short = shorten_context(prompt, **kw)
     assert short == naive_shorten_context(prompt, **kw)
+    kept = kept_indices(prompt, **kw)  # where the kept tokens stood (their rotary positions with keep_positions)
+    assert [prompt[i] for i in kept] == short
+    assert all(a < b for a, b in zip(kept, kept[1:])) and kept[-1] == len(prompt) - 1
     assert len(short) <= budget
     if len(prompt) <= budget:
         assert short == prompt

@@ -106,18 +106,39 @@ class DraftConfig:
 
 class DraftCache:
     """One request's keys and values per layer (``[kv_heads, capacity, head_dim]``, grown by doubling) and the
-    tokens they encode, in order."""
+    tokens they encode, in order.
 
-    def __init__(self, config: DraftConfig, dtype: torch.dtype) -> None:
+    Rotary positions: slot ``i`` is encoded at position ``i`` unless ``anchor_positions`` says otherwise: the
+    positions of the first slots (increasing), the slots after them continuing one by one from the last (RAPID's
+    retrieved chunks kept where they stood in the prompt)."""
+
+    def __init__(self, config: DraftConfig, dtype: torch.dtype, anchor_positions: Sequence[int] = ()) -> None:
         self._shape = (config.num_key_value_heads, config.head_dim)
         self._layers = config.num_hidden_layers
         self._dtype = dtype
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.tokens: list[int] = []
+        anchors = [int(p) for p in anchor_positions]
+        if any(b <= a for a, b in zip(anchors, anchors[1:])) or (anchors and anchors[0] < 0):
+            raise ValueError("DraftCache: anchor_positions must be increasing and >= 0")
+        self.anchor_positions = anchors
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    def position(self, slot: int) -> int:
+        """The rotary position of cache slot ``slot``."""
+        anchors = self.anchor_positions
+        if slot < len(anchors):
+            return anchors[slot]
+        return slot if not anchors else anchors[-1] + 1 + slot - len(anchors)
+
+    def positions(self, start: int, n: int) -> torch.Tensor:
+        """The rotary positions of slots ``start .. start + n - 1``."""
+        if not self.anchor_positions:
+            return torch.arange(start, start + n)
+        return torch.tensor([self.position(s) for s in range(start, start + n)], dtype=torch.long)
 
     @property
     def nbytes(self) -> int:
@@ -227,8 +248,8 @@ class DraftModel:
             tensors.append(self.lm_head)
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    def new_cache(self) -> DraftCache:
-        return DraftCache(self.config, self.dtype)
+    def new_cache(self, anchor_positions: Sequence[int] = ()) -> DraftCache:
+        return DraftCache(self.config, self.dtype, anchor_positions)
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         xf = x.float()
@@ -296,13 +317,13 @@ class DraftModel:
         if not counts or min(counts) < 1:
             raise ValueError("DraftModel.forward: every request needs at least one new token")
         starts = [len(cache) for cache in caches]
-        if max(s + n for s, n in zip(starts, counts)) > c.max_position_embeddings:
-            raise ValueError(f"DraftModel.forward: past the draft's {c.max_position_embeddings} positions")
         flat = torch.tensor([t for toks in new_tokens for t in toks], dtype=torch.long)
         if positions is None:
-            pos = torch.cat([torch.arange(s, s + n) for s, n in zip(starts, counts)])
+            pos = torch.cat([cache.positions(s, n) for cache, s, n in zip(caches, starts, counts)])
         else:
             pos = torch.tensor([p for ps in positions for p in ps], dtype=torch.long)
+        if int(pos.max()) >= c.max_position_embeddings:
+            raise ValueError(f"DraftModel.forward: past the draft's {c.max_position_embeddings} positions")
         masks = masks if masks is not None else [None] * len(caches)
         for cache, s, n in zip(caches, starts, counts):
             cache._reserve(s + n)

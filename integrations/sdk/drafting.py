@@ -86,6 +86,11 @@ class DraftModelProposer(DeclabProposer):
         """The tokens the draft reads for this request (default: every committed token, prompt included)."""
         return committed.tolist()
 
+    def draft_anchor_positions(self, req_id: str) -> list[int]:
+        """The rotary positions of the first tokens of the request's draft context when they are not 0, 1, ...
+        (``DraftCache.anchor_positions``; asked once, when the request's draft cache is made). Default: none."""
+        return []
+
     def continue_drafting(self, req_ids: list[str], position: int, out: DraftOutput,
                           tokens: torch.Tensor) -> torch.Tensor:
         """After each row of ``req_ids`` drafted ``tokens`` at ``position`` (0-based) from ``out`` (the draft's
@@ -93,6 +98,13 @@ class DraftModelProposer(DeclabProposer):
         return torch.ones(len(req_ids), dtype=torch.bool)
 
     # -- request bookkeeping -------------------------------------------------------------------------------------
+
+    def cache(self, req_id: str) -> DraftCache:
+        """The request's draft cache (made on first use)."""
+        cache = self.caches.get(req_id)
+        if cache is None:
+            cache = self.caches[req_id] = self.draft_model.new_cache(self.draft_anchor_positions(req_id))
+        return cache
 
     def on_request_finish(self, req_id: str) -> None:
         self.caches.pop(req_id, None)
@@ -121,7 +133,8 @@ class DraftModelProposer(DeclabProposer):
                 continue
             n = int(step.num_tokens_no_spec[i])
             context = self.draft_context(req_id, step.token_ids_cpu[i, :n])
-            budget = min(self.k, self.max_target_len - n - 1, draft_limit - len(context))
+            # The first drafted token sits at the position after the context's last one.
+            budget = min(self.k, self.max_target_len - n - 1, draft_limit - self.cache(req_id).position(len(context)))
             if budget >= 1:
                 rows.append(DraftRow(i, req_id, context, budget))
         return rows
@@ -129,7 +142,7 @@ class DraftModelProposer(DeclabProposer):
     def draft_chains(self, req_ids: list[str], contexts: list[list[int]], budgets: list[int]) -> list[list[int]]:
         """Greedy chains of at most ``budgets[j]`` tokens after ``contexts[j]`` (``continue_drafting`` may stop a
         row earlier), all rows in one packed draft forward per position."""
-        caches = [self.caches.setdefault(r, self.draft_model.new_cache()) for r in req_ids]
+        caches = [self.cache(r) for r in req_ids]
         pending = []
         for cache, context in zip(caches, contexts):
             todo = cache.sync(context)

@@ -204,7 +204,7 @@ class TreeDraftProposer(DraftModelProposer):
 
     def draft_trees(self, rows: list[DraftRow]) -> list[DraftTree]:
         """One tree per row: the root's logits from the cache sync, then one ``forward_nodes`` per round."""
-        caches = [self.caches.setdefault(r.req_id, self.draft_model.new_cache()) for r in rows]
+        caches = [self.cache(r.req_id) for r in rows]
         pending = []
         for cache, r in zip(caches, rows):
             todo = cache.sync(r.context)
@@ -236,7 +236,8 @@ class TreeDraftProposer(DraftModelProposer):
                         mask[n, slots[j][a]] = True
                         a = g.parents[a]
                 tokens.append([g.tokens[node] for node in wanted[j]])
-                positions.append([ctx - 1 + g.depths[node] for node in wanted[j]])
+                root = cache.position(ctx - 1)  # a node's rotary position: its depth after the root's
+                positions.append([root + g.depths[node] for node in wanted[j]])
                 masks.append(mask)
             out = self.draft_model.forward_nodes([caches[j] for j in live], tokens, positions, masks)
             self.stats["draft_forwards"] += 1

@@ -20,6 +20,9 @@ SPEC = PluginSpec(
                   doc="budget of the draft's context: retrieved chunks + the query (prompts that fit are unchanged)"),
         ParamSpec("query_tokens", int, 64, low=1, high=1024, doc="the prompt's last tokens taken as the query"),
         ParamSpec("chunk_tokens", int, 32, low=4, high=512, doc="size of the retrieval chunks, in tokens"),
+        ParamSpec("keep_positions", bool, False,
+                  doc="the draft reads each kept prompt token at its position in the prompt (as the target does), "
+                      "not packed from 0"),
     ),
     patches=("cpu_expand_kernel",),
     proposer=ProposerHook(
@@ -31,6 +34,8 @@ SPEC = PluginSpec(
                        # vLLM's draft_model is fastest at K = 1 or 2 (measurements/rapid-long-context, -long-code),
                        # so RAPID is compared with it at a K of that size too.
                        "rapid_k2": ProposerBenchConfig(num_speculative_tokens=2, color="#a0522d"),
+                       "rapid_k2_positions": ProposerBenchConfig(settings={"keep_positions": True},
+                                                                 num_speculative_tokens=2, color="#d2691e"),
                        # The same proposer reading the whole prompt: the full-context draft RAPID is compared with.
                        "rapid_full_context": ProposerBenchConfig(settings={"context_tokens": 2048},
                                                                  num_speculative_tokens=4, color="#c49c94")},
