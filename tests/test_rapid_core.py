@@ -46,3 +46,16 @@ def test_the_chunk_sharing_the_query_tokens_is_retrieved():
     prompt = filler[:80] + needle * 2 + filler[80:] + [60, 50, 52, 61]  # the query asks about the needle
     short = shorten_context(prompt, budget=16, query_tokens=4, chunk_tokens=8)
     assert short == needle * 2 + [60, 50, 52, 61]
+
+
+def test_context_study_views_pair_each_token_with_its_position():
+    from declab.plugins.rapid.context_study import four_gram_share, views
+
+    prompt = list(range(100, 400))  # 300 distinct tokens: retrieval keeps whole chunks, the query last
+    v = views(prompt, 64)
+    assert v["full"] == (prompt, list(range(300)))
+    tokens, positions = v["rapid_keep_positions"]
+    assert [prompt[p] for p in positions] == tokens == v["rapid"][0] and positions[-1] == 299
+    assert v["rapid"][1] == list(range(len(tokens)))  # packed from 0
+    assert v["recent"] == (prompt[-64:], list(range(64)))
+    assert four_gram_share([1, 2, 3, 4, 5], [2, 3, 4, 5, 9]) == (1, 2)

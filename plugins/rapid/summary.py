@@ -2,7 +2,8 @@
 
 On this 2-core CPU engines of the same configuration on the same prompts differ by up to about 8 % in tokens/s
 (vLLM's ``draft_model`` at K = 1 on the RAG and summarization prompts: 52.9 to 57.1 over the three runs of
-``measurements/rapid-long-context``), as much as the differences to be decided. So the comparison runs R times (``measurements/rerun.sh``) and this module pools the runs:
+``measurements/rapid-long-context``), as much as the differences to be decided. So the comparison runs R times
+(``measurements/rerun.sh``) and this module pools the runs:
 per configuration (``draft_model`` per swept K, each RAPID configuration at its K) the median, lowest and highest
 tokens/s and tokens per target forward of the batched phase, and per run the ratios
 
@@ -58,7 +59,8 @@ def run_rows(report: dict, phase: str = PHASE) -> dict[str, dict]:
         row = config.get("phases", {}).get(phase, {}).get("groups", {}).get("all")
         if row:
             k = (config.get("speculative_config") or {}).get("num_speculative_tokens")
-            rows[name] = {"k": k, "tokens_per_s": row["tokens_per_s"], "tokens_per_forward": row.get("tokens_per_forward"),
+            rows[name] = {"k": k, "tokens_per_s": row["tokens_per_s"],
+                          "tokens_per_forward": row.get("tokens_per_forward"),
                           "token_identical_share": row.get("token_identical_share")}
     return rows
 
@@ -98,7 +100,8 @@ def pooled_configs(per_run: list[dict[str, dict]]) -> dict:
     for name in [n for n in per_run[0] if all(n in rows for rows in per_run)]:
         rows = [rows[name] for rows in per_run]
         ks = [r["k"] for r in rows]  # draft_model's chosen K may differ between runs: then one per run
-        configs[name] = {"k": ks[0] if len(set(ks)) == 1 else ks, "tokens_per_s": spread([r["tokens_per_s"] for r in rows]),
+        configs[name] = {"k": ks[0] if len(set(ks)) == 1 else ks,
+                         "tokens_per_s": spread([r["tokens_per_s"] for r in rows]),
                          "tokens_per_forward": spread([r["tokens_per_forward"] for r in rows])
                          if rows[0]["tokens_per_forward"] is not None else None}
         shares = [r.get("token_identical_share") for r in rows if r.get("token_identical_share") is not None]
