@@ -843,14 +843,21 @@ def run(args) -> dict[str, Any]:
         report["equal_draft_compute"] = bench_spec_draft.equal_draft_compute(report, "batch16")
     if "draft_model" in report["configs"]:
         report["trees_vs_chain"] = bench_spec_draft.trees_vs_chain(report)
+    report["per_prompt_fields"] = list(PER_PROMPT_FIELDS)
     report["per_prompt"] = per_prompt(items, results)
     report["runtime_s"] = time.perf_counter() - t_start
     return report
 
 
+# The fields of a per-prompt entry ``"<config>/<phase>": [...]``, in order (the report's ``per_prompt_fields``): a
+# list rather than a dict per entry keeps a 486-prompt x 9-configuration report under half the size, and the
+# repository under the device machine's 64 MiB.
+PER_PROMPT_FIELDS = ("tokens", "accepted", "drafts", "identical")
+
+
 def per_prompt(items, results) -> list[dict[str, Any]]:
-    """Small per-prompt records: id, group, prompt tokens, and per configuration/phase the output length, the
-    accepted/draft counts and whether the output equals vanilla's."""
+    """Small per-prompt records: id, group, prompt tokens, and per configuration/phase ``PER_PROMPT_FIELDS``: the
+    output length, the accepted and draft counts (None without drafts) and whether the output equals vanilla's."""
     out = []
     for i, it in enumerate(items):
         rec: dict[str, Any] = {"id": it["id"], "group": it["group"], "prompt_tokens": it["prompt_tokens"]}
@@ -861,12 +868,12 @@ def per_prompt(items, results) -> list[dict[str, Any]]:
                 m = ph["request_metrics"][i]
                 if ph["token_ids"][i] is None:
                     continue
-                rec[f"{name}/{ph['name']}"] = {
-                    "tokens": len(ph["token_ids"][i]),
-                    "accepted": sum(j * c for j, c in enumerate(m["histogram"])) if m else None,
-                    "drafts": sum(m["histogram"]) if m else None,
-                    "identical": ph["token_ids"][i] == base["token_ids"][i] if base else None,
-                }
+                rec[f"{name}/{ph['name']}"] = [
+                    len(ph["token_ids"][i]),
+                    sum(j * c for j, c in enumerate(m["histogram"])) if m else None,
+                    sum(m["histogram"]) if m else None,
+                    ph["token_ids"][i] == base["token_ids"][i] if base else None,
+                ]
         out.append(rec)
     return out
 

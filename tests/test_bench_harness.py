@@ -218,6 +218,18 @@ def test_bench_sdk_imports_no_torch_or_vllm():
     assert out.stdout.strip() == "[]"
 
 
+def test_per_prompt_entries_are_lists_in_the_declared_field_order():
+    items = [{"id": "a", "group": "code", "prompt_tokens": 5}, {"id": "b", "group": "code", "prompt_tokens": 7}]
+    phase = {"name": "batch16", "token_ids": [[1, 2, 3], [4, 5]], "request_metrics": [None, None]}
+    drafted = {"name": "batch16", "token_ids": [[1, 2, 3], [4, 6]],
+               "request_metrics": [{"histogram": [1, 0, 2]}, {"histogram": [3]}]}  # 2 drafts accepting 2 tokens
+    recs = bench_spec.per_prompt(items, {"vanilla": {"phases": [phase]}, "ngram": {"phases": [drafted]}})
+    assert bench_spec.PER_PROMPT_FIELDS == ("tokens", "accepted", "drafts", "identical")
+    assert recs[0] == {"id": "a", "group": "code", "prompt_tokens": 5, "vanilla/batch16": [3, None, None, True],
+                       "ngram/batch16": [3, 4, 3, True]}
+    assert recs[1]["ngram/batch16"] == [2, 0, 3, False]
+
+
 def test_equal_draft_compute_reads_the_fixed_k_curve_at_each_proposers_draft_tokens():
     from declab.integrations.bench_spec_draft import equal_draft_compute
 
