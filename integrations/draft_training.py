@@ -186,7 +186,7 @@ def held_out_continuation_agreement(student, prefixes: list[torch.Tensor], conti
     """Top-1 agreement of the student with the teacher's greedy ``continuations`` of held-out ``prefixes``, scored by
     ``declab bench draft-agreement``'s own ``draft_agreement``: what that bench measures on Spec-Bench, here on text
     that is not an eval set."""
-    from declab.integrations.bench_draft import draft_agreement
+    from declab.integrations.sdk.agreement import draft_agreement
 
     matches = [m for x, c in zip(prefixes, continuations) for m in draft_agreement(student, x.tolist(), c.tolist())]
     return {"top1_agreement_with_target": round(sum(matches) / max(1, len(matches)), 4), "positions": len(matches)}

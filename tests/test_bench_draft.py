@@ -5,17 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from declab.integrations.bench_draft import (
-    CHAIN_KS,
-    aggregate,
-    chain_steps,
-    draft_agreement,
-    greedy_continuation,
-    group_rows,
-    load_model,
-    measure,
-    runs,
-)
+from declab.integrations.bench_draft import CHAIN_KS, aggregate, group_rows, measure
+from declab.integrations.sdk.agreement import chain_steps, draft_agreement, greedy_continuation, load_model, runs
 from declab.integrations.sdk.bench import CODE_PROMPTS, default_draft_model, default_model
 
 MAX_TOKENS = 24

@@ -18,7 +18,7 @@ def _tiny_llama(seed: int):
 
 
 def test_teacher_continuations_are_the_agreement_bench_greedy_continuations_with_their_logits():
-    from declab.integrations.bench_draft import greedy_continuation
+    from declab.integrations.sdk.agreement import greedy_continuation
     from declab.integrations.draft_training import teacher_continuations
 
     teacher = _tiny_llama(0)

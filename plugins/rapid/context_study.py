@@ -1,7 +1,7 @@
 """Which draft context keeps RAPID's acceptance: the draft's agreement with the target's greedy continuations, per
 draft view of the prompt, offline (plain torch, no engine).
 
-For each prompt the target (decoder-29m) continues greedily by 64 tokens (``bench_draft.greedy_continuation``); the
+For each prompt the target (decoder-29m) continues greedily by 64 tokens (``sdk.agreement.greedy_continuation``); the
 draft (teacher-forced along that continuation, one forward) is scored where its argmax equals the target's token,
 reading the prompt through each view:
 
@@ -10,7 +10,7 @@ reading the prompt through each view:
 * ``rapid_keep_positions``: the same tokens at the positions they had in the prompt (``keep_positions``),
 * ``recent``: the prompt's last ``context_tokens`` tokens (no retrieval).
 
-``tokens_per_forward_k2`` walks each continuation with a greedy chain of K = 2 draft tokens (``bench_draft.
+``tokens_per_forward_k2`` walks each continuation with a greedy chain of K = 2 draft tokens (``sdk.agreement.
 chain_steps``): the tokens per target forward a lossless K = 2 proposer would commit with that view (simulated; the
 engine runs commit close to it: 1.35 measured for ``rapid_k2`` against 1.34 here on RAG and summarization). Prompt
 sets: the first 16 fitting RAG and the first 16 summarization prompts of Spec-Bench, and the long code files
@@ -27,7 +27,9 @@ import argparse
 import time
 from typing import Any, Callable, Sequence
 
-from declab.integrations.sdk.bench import add_option, default_model, load_average, load_prompt_set, write_report
+from declab.integrations.sdk.agreement import chain_steps, draft_agreement, greedy_continuation, load_model, runs
+from declab.integrations.sdk.bench import (add_option, default_model, load_average, load_prompt_set, resolve_draft_model,
+                                          write_report)
 from declab.plugins.rapid.core import kept_indices
 
 K = 2
@@ -47,21 +49,6 @@ def views(prompt: Sequence[int], budget: int) -> dict[str, tuple[list[int], list
             "recent": (recent, list(range(len(recent))))}
 
 
-def agreement(draft, tokens: list[int], positions: list[int], continuation: list[int]) -> list[bool]:
-    """Per continuation position: the draft's argmax after the view and ``continuation[:i]`` equals
-    ``continuation[i]`` (the continuation follows the view's last position one by one)."""
-    import torch
-
-    if not continuation:
-        return []
-    after = range(positions[-1] + 1, positions[-1] + len(continuation))
-    ids = torch.tensor([tokens + continuation[:-1]])
-    pos = torch.tensor([positions + list(after)])
-    with torch.inference_mode():
-        logits = draft(ids, position_ids=pos).logits[0, len(tokens) - 1:]
-    return [bool(p == c) for p, c in zip(logits.argmax(-1).tolist(), continuation)]
-
-
 def four_gram_share(prompt: Sequence[int], continuation: Sequence[int]) -> tuple[int, int]:
     grams = {tuple(prompt[i:i + 4]) for i in range(len(prompt) - 3)}
     found = sum(tuple(continuation[i:i + 4]) in grams for i in range(len(continuation) - 3))
@@ -70,7 +57,6 @@ def four_gram_share(prompt: Sequence[int], continuation: Sequence[int]) -> tuple
 
 def study(target, draft, prompts: list[list[int]], budget: int, log: Callable[[str], None]) -> dict[str, Any]:
     """One prompt set's row: per view agreement, simulated tokens per forward at K = 2 and draft prompt tokens."""
-    from declab.integrations.bench_draft import chain_steps, greedy_continuation, runs
 
     acc = {v: [0, 0, 0, 0] for v in VIEWS}  # agreeing positions, positions, K = 2 target forwards, prompt tokens
     grams = [0, 0]
@@ -80,7 +66,7 @@ def study(target, draft, prompts: list[list[int]], budget: int, log: Callable[[s
         grams[0] += found
         grams[1] += total
         for name, (tokens, positions) in views(prompt, budget).items():
-            matches = agreement(draft, tokens, positions, continuation)
+            matches = draft_agreement(draft, tokens, continuation, positions)
             forwards, _ = chain_steps(runs(matches), K)
             a = acc[name]
             a[0], a[1], a[2], a[3] = a[0] + sum(matches), a[1] + len(matches), a[2] + forwards, a[3] + len(tokens)
@@ -96,9 +82,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
     from transformers import AutoTokenizer
-
-    from declab.integrations.bench_draft import load_model
-    from declab.integrations.models import resolve_draft_model
 
     parser = argparse.ArgumentParser(prog="python -m declab.plugins.rapid.context_study",
                                      description=__doc__.split("\n")[0])
