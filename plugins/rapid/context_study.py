@@ -28,10 +28,12 @@ import time
 from typing import Any, Callable, Sequence
 
 from declab.integrations.sdk.agreement import chain_steps, draft_agreement, greedy_continuation, load_model, runs
-from declab.integrations.sdk.bench import (add_option, default_model, load_average, load_prompt_set, resolve_draft_model,
-                                          write_report)
+from declab.integrations.sdk.bench import (
+    add_option, default_model, load_average, load_prompt_set, resolve_draft_model, write_report)
 from declab.plugins.rapid.core import kept_indices
+from declab.plugins.rapid.spec import SPEC
 
+DEFAULTS = {p.name: p.default for p in SPEC.settings}  # RAPID's own defaults: the views use what a user gets
 K = 2
 MAX_TOKENS = 64
 CODE_CUTS = (400, 700, 1000, 1400)
@@ -40,7 +42,8 @@ VIEWS = ("full", "rapid", "rapid_keep_positions", "recent")
 
 def views(prompt: Sequence[int], budget: int) -> dict[str, tuple[list[int], list[int]]]:
     """View name -> (the draft's prompt tokens, their rotary positions)."""
-    kept = kept_indices(prompt, budget=budget, query_tokens=64, chunk_tokens=32)
+    kept = kept_indices(prompt, budget=budget, query_tokens=DEFAULTS["query_tokens"],
+                        chunk_tokens=DEFAULTS["chunk_tokens"])
     short = [prompt[i] for i in kept]
     recent = list(prompt[-budget:])
     return {"full": (list(prompt), list(range(len(prompt)))),
@@ -86,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m declab.plugins.rapid.context_study",
                                      description=__doc__.split("\n")[0])
     add_option(parser, "--draft", default="draft-5m-long", help="draft model: a folder or a known draft's name")
-    add_option(parser, "--context-tokens", type=int, default=256, help="the draft's prompt budget (RAPID's default)")
+    add_option(parser, "--context-tokens", type=int, default=DEFAULTS["context_tokens"],
+               help="the draft's prompt budget (default: RAPID's)")
     add_option(parser, "--out", default="bench-results", help="output folder")
     args = parser.parse_args(argv)
     log = (lambda m: print(m, file=sys.stderr, flush=True))
@@ -96,15 +100,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tok = AutoTokenizer.from_pretrained(model)
     items, _, _ = load_prompt_set(model, max_tokens=MAX_TOKENS, max_k=K, max_model_len=2048, limit=16,
                                   groups=["rag", "summarization", "long_code"])
-    ids = {it["id"]: (it["group"], tok(it["text"]).input_ids) for it in items}
+    ids = [(it["group"], tok(it["text"]).input_ids) for it in items]
     target, draft = load_model(model), load_model(resolve_draft_model(args.draft))
     started = time.perf_counter()
-    sets = {"rag_summarization": [p for g, p in ids.values() if g != "long_code"]}
-    code = [p for g, p in ids.values() if g == "long_code"]
+    sets = {"rag_summarization": [p for g, p in ids if g != "long_code"]}
+    code = [p for g, p in ids if g == "long_code"]
     sets.update({f"long_code_first_{n}": [p[:n] for p in code] for n in CODE_CUTS})
     sets["long_code"] = code
     report = {"benchmark": "rapid-context-study", "target": model, "draft": args.draft, "max_tokens": MAX_TOKENS,
-              "k": K, "context_tokens": args.context_tokens, "query_tokens": 64, "chunk_tokens": 32,
+              "k": K, "context_tokens": args.context_tokens, "query_tokens": DEFAULTS["query_tokens"],
+              "chunk_tokens": DEFAULTS["chunk_tokens"],
               "sets": {name: study(target, draft, prompts, args.context_tokens, log) for name, prompts in sets.items()}}
     report["seconds"] = round(time.perf_counter() - started, 1)
     write_report(report, args.out, "context_study", plot, load_at_start)
