@@ -18,6 +18,13 @@ process armed by it (``arm_if_requested``):
 
 When the parent is already gone at the moment the signal is armed, the process signals itself. Linux sends the signal
 when the *thread* that forked exits: vLLM starts EngineCore and Workers from their parent's main thread.
+
+``SIGTERM`` asks for vLLM's graceful shutdown, which waits for the step in flight: an EngineCore whose Worker was
+compiling a sampler kernel (torch inductor, first request with logprobs) stayed 17-20 s after its parent was
+SIGKILLed, 30 s and more on a loaded machine (measured; the CI failure of ``test_process_lifetime``). So every armed
+process also watches its parent (``kill_when_orphaned``: a daemon thread blocked on a pidfd of the parent, no polling)
+and sends itself ``SIGKILL`` ``ORPHAN_GRACE_S`` after the parent is gone, whatever its shutdown is doing; nothing
+it would still send has a reader. A chain EngineCore -> Worker is gone within twice that.
 No vLLM code is patched: nothing here depends on vLLM's version.
 """
 
@@ -26,13 +33,20 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import os
+import select
 import signal
 import sys
+import threading
+import time
 
 ENV = "DECLAB_DIE_WITH_PARENT"
 _PR_SET_PDEATHSIG = 1
 _fork_hook_installed = False
 _forking_pid: int | None = None  # the pid of the process about to fork, read by the child right after
+_watching_pid: int | None = None  # the process whose parent watch runs (a forked child inherits the variable)
+# Seconds an orphan may spend on its graceful shutdown before it kills itself; KILL_GRACE_S of engine_run is the same
+# allowance for a group its parent ends.
+ORPHAN_GRACE_S = 5.0
 
 
 def supported() -> bool:
@@ -51,6 +65,39 @@ def die_with_parent(parent_pid: int | None = None, sig: int = signal.SIGTERM) ->
         os.kill(os.getpid(), sig)
 
 
+def _wait_for_exit(parent_pid: int) -> None:
+    """Return once ``parent_pid`` is no longer this process's parent (it died; this process was re-parented)."""
+    try:
+        pidfd = os.pidfd_open(parent_pid)
+    except (AttributeError, OSError):  # pragma: no cover - Linux before 5.3: poll the parent pid instead
+        pidfd = None
+    if pidfd is not None:
+        try:
+            if os.getppid() == parent_pid:  # the pidfd is the parent's, not a reused pid's
+                select.select([pidfd], [], [])  # readable when that process exits
+        finally:
+            os.close(pidfd)
+        return
+    while os.getppid() == parent_pid:  # pragma: no cover
+        time.sleep(1.0)
+
+
+def kill_when_orphaned(parent_pid: int, grace_s: float = ORPHAN_GRACE_S) -> None:
+    """``SIGKILL`` this process ``grace_s`` after ``parent_pid`` (its parent) exits: the bound on the graceful shutdown
+    ``die_with_parent``'s signal starts. One watch per process; a daemon thread, so it never delays an exit."""
+    global _watching_pid
+    if not supported() or _watching_pid == os.getpid():
+        return
+    _watching_pid = os.getpid()
+
+    def watch() -> None:
+        _wait_for_exit(parent_pid)
+        time.sleep(grace_s)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="declab-orphan-watch", daemon=True).start()
+
+
 def _before_fork() -> None:
     global _forking_pid
     _forking_pid = os.getpid()
@@ -58,10 +105,12 @@ def _before_fork() -> None:
 
 def _after_fork_in_child() -> None:
     die_with_parent(_forking_pid)
+    kill_when_orphaned(_forking_pid)
 
 
 def arm_forks() -> None:
-    """Every process this one forks from now on (and the processes they fork) dies with its parent. Idempotent."""
+    """Every process this one forks from now on (and the processes they fork) dies with its parent: ``SIGTERM`` at
+    once, ``SIGKILL`` ``ORPHAN_GRACE_S`` later if it is still there. Idempotent."""
     global _fork_hook_installed
     if _fork_hook_installed or not supported():
         return
@@ -78,4 +127,5 @@ def arm_if_requested(env=os.environ) -> bool:
     parent = multiprocessing.parent_process()
     if parent is not None:
         die_with_parent(parent.pid)
+        kill_when_orphaned(parent.pid)
     return True

@@ -20,6 +20,8 @@ import pytest
 import requests
 from helpers import child_env, declab_serve_argv, free_port, wait_healthy
 
+from declab.integrations import lifetime
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
 
 GONE_WITHIN_S = 30
@@ -97,6 +99,27 @@ def test_a_process_forked_by_an_armed_process_dies_with_it(tmp_path):
     parent.kill()
     parent.wait()
     _assert_all_gone(procs)
+
+
+def test_an_orphan_whose_shutdown_hangs_is_killed_after_the_grace_period(tmp_path):
+    """An armed fork that ignores ``SIGTERM`` (like an EngineCore waiting for a step in flight) is gone within
+    ``ORPHAN_GRACE_S`` of its parent's death, and so is what it forked (2 x the grace at most)."""
+    code = ("import os, signal, time; from declab.integrations import lifetime; lifetime.arm_forks()\n"
+            "if os.fork() == 0:\n"
+            "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "    if os.fork() == 0:\n"
+            "        signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)\n"
+            "    time.sleep(300)\n"
+            "print(os.getpid(), flush=True); time.sleep(300)")
+    parent, pid = _start_python(code, tmp_path)
+    _wait_for(lambda: len(_descendants(pid)) == 2, "two generations of children", timeout=60)
+    procs = _descendants(pid)
+    time.sleep(0.5)  # both have set SIG_IGN
+    parent.kill()
+    parent.wait()
+    killed_at = time.monotonic()
+    _assert_all_gone(procs)
+    assert time.monotonic() - killed_at < 2 * lifetime.ORPHAN_GRACE_S + 5
 
 
 def test_a_bench_child_removes_its_temporary_folder_when_its_parent_is_killed(tmp_path):
