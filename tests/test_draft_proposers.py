@@ -11,10 +11,10 @@ subscribed to the tree seam), compared with the session's vanilla references. ``
 from __future__ import annotations
 
 import pytest
-from engines import MIXED_GREEDY_ROWS, EngineProfile, mixed_tree_batch, seeded_in_a_crowd
+from engines import MIXED_GREEDY_ROWS, EngineProfile, greedy_run, mixed_tree_batch, seeded_in_a_crowd
 from helpers import assert_mixed_tree_batch
 from profiles import draft_proposer
-from spec_checks import check_greedy, check_sampling
+from spec_checks import check_greedy, check_sampling, run_with_stats
 
 from declab.integrations.prompts import CODE_PROMPTS
 from declab.integrations.sdk.tree_sampling import KSequentialRule, RecursiveRule
@@ -112,6 +112,20 @@ def test_spectr_sampling_keeps_the_target_distribution(vanilla, spectr_engine, r
 def test_dyspec_sampling_keeps_the_target_distribution(vanilla, dyspec_engine, reference):
     check_sampling(vanilla, dyspec_engine, "dyspec", biased_control=True, tree_rule=RecursiveRule(update_q=True),
                    reference=reference, control_samples=TREE_CONTROL_SAMPLES)
+
+
+def test_drafts_are_cut_to_what_max_tokens_leaves_room_for(vanilla, spectr_engine):
+    """A request with r tokens left can use r - 1 drafts (``DeclabProposer.draft_room``): with ``max_tokens=2`` nothing
+    is drafted after the prefill's token; with ``max_tokens=4`` the trees (24 nodes, 6 deep) are verified cut to
+    the levels left (fewer draft tokens reach the target than were drafted). Outputs: vanilla's first tokens."""
+    base = vanilla("spec_bench_reduced")
+    prompts, expected = base["prompts"][:8], base["token_ids"][:8]
+    two = spectr_engine.run(run_with_stats, greedy_run, prompts, 2)
+    assert two["token_ids"] == [t[:2] for t in expected]
+    assert two["stats"]["tree_drafts"] == 0 and two["spec"].get("num_draft_tokens", 0) == 0, (two["stats"], two["spec"])
+    four = spectr_engine.run(run_with_stats, greedy_run, prompts, 4)
+    assert four["token_ids"] == [t[:4] for t in expected]
+    assert 0 < four["spec"]["num_draft_tokens"] < four["stats"]["tree_nodes"], (four["stats"], four["spec"])
 
 
 def check_mixed_tree_batch(vanilla, engine) -> None:

@@ -130,3 +130,30 @@ def test_a_draft_tree_is_root_first_with_one_parent_per_token():
         DraftTree([5, 6], (0, 0))
     with pytest.raises(ValueError):
         DraftTree([5, 6, 7], (-1, 0))
+
+
+def _paths(tree: DraftTree) -> list[tuple[tuple[int, ...], tuple[float, ...] | None]]:
+    """Every node as its root-to-node token path (and its draft-probability row), in the tree's order."""
+    out = []
+    for i in range(len(tree.parents)):
+        path, j = [], i
+        while j >= 0:
+            path.append(int(tree.tokens[j]))
+            j = tree.parents[j]
+        probs = None if tree.draft_probs is None else tuple(tree.draft_probs[i].tolist())
+        out.append((tuple(reversed(path)), probs))
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(parents=trees(), max_depth=st.integers(0, 12), drawn=st.booleans(), seed=st.integers(0, 99))
+def test_a_pruned_tree_keeps_exactly_the_nodes_up_to_the_depth_in_order(parents, max_depth, drawn, seed):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, 50, (len(parents),), generator=g).tolist()
+    probs = torch.rand(len(parents), 5, generator=g) if drawn else None
+    tree = DraftTree(tokens, tuple(parents), probs, "with_replacement" if drawn else "deterministic")
+    pruned = tree.pruned(max_depth)
+    expected = [p for p, d in zip(_paths(tree), tree_depths(parents)) if d <= max_depth]  # the naive filter
+    assert _paths(pruned) == expected
+    assert (pruned is tree) == (max(tree_depths(parents)) <= max_depth)
+    assert (pruned.children_drawn, pruned.rule) == (tree.children_drawn, tree.rule)

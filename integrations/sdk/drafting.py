@@ -124,8 +124,9 @@ class DraftModelProposer(DeclabProposer):
         return drafts
 
     def rows_to_draft(self, step: TargetStep) -> list[DraftRow]:
-        """The batch rows that get a draft this step: requests that committed tokens and have room for one more
-        token in the target's and the draft's context."""
+        """The batch rows that get a draft this step: requests that committed tokens, have room for one more token in
+        the target's and the draft's context and, with ``cut_drafts_at_max_tokens``, a use for one before their
+        ``max_tokens``."""
         rows = []
         draft_limit = self.draft_model.config.max_position_embeddings
         for i, (req_id, new) in enumerate(zip(step.req_ids, step.sampled_token_ids)):
@@ -135,6 +136,9 @@ class DraftModelProposer(DeclabProposer):
             context = self.draft_context(req_id, step.token_ids_cpu[i, :n])
             # The first drafted token sits at the position after the context's last one.
             budget = min(self.k, self.max_target_len - n - 1, draft_limit - self.cache(req_id).position(len(context)))
+            room = self.draft_room(step, i) if self.cut_drafts_at_max_tokens else None
+            if room == 0:  # nothing drafted could be used (a tree's nodes are cut to the room after drafting)
+                continue
             if budget >= 1:
                 rows.append(DraftRow(i, req_id, context, budget))
         return rows

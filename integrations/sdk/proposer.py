@@ -91,6 +91,11 @@ class DeclabProposer:
 
     spec: ClassVar[PluginSpec]
     selected_as: ClassVar[str]
+    # Drafts cut to what the request's ``max_tokens`` leaves room for (``_within_max_tokens``): for proposers whose
+    # drafts the target verifies (vLLM's rejection sampler, the tree seam) and that keep no record of what they
+    # handed over. Off by default: drafts kept rather than verified (EAD), drafts that are the output (contrastive
+    # search) or a schedule of handed-over drafts (PEARL) must reach the target as made.
+    cut_drafts_at_max_tokens: ClassVar[bool] = False
 
     def __init__(self, vllm_config: Any) -> None:
         runtime.require_selected(self.spec.name, self.selected_as)
@@ -218,7 +223,9 @@ class DeclabProposer:
                                f"{len(step.req_ids)} batch rows")
         out: list[list[int]] = []
         trees: dict[str, DraftTree] = {}
-        for req_id, d in zip(step.req_ids, drafts):
+        for row, (req_id, d) in enumerate(zip(step.req_ids, drafts)):
+            if self.cut_drafts_at_max_tokens:
+                d = self._within_max_tokens(step, row, d)
             if isinstance(d, DraftTree):
                 trees[req_id] = d
                 out.append(d.draft_tokens())
@@ -226,6 +233,29 @@ class DeclabProposer:
                 out.append(d)
         self._trees = trees
         return out
+
+    def draft_room(self, step: TargetStep, row: int) -> int | None:
+        """Draft positions the request of batch row ``row`` can still use: a step commits the accepted drafts and one
+        token more, so with ``r`` tokens left before its ``max_tokens`` only the first ``r - 1`` are used (vLLM
+        verifies, then discards, whatever is proposed past them). None: the request has no ``max_tokens``."""
+        req_id = step.req_ids[row]
+        state = step.runner.requests.get(req_id) if req_id is not None else None
+        max_tokens = getattr(getattr(state, "sampling_params", None), "max_tokens", None)
+        if max_tokens is None:
+            return None
+        left = state.num_prompt_tokens + int(max_tokens) - int(step.num_tokens_no_spec[row])
+        return max(left - 1, 0)
+
+    def _within_max_tokens(self, step: TargetStep, row: int, draft: Draft) -> Draft:
+        """``draft`` without what ``draft_room`` leaves no use for: a chain's tail, a tree's deeper levels. No
+        committed token changes (greedy), nor any distribution (sampling: ``DraftTree.pruned``); the target skips
+        the verification of drafts it would throw away, in each request's last steps."""
+        room = self.draft_room(step, row) if draft else None
+        if room is None:
+            return draft
+        if isinstance(draft, DraftTree):
+            return draft.pruned(room) if room > 0 else []
+        return draft[:room]
 
     def _sync_requests(self, step: TargetStep) -> None:
         """Finish the requests the runner no longer knows, then start the batch's new ones."""

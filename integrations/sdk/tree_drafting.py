@@ -136,6 +136,8 @@ class TreeDraftProposer(DraftModelProposer):
     ``greedy_draft_temperature``), implement ``grower`` and call ``super().__init__`` first; this class opens the
     seams."""
 
+    cut_drafts_at_max_tokens = True  # a tree per step, verified by the seam; nothing kept of it across steps
+
     def __init__(self, vllm_config: Any) -> None:
         super().__init__(vllm_config)
         check_tree_engine(vllm_config, what=f"{self.spec.name} (draft trees)",

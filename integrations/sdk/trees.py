@@ -101,6 +101,20 @@ class DraftTree:
         rest = self.tokens[1:]
         return rest.tolist() if isinstance(rest, torch.Tensor) else [int(t) for t in rest]
 
+    def pruned(self, max_depth: int) -> "DraftTree":
+        """This tree without its nodes deeper than ``max_depth`` (root depth 0), in the same order (a BFS tree loses a
+        tail); ``self`` when no node is deeper. What a verifier decides at the kept nodes does not depend on the cut
+        ones: a kept node without its children commits the target's own token there, as a leaf does."""
+        depths = tree_depths(self.parents)
+        if max(depths) <= max_depth:
+            return self
+        keep = [i for i, d in enumerate(depths) if d <= max_depth]  # ancestors come first: parents stay kept
+        new_index = {old: new for new, old in enumerate(keep)}
+        tokens = [int(self.tokens[i]) for i in keep]
+        parents = tuple(-1 if self.parents[i] < 0 else new_index[self.parents[i]] for i in keep)
+        probs = None if self.draft_probs is None else self.draft_probs[keep]
+        return DraftTree(tokens, parents, probs, self.children_drawn, self.rule)
+
 
 def _parent_list(parents) -> list[int]:
     p = [int(x) for x in (parents.tolist() if isinstance(parents, torch.Tensor) else parents)]

@@ -24,6 +24,7 @@ from declab.plugins.rapid.spec import SPEC
 class RapidProposer(DraftModelProposer):
     spec = SPEC
     selected_as = "RAPID as the speculative proposer"
+    cut_drafts_at_max_tokens = True
 
     def __init__(self, vllm_config) -> None:
         super().__init__(vllm_config)

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 class SpecDecPPProposer(DraftModelProposer):
     spec = SPEC
     selected_as = "SpecDec++ as the speculative proposer"
+    cut_drafts_at_max_tokens = True
 
     def __init__(self, vllm_config) -> None:
         super().__init__(vllm_config)

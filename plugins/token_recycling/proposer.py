@@ -60,6 +60,7 @@ PHASE_COUNTERS = ("rows_updated",)
 class TokenRecyclingProposer(DeclabProposer):
     spec = SPEC
     selected_as = "Token Recycling as the speculative proposer"
+    cut_drafts_at_max_tokens = True  # it learns from what the target verified (``verified_drafts``), not from its drafts
 
     def __init__(self, vllm_config) -> None:
         super().__init__(vllm_config)
