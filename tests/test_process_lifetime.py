@@ -86,35 +86,22 @@ def _start_python(code: str, tmpdir: Path) -> tuple[subprocess.Popen, int]:
     return proc, int(proc.stdout.readline())
 
 
-def test_a_process_forked_by_an_armed_process_dies_with_it(tmp_path):
-    """The mechanism alone (no engine): what an armed process forks, and what that forks, dies with its parent."""
-    code = ("import os, time; from declab.integrations import lifetime; lifetime.arm_forks()\n"
-            "if os.fork() == 0:\n"
-            "    if os.fork() == 0: time.sleep(300)\n"
-            "    time.sleep(300)\n"
-            "print(os.getpid(), flush=True); time.sleep(300)")
-    parent, pid = _start_python(code, tmp_path)
-    _wait_for(lambda: len(_descendants(pid)) == 2, "two generations of children", timeout=60)
-    procs = _descendants(pid)
-    parent.kill()
-    parent.wait()
-    _assert_all_gone(procs)
-
-
-def test_an_orphan_whose_shutdown_hangs_is_killed_after_the_grace_period(tmp_path):
-    """An armed fork that ignores ``SIGTERM`` (like an EngineCore waiting for a step in flight) is gone within
-    ``ORPHAN_GRACE_S`` of its parent's death, and so is what it forked (2 x the grace at most)."""
+@pytest.mark.parametrize("on_sigterm", ["", "signal.signal(signal.SIGTERM, signal.SIG_IGN); "],
+                         ids=["default", "sigterm_ignored"])
+def test_a_process_forked_by_an_armed_process_dies_with_it(tmp_path, on_sigterm):
+    """The mechanism alone (no engine): what an armed process forks, and what that forks, dies with its parent;
+    also when both ignore ``SIGTERM`` (like an EngineCore waiting for a step in flight): then within
+    ``ORPHAN_GRACE_S`` of their parent's death each (twice the grace for the second generation)."""
     code = ("import os, signal, time; from declab.integrations import lifetime; lifetime.arm_forks()\n"
             "if os.fork() == 0:\n"
-            "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-            "    if os.fork() == 0:\n"
-            "        signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)\n"
+            f"    {on_sigterm}\n"
+            f"    if os.fork() == 0: {on_sigterm}time.sleep(300)\n"
             "    time.sleep(300)\n"
             "print(os.getpid(), flush=True); time.sleep(300)")
     parent, pid = _start_python(code, tmp_path)
     _wait_for(lambda: len(_descendants(pid)) == 2, "two generations of children", timeout=60)
     procs = _descendants(pid)
-    time.sleep(0.5)  # both have set SIG_IGN
+    time.sleep(0.5)  # both have run their signal set-up
     parent.kill()
     parent.wait()
     killed_at = time.monotonic()
