@@ -132,13 +132,12 @@ class DraftModelProposer(DeclabProposer):
         for i, (req_id, new) in enumerate(zip(step.req_ids, step.sampled_token_ids)):
             if not new or req_id is None:
                 continue
+            if self.cut_drafts_at_max_tokens and self.draft_room(step, i) == 0:
+                continue  # nothing drafted could be used (a tree's nodes are cut to the room after drafting)
             n = int(step.num_tokens_no_spec[i])
             context = self.draft_context(req_id, step.token_ids_cpu[i, :n])
             # The first drafted token sits at the position after the context's last one.
             budget = min(self.k, self.max_target_len - n - 1, draft_limit - self.cache(req_id).position(len(context)))
-            room = self.draft_room(step, i) if self.cut_drafts_at_max_tokens else None
-            if room == 0:  # nothing drafted could be used (a tree's nodes are cut to the room after drafting)
-                continue
             if budget >= 1:
                 rows.append(DraftRow(i, req_id, context, budget))
         return rows

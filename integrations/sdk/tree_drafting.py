@@ -33,7 +33,7 @@ import torch
 from declab.integrations.sdk.drafting import DraftModelProposer, DraftRow
 from declab.integrations.sdk.proposer import TargetStep
 from declab.integrations.sdk.tree_verification import GREEDY_EPS, check_tree_engine
-from declab.integrations.sdk.trees import DraftTree
+from declab.integrations.sdk.trees import DraftTree, tree_depths
 
 __all__ = ["TreeGrower", "TreeDraftProposer", "draft_distribution", "gumbel_top_k", "bfs_order"]
 
@@ -58,9 +58,7 @@ def gumbel_top_k(probs: torch.Tensor, k: int, generator: torch.Generator | None)
 
 def bfs_order(parents: list[int]) -> list[int]:
     """Node indices sorted by depth, build order kept within a depth (siblings stay in draw order)."""
-    depth: list[int] = []
-    for p in parents:
-        depth.append(0 if p < 0 else depth[p] + 1)
+    depth = tree_depths(parents)
     return sorted(range(len(parents)), key=lambda i: depth[i])
 
 
@@ -262,10 +260,7 @@ class TreeDraftProposer(DraftModelProposer):
         for t in trees:
             s["tree_nodes"] += len(t.tokens) - 1
             s["tree_nodes_max"] = max(s["tree_nodes_max"], len(t.tokens) - 1)
-            depth: list[int] = []
-            for p in t.parents:
-                depth.append(0 if p < 0 else depth[p] + 1)
-            s["tree_depth_sum"] += max(depth)
+            s["tree_depth_sum"] += max(tree_depths(t.parents))
         s["tree_drafts"] += len(trees)
         s["tree_rounds"] += rounds
         s["drafted_tokens"] += sum(len(t.tokens) - 1 for t in trees)
